@@ -1,0 +1,357 @@
+"""The cells: weights (``tf.Module`` variables in Keras 3's layout) plus a ``Core``.
+
+A cell holds no loop and no math of its own: its math is in ``fastcarry.kernels``
+and its loop in ``fastcarry._loop``. It owns variables named ``kernel``,
+``recurrent_kernel`` and ``bias``, created by ``build(input_dim)`` or on first use.
+"""
+
+import functools
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from fastcarry._loop import Core
+from fastcarry.kernels import gru as _gru
+from fastcarry.kernels import lstm as _lstm
+from fastcarry.kernels import simple_rnn as _simple_rnn
+from fastcarry.kernels.lstm import LSTMState
+
+_FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def _as_array(value, name):
+    try:
+        return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    except Exception as err:  # a symbolic tensor, say: say which argument
+        raise TypeError(f"{name} must be a concrete array, variable or eager tensor, got {type(value).__name__}") from err
+
+
+def _check_shape(value, want, name):
+    if tuple(value.shape) != tuple(want):
+        raise ValueError(f"{name} has shape {list(value.shape)}, expected {list(want)}")
+
+
+class Cell(tf.Module):
+    """Base of fastcarry's cells: the TF1 ``RNNCell`` contract on a ``tf.Module``.
+
+    Subclasses define ``_weight_shapes(input_dim)``, ``_initial_values`` and
+    ``_core()``. Variables are created on first use (by ``fastcarry.unroll``) or by
+    ``build(input_dim)``; they are plain ``tf.Variable``s, so ``trainable_variables``
+    lists them and ``tf.train.Checkpoint(cell=cell)`` saves and restores them.
+    """
+
+    def __init__(self, units, *, dtype=tf.float32, seed=None, name=None):
+        super().__init__(name=name)
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+            raise ValueError(f"units must be a positive int, got {units!r}")
+        dtype = tf.as_dtype(dtype)
+        if dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be a floating dtype {[d.name for d in _FLOAT_DTYPES]}, got {dtype.name}")
+        self.units = int(units)
+        self.dtype = dtype
+        self.seed = seed
+        self.input_dim = None
+        self.kernel = self.recurrent_kernel = self.bias = None
+
+    # -- the RNNCell contract -------------------------------------------------
+    @property
+    def state_size(self):
+        """``H`` (``LSTMState(h=H, c=H)`` for LSTM)."""
+        return self.units
+
+    @property
+    def output_size(self):
+        """``H``."""
+        return self.units
+
+    @property
+    def built(self):
+        return self.input_dim is not None
+
+    def zero_state(self, batch_size, dtype=None):
+        """Zeros in the state's structure, each ``[batch_size, H]``."""
+        dtype = self.dtype if dtype is None else tf.as_dtype(dtype)
+        return tf.nest.map_structure(lambda size: tf.zeros(tf.stack([batch_size, size]), dtype), self.state_size)
+
+    def build(self, input_dim):
+        """Creates the variables for inputs of feature size ``input_dim`` (D)."""
+        if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
+            raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+        if self.built:
+            if input_dim != self.input_dim:
+                raise ValueError(
+                    f"inputs have feature dim {input_dim}, expected {self.input_dim} "
+                    f"(the cell {self.name!r} was built for input_dim={self.input_dim})")
+            return
+        values = self._initial_values(int(input_dim))
+        # init_scope: created eagerly even when first used inside a tf.function.
+        with tf.init_scope(), self.name_scope:
+            self.kernel = tf.Variable(values[0], name="kernel", dtype=self.dtype)
+            self.recurrent_kernel = tf.Variable(values[1], name="recurrent_kernel", dtype=self.dtype)
+            self.bias = tf.Variable(values[2], name="bias", dtype=self.dtype)
+        self.input_dim = int(input_dim)
+
+    def get_weights(self):
+        """``[kernel, recurrent_kernel, bias]`` as numpy arrays (Keras order and layout)."""
+        self._require_built("get_weights")
+        return [v.numpy() for v in (self.kernel, self.recurrent_kernel, self.bias)]
+
+    def set_weights(self, weights):
+        """Assigns ``[kernel, recurrent_kernel, bias]`` in Keras layout; builds the cell if needed."""
+        if not isinstance(weights, (list, tuple)) or len(weights) != 3:
+            raise ValueError(f"weights must be [kernel, recurrent_kernel, bias], got {type(weights).__name__} "
+                             f"of length {len(weights) if hasattr(weights, '__len__') else '?'}")
+        kernel, recurrent, bias = (_as_array(w, n) for w, n in zip(weights, ("kernel", "recurrent_kernel", "bias")))
+        if kernel.ndim != 2:
+            raise ValueError(f"kernel must have rank 2 ([D, G]), got shape {list(kernel.shape)}")
+        shapes = self._weight_shapes(kernel.shape[0])
+        for value, want, name in zip((kernel, recurrent, bias), shapes, ("kernel", "recurrent_kernel", "bias")):
+            _check_shape(value, want, name)
+        self.build(int(kernel.shape[0]))
+        for var, value in zip((self.kernel, self.recurrent_kernel, self.bias), (kernel, recurrent, bias)):
+            var.assign(tf.cast(value, self.dtype))
+
+    # -- what the loop uses ---------------------------------------------------
+    def _params(self):
+        """The weights as tensors, in the kernel's ``Params`` NamedTuple."""
+        return self._params_type(*(tf.convert_to_tensor(v) for v in (self.kernel, self.recurrent_kernel, self.bias)))
+
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(f"{what} needs a built cell: call cell.build(input_dim) or run it once first")
+
+    def _initial_values(self, input_dim):
+        kernel_shape, recurrent_shape, bias_shape = self._weight_shapes(input_dim)
+        seed = self.seed
+        kernel = tf.keras.initializers.GlorotUniform(seed)(kernel_shape, self.dtype)
+        recurrent = tf.keras.initializers.Orthogonal(seed=seed)(recurrent_shape, self.dtype)
+        return kernel, recurrent, self._initial_bias(bias_shape)
+
+    def _initial_bias(self, shape):
+        return tf.zeros(shape, self.dtype)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(units={self.units}, dtype={self.dtype.name}, input_dim={self.input_dim})"
+
+
+def _keras_cell(layer_or_cell, want_class, importer):
+    """The Keras (3 or tf_keras) cell inside ``layer_or_cell``, checked and built."""
+    cell = getattr(layer_or_cell, "cell", layer_or_cell)
+    if type(cell).__name__ != want_class:
+        raise TypeError(f"{importer} expects a keras {want_class[:-4]} layer or {want_class}, "
+                        f"got {type(layer_or_cell).__name__}")
+    if not getattr(cell, "built", False) or getattr(cell, "kernel", None) is None:
+        raise ValueError(f"{importer}: the keras {type(cell).__name__} is not built; call it once or build() it first")
+    for knob in ("dropout", "recurrent_dropout"):
+        if getattr(cell, knob, 0.0):
+            warnings.warn(f"{importer}: the keras cell has {knob}={getattr(cell, knob)}; fastcarry imports the "
+                          "weights only and applies no dropout", stacklevel=3)
+    return cell
+
+
+def _activation_name(fn):
+    return getattr(fn, "__name__", repr(fn))
+
+
+def _check_keras_activations(cell, importer, activation="tanh", recurrent_activation="sigmoid"):
+    got = _activation_name(cell.activation)
+    if got != activation:
+        raise ValueError(f"{importer}: activation must be {activation!r}, got {got!r}")
+    got = _activation_name(cell.recurrent_activation)
+    if got != recurrent_activation:
+        raise ValueError(f"{importer}: recurrent_activation must be {recurrent_activation!r}, got {got!r}")
+
+
+def _keras_weights(cell, bias_shape):
+    kernel, recurrent = _as_array(cell.kernel, "kernel"), _as_array(cell.recurrent_kernel, "recurrent_kernel")
+    bias = _as_array(cell.bias, "bias") if getattr(cell, "use_bias", True) else np.zeros(bias_shape, kernel.dtype)
+    return [kernel, recurrent, bias]
+
+
+class LSTM(Cell):
+    """LSTM cell, Keras 3 layout: gates **i, f, c, o**.
+
+    Weights: ``kernel [D, 4H]``, ``recurrent_kernel [H, 4H]``, ``bias [4H]``.
+    State: ``LSTMState(h [B, H], c [B, H])``; output ``h``. ``forget_bias`` is a
+    constant added to the forget gate's pre-activation at run time (TF1's
+    ``BasicLSTMCell`` uses 1.0; Keras uses 0.0 and initialises the f bias to 1
+    instead, as this cell does).
+    """
+
+    _params_type = _lstm.Params
+
+    def __init__(self, units, *, forget_bias=0.0, dtype=tf.float32, seed=None, name=None):
+        super().__init__(units, dtype=dtype, seed=seed, name=name)
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
+            raise TypeError(f"forget_bias must be a number, got {forget_bias!r}")
+        self.forget_bias = float(forget_bias)
+
+    @property
+    def state_size(self):
+        return LSTMState(self.units, self.units)
+
+    def _weight_shapes(self, input_dim):
+        return [input_dim, 4 * self.units], [self.units, 4 * self.units], [4 * self.units]
+
+    def _initial_bias(self, shape):
+        # Keras' unit_forget_bias=True.
+        h = self.units
+        return tf.concat([tf.zeros([h], self.dtype), tf.ones([h], self.dtype), tf.zeros([2 * h], self.dtype)], 0)
+
+    def _core(self):
+        return Core(("lstm", self.forget_bias), functools.partial(_lstm.project, forget_bias=self.forget_bias),
+                    _lstm.step, self.units)
+
+    @classmethod
+    def from_keras(cls, layer_or_cell, *, name=None):
+        """A new LSTM holding a copy of a built ``keras.layers.LSTM``'s (or ``LSTMCell``'s) weights."""
+        cell = _keras_cell(layer_or_cell, "LSTMCell", "LSTM.from_keras")
+        _check_keras_activations(cell, "LSTM.from_keras")
+        new = cls(cell.units, dtype=cell.kernel.dtype, name=name)
+        new.set_weights(_keras_weights(cell, [4 * cell.units]))
+        return new
+
+    @classmethod
+    def from_tf1(cls, kernel, bias, forget_bias=1.0, *, name=None):
+        """A new LSTM from TF1 ``BasicLSTMCell`` variables.
+
+        Args:
+          kernel: ``[D + H, 4H]``, rows ``[x; h]``, gate columns **i, j, f, o**.
+          bias: ``[4H]``, same gate order.
+          forget_bias: the cell's run-time forget bias (``BasicLSTMCell`` default 1.0).
+        """
+        kernel, bias = _as_array(kernel, "kernel"), _as_array(bias, "bias")
+        if kernel.ndim != 2 or kernel.shape[1] % 4:
+            raise ValueError(f"kernel must be [D + H, 4H], got shape {list(kernel.shape)}")
+        units = kernel.shape[1] // 4
+        if kernel.shape[0] <= units:
+            raise ValueError(f"kernel must be [D + H, 4H] with D >= 1, got shape {list(kernel.shape)} (H={units})")
+        _check_shape(bias, [4 * units], "bias")
+
+        def keras_order(w):  # i, j, f, o -> i, f, c(=j), o
+            i, j, f, o = np.split(w, 4, axis=-1)
+            return np.concatenate([i, f, j, o], axis=-1)
+
+        kernel, bias = keras_order(kernel), keras_order(bias)
+        d = kernel.shape[0] - units
+        new = cls(units, forget_bias=forget_bias, dtype=kernel.dtype, name=name)
+        new.set_weights([kernel[:d], kernel[d:], bias])
+        return new
+
+
+class GRU(Cell):
+    """GRU cell, Keras 3 layout: gates **z, r, h**.
+
+    Weights: ``kernel [D, 3H]``, ``recurrent_kernel [H, 3H]``, and ``bias [2, 3H]``
+    (input bias, recurrent bias) with ``reset_after=True`` (Keras' default, the
+    cuDNN form: the reset gate multiplies ``h @ U_h + b``) or ``bias [3H]`` with
+    ``reset_after=False`` (TF1 ``GRUCell``: the reset gate multiplies ``h`` before
+    ``U_h``). State and output: ``h [B, H]``.
+    """
+
+    _params_type = _gru.Params
+
+    def __init__(self, units, *, reset_after=True, dtype=tf.float32, seed=None, name=None):
+        super().__init__(units, dtype=dtype, seed=seed, name=name)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
+        self.reset_after = reset_after
+
+    def _weight_shapes(self, input_dim):
+        bias = [2, 3 * self.units] if self.reset_after else [3 * self.units]
+        return [input_dim, 3 * self.units], [self.units, 3 * self.units], bias
+
+    def _core(self):
+        step = _gru.step_reset_after if self.reset_after else _gru.step_reset_before
+        return Core(("gru", self.reset_after), functools.partial(_gru.project, reset_after=self.reset_after),
+                    step, self.units)
+
+    @classmethod
+    def from_keras(cls, layer_or_cell, *, name=None):
+        """A new GRU holding a copy of a built ``keras.layers.GRU``'s (or ``GRUCell``'s) weights."""
+        cell = _keras_cell(layer_or_cell, "GRUCell", "GRU.from_keras")
+        _check_keras_activations(cell, "GRU.from_keras")
+        new = cls(cell.units, reset_after=bool(cell.reset_after), dtype=cell.kernel.dtype, name=name)
+        new.set_weights(_keras_weights(cell, new._weight_shapes(1)[2]))
+        return new
+
+    @classmethod
+    def from_tf1(cls, gate_kernel, gate_bias, candidate_kernel, candidate_bias, *, name=None):
+        """A new reset-before GRU from TF1 ``GRUCell`` variables.
+
+        Args:
+          gate_kernel: ``[D + H, 2H]``, rows ``[x; h]``, columns **r, u** (u is Keras' z).
+          gate_bias: ``[2H]``.
+          candidate_kernel: ``[D + H, H]``, applied to ``[x; r * h]``.
+          candidate_bias: ``[H]``.
+        """
+        gk, gb = _as_array(gate_kernel, "gate_kernel"), _as_array(gate_bias, "gate_bias")
+        ck, cb = _as_array(candidate_kernel, "candidate_kernel"), _as_array(candidate_bias, "candidate_bias")
+        if ck.ndim != 2:
+            raise ValueError(f"candidate_kernel must be [D + H, H], got shape {list(ck.shape)}")
+        units = ck.shape[1]
+        if ck.shape[0] <= units:
+            raise ValueError(f"candidate_kernel must be [D + H, H] with D >= 1, got shape {list(ck.shape)}")
+        _check_shape(gk, [ck.shape[0], 2 * units], "gate_kernel")
+        _check_shape(gb, [2 * units], "gate_bias")
+        _check_shape(cb, [units], "candidate_bias")
+        r_k, u_k = np.split(gk, 2, axis=1)
+        r_b, u_b = np.split(gb, 2)
+        kernel = np.concatenate([u_k, r_k, ck], axis=1)
+        d = kernel.shape[0] - units
+        new = cls(units, reset_after=False, dtype=ck.dtype, name=name)
+        new.set_weights([kernel[:d], kernel[d:], np.concatenate([u_b, r_b, cb])])
+        return new
+
+
+_ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
+
+
+class SimpleRNN(Cell):
+    """SimpleRNN cell, Keras 3 layout: ``h' = activation(x @ kernel + bias + h @ recurrent_kernel)``.
+
+    Weights: ``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``. State and
+    output: ``h [B, H]``. ``activation`` is one of ``"tanh"``, ``"relu"``,
+    ``"sigmoid"``, ``"linear"``.
+    """
+
+    _params_type = _simple_rnn.Params
+
+    def __init__(self, units, *, activation="tanh", dtype=tf.float32, seed=None, name=None):
+        super().__init__(units, dtype=dtype, seed=seed, name=name)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
+
+    def _weight_shapes(self, input_dim):
+        return [input_dim, self.units], [self.units, self.units], [self.units]
+
+    def _core(self):
+        step = functools.partial(_simple_rnn.step, activation=_ACTIVATIONS[self.activation])
+        return Core(("simple_rnn", self.activation), _simple_rnn.project, step, self.units)
+
+    @classmethod
+    def from_keras(cls, layer_or_cell, *, name=None):
+        """A new SimpleRNN holding a copy of a built ``keras.layers.SimpleRNN``'s (or cell's) weights."""
+        cell = _keras_cell(layer_or_cell, "SimpleRNNCell", "SimpleRNN.from_keras")
+        activation = _activation_name(cell.activation)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"SimpleRNN.from_keras: activation must be one of {sorted(_ACTIVATIONS)}, "
+                             f"got {activation!r}")
+        new = cls(cell.units, activation=activation, dtype=cell.kernel.dtype, name=name)
+        new.set_weights(_keras_weights(cell, [cell.units]))
+        return new
+
+    @classmethod
+    def from_tf1(cls, kernel, bias, *, activation="tanh", name=None):
+        """A new SimpleRNN from TF1 ``BasicRNNCell`` variables: ``kernel [D + H, H]``, ``bias [H]``."""
+        kernel, bias = _as_array(kernel, "kernel"), _as_array(bias, "bias")
+        if kernel.ndim != 2 or kernel.shape[0] <= kernel.shape[1]:
+            raise ValueError(f"kernel must be [D + H, H] with D >= 1, got shape {list(kernel.shape)}")
+        units = kernel.shape[1]
+        _check_shape(bias, [units], "bias")
+        d = kernel.shape[0] - units
+        new = cls(units, activation=activation, dtype=kernel.dtype, name=name)
+        new.set_weights([kernel[:d], kernel[d:], bias])
+        return new

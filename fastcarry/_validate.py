@@ -1,0 +1,143 @@
+"""Argument checks for ``unroll`` (fused and reference): clear errors, early.
+
+Every error names the argument, what was expected and what came.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from fastcarry._cells import Cell
+
+
+class Args(NamedTuple):
+    """Normalised arguments. ``inputs`` as given (layout unchanged); ``batch``/``time``
+    are ints when static, else scalar tensors; ``lengths`` ``[B]`` int32 or None."""
+
+    inputs: tf.Tensor
+    initial_state: object
+    lengths: object
+    batch: object
+    time: object
+
+
+def _flag(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def _dim(tensor, axis):
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile):
+    """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
+    for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile")):
+        _flag(value, name)
+    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)):
+        raise TypeError(f"unroll must be an int >= 1, got {unroll!r}")
+    if unroll < 1:
+        raise ValueError(f"unroll must be an int >= 1, got {unroll}")
+
+    inputs = _inputs(inputs, cell, time_major)
+    batch_axis, time_axis = (1, 0) if time_major else (0, 1)
+    batch, time = _dim(inputs, batch_axis), _dim(inputs, time_axis)
+    initial_state = _initial_state(initial_state, cell, inputs.shape[batch_axis])
+    lengths = _lengths(sequence_length, inputs.shape[batch_axis], time)
+    return Args(inputs, initial_state, lengths, batch, time)
+
+
+def _inputs(inputs, cell, time_major):
+    layout = "[T, B, D]" if time_major else "[B, T, D]"
+    if tf.is_tensor(inputs) or isinstance(inputs, (tf.Variable, np.ndarray)):
+        tensor = tf.convert_to_tensor(inputs)
+    elif isinstance(inputs, (list, tuple)):
+        # A Python list would become float64 by numpy's default: it means "the cell's dtype".
+        try:
+            tensor = tf.convert_to_tensor(inputs, cell.dtype)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"inputs must be a numeric tensor {layout}, got a {type(inputs).__name__} "
+                            f"that does not convert to {cell.dtype.name}") from err
+    else:
+        raise TypeError(f"inputs must be a tensor {layout}, got {type(inputs).__name__}")
+    if not tensor.dtype.is_floating:
+        raise TypeError(f"inputs must be a floating tensor ({cell.dtype.name}, the cell's dtype), "
+                        f"got dtype {tensor.dtype.name}")
+    if tensor.shape.rank != 3:
+        raise ValueError(f"inputs must have rank 3 {layout}, got shape {tensor.shape}")
+    if tensor.dtype != cell.dtype:
+        raise TypeError(f"inputs has dtype {tensor.dtype.name}, expected {cell.dtype.name} (the cell's dtype; "
+                        f"make the cell with dtype={tensor.dtype.name!r} or cast the inputs)")
+    feature = tensor.shape[2]
+    if feature is None:
+        raise ValueError(f"inputs must have a static feature dimension D (last axis of {layout}), got shape {tensor.shape}")
+    if cell.built and feature != cell.input_dim:
+        raise ValueError(f"inputs has feature dim {feature} (shape {tensor.shape}), expected {cell.input_dim} "
+                         f"(the input_dim the cell was built for)")
+    cell.build(feature)
+    return tensor
+
+
+def _component(value, name, batch, units, dtype):
+    if not (tf.is_tensor(value) or isinstance(value, (np.ndarray, list, tf.Variable))):
+        raise TypeError(f"{name} must be a tensor [B, H], got {type(value).__name__}")
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} has dtype {tensor.dtype.name}, expected {dtype.name}")
+    want = tf.TensorShape([batch, units])
+    if not tensor.shape.is_compatible_with(want):
+        raise ValueError(f"{name} has shape {tensor.shape.as_list() if tensor.shape.rank is not None else tensor.shape}, "
+                         f"expected {[batch, units]}")
+    return tensor
+
+
+def _initial_state(state, cell, batch):
+    if state is None:
+        return None
+    size = cell.state_size
+    fields = getattr(type(size), "_fields", None)
+    if fields is None:
+        if isinstance(state, (tuple, list)) and state and (tf.is_tensor(state[0]) or isinstance(state[0], np.ndarray)):
+            # Keras returns a single state as a one-element list; accept that, nothing longer.
+            if len(state) != 1:
+                raise TypeError(f"initial_state must be one tensor [B, H] for {type(cell).__name__}, "
+                                f"got a {type(state).__name__} of {len(state)}")
+            state = state[0]
+        return _component(state, "initial_state", batch, size, cell.dtype)
+    if not isinstance(state, (tuple, list)) or len(state) != len(fields):
+        got = f"a {type(state).__name__} of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
+        raise TypeError(f"initial_state must be {type(size).__name__}({', '.join(fields)}) for "
+                        f"{type(cell).__name__}, got {got}")
+    if isinstance(state, tuple) and hasattr(state, "_fields") and tuple(state._fields) != tuple(fields):
+        raise TypeError(f"initial_state must be {type(size).__name__}({', '.join(fields)}), "
+                        f"got {type(state).__name__}({', '.join(state._fields)})")
+    return type(size)(*(_component(v, f"initial_state.{f}", batch, n, cell.dtype)
+                        for v, f, n in zip(state, fields, size)))
+
+
+def _lengths(sequence_length, batch, time):
+    if sequence_length is None:
+        return None
+    lengths = tf.convert_to_tensor(sequence_length)
+    if not lengths.dtype.is_integer or lengths.dtype == tf.bool:
+        raise TypeError(f"sequence_length must be an integer tensor [B], got dtype {lengths.dtype.name}")
+    if not lengths.shape.is_compatible_with([batch]):
+        raise ValueError(f"sequence_length must have shape [B] = {[batch]}, got {lengths.shape}")
+    lengths = tf.cast(lengths, tf.int32)
+    if tf.executing_eagerly() and isinstance(time, int):
+        values = lengths.numpy()
+        bad = values[(values < 0) | (values > time)]
+        if bad.size:
+            raise ValueError(f"sequence_length values must be in [0, T={time}], got {bad.tolist()}")
+    else:
+        # In a graph the values are unknown until run time (XLA drops Asserts).
+        with tf.control_dependencies([
+                tf.debugging.assert_non_negative(lengths, message="sequence_length values must be in [0, T]"),
+                tf.debugging.assert_less_equal(lengths, tf.cast(time, tf.int32),
+                                               message="sequence_length values must be in [0, T]")]):
+            lengths = tf.identity(lengths)
+    return lengths

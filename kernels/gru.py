@@ -1,0 +1,67 @@
+"""Fused GRU steps in Keras 3's layout, both reset variants.
+
+Gates are stored concatenated in the order **z, r, h** (update, reset,
+candidate): ``kernel [D, 3H]``, ``recurrent_kernel [H, 3H]``.
+
+Reset-after (Keras default, the cuDNN form), ``bias [2, 3H]`` = (input bias,
+recurrent bias); one recurrent matmul per step::
+
+    xz, xr, xh = split(x_t @ kernel + bias[0], 3)
+    rz, rr, rh = split(h @ recurrent_kernel + bias[1], 3)
+    z = sigmoid(xz + rz);  r = sigmoid(xr + rr)
+    hh = tanh(xh + r * rh)
+    h' = z * h + (1 - z) * hh
+
+Reset-before (TF1 ``GRUCell``), ``bias [3H]``; the candidate's recurrent matmul
+needs ``r`` first, so there are two matmuls per step::
+
+    xz, xr, xh = split(x_t @ kernel + bias, 3)
+    z = sigmoid(xz + h @ U_z);  r = sigmoid(xr + h @ U_r)
+    hh = tanh(xh + (r * h) @ U_h)
+    h' = z * h + (1 - z) * hh
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from fastcarry.kernels._project import dense_over_time
+
+
+class Params(NamedTuple):
+    """GRU weights: ``kernel [D, 3H]``, ``recurrent_kernel [H, 3H]``, ``bias [2, 3H]`` or ``[3H]``."""
+
+    kernel: tf.Tensor
+    recurrent_kernel: tf.Tensor
+    bias: tf.Tensor
+
+
+def project(params, x, reset_after=True):
+    """``x [T, B, D] -> xp [T, B, 3H]`` (input bias only; the recurrent bias stays in the step)."""
+    bias = params.bias[0] if reset_after else params.bias
+    return dense_over_time(x, params.kernel, bias)
+
+
+def step_reset_after(params, state, xp_t):
+    """One reset-after step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
+    xz, xr, xh = tf.split(xp_t, 3, axis=-1)
+    rz, rr, rh = tf.split(tf.matmul(state, params.recurrent_kernel) + params.bias[1], 3, axis=-1)
+    z = tf.sigmoid(xz + rz)
+    r = tf.sigmoid(xr + rr)
+    hh = tf.tanh(xh + r * rh)
+    h = z * state + (1 - z) * hh
+    return h, h
+
+
+def step_reset_before(params, state, xp_t):
+    """One reset-before step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
+    units = params.recurrent_kernel.shape[0]
+    # Slicing a loop-invariant weight: XLA hoists these slices out of the loop.
+    u_zr, u_h = params.recurrent_kernel[:, : 2 * units], params.recurrent_kernel[:, 2 * units :]
+    xz, xr, xh = tf.split(xp_t, 3, axis=-1)
+    rz, rr = tf.split(tf.matmul(state, u_zr), 2, axis=-1)
+    z = tf.sigmoid(xz + rz)
+    r = tf.sigmoid(xr + rr)
+    hh = tf.tanh(xh + tf.matmul(r * state, u_h))
+    h = z * state + (1 - z) * hh
+    return h, h

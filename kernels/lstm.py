@@ -1,0 +1,54 @@
+"""Fused LSTM step in Keras 3's layout.
+
+Gates are stored concatenated in the order **i, f, c, o** (input, forget,
+candidate, output), so one matmul computes all four::
+
+    z   = x_t @ kernel + bias + h @ recurrent_kernel        [B, 4H]
+    i, f, g, o = split(z, 4)
+    c'  = sigmoid(f) * c + sigmoid(i) * tanh(g)
+    h'  = sigmoid(o) * tanh(c')
+
+``x_t @ kernel + bias`` (plus a constant ``forget_bias`` on the f slice, which is
+how TF1's ``BasicLSTMCell`` differs) is done for all steps before the loop by
+``project``; ``step`` does the rest.
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from fastcarry.kernels._project import dense_over_time
+
+
+class Params(NamedTuple):
+    """LSTM weights: ``kernel [D, 4H]``, ``recurrent_kernel [H, 4H]``, ``bias [4H]``."""
+
+    kernel: tf.Tensor
+    recurrent_kernel: tf.Tensor
+    bias: tf.Tensor
+
+
+class LSTMState(NamedTuple):
+    """LSTM carry: hidden state ``h [B, H]`` and cell state ``c [B, H]``."""
+
+    h: tf.Tensor
+    c: tf.Tensor
+
+
+def project(params, x, forget_bias=0.0):
+    """``x [T, B, D] -> xp [T, B, 4H]``; ``forget_bias`` is added to the f gate."""
+    bias = params.bias
+    if forget_bias:
+        units = params.recurrent_kernel.shape[0]
+        shift = tf.constant([0.0] * units + [forget_bias] * units + [0.0] * (2 * units), bias.dtype)
+        bias = bias + shift
+    return dense_over_time(x, params.kernel, bias)
+
+
+def step(params, state, xp_t):
+    """One step: ``state`` LSTMState of ``[B, H]``, ``xp_t [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
+    z = xp_t + tf.matmul(state.h, params.recurrent_kernel)
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    c = tf.sigmoid(f) * state.c + tf.sigmoid(i) * tf.tanh(g)
+    h = tf.sigmoid(o) * tf.tanh(c)
+    return LSTMState(h, c), h
