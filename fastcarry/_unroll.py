@@ -72,11 +72,11 @@ def _function(kind, core, opts):
     key = (kind, core.key, opts)
     if key not in _FUNCTIONS:
         if kind == "graph":
-            fn = tf.function(_forward_fn(core, opts, save_states=False), jit_compile=False)
+            fn = tf.function(_forward_fn(core, opts, save_states=False), jit_compile=False, autograph=False)
         elif kind == "jit_forward":
-            fn = tf.function(_forward_fn(core, opts, save_states=True), jit_compile=True)
+            fn = tf.function(_forward_fn(core, opts, save_states=True), jit_compile=True, autograph=False)
         elif kind == "jit_backward":
-            fn = tf.function(_backward_fn(core, opts), jit_compile=True)
+            fn = tf.function(_backward_fn(core, opts), jit_compile=True, autograph=False)
         _FUNCTIONS[key] = fn
     return _FUNCTIONS[key]
 
@@ -132,6 +132,9 @@ def _jit_unroll(core, opts, x, state, lengths, params):
     return out[0], tf.nest.pack_sequence_as(state, out[1:])
 
 
+# Library code is plain Python over static facts: autograph must not turn its
+# ifs into tf.cond when a caller's tf.function converts it.
+@tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
            unroll=1, jit_compile=True):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
@@ -196,7 +199,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     opts = _Options(time_major, reverse, int(unroll))
-    if args.time == 0:
+    if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
     core, params = cell._core(), cell._params()

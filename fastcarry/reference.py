@@ -95,6 +95,7 @@ def _step_for(cell):
     return _generic_step(cell)
 
 
+@tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
            unroll=1, jit_compile=True):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
