@@ -112,6 +112,21 @@ class Cell(tf.Module):
         for var, value in zip((self.kernel, self.recurrent_kernel, self.bias), (kernel, recurrent, bias)):
             var.assign(tf.cast(value, self.dtype))
 
+    def copy(self, *, dtype=None, name=None):
+        """A new cell of the same configuration with a copy of the weights, cast to ``dtype``.
+
+        For example ``cell.copy(dtype=tf.float64)`` to hold a float32 cell against
+        the float64 reference.
+        """
+        new = type(self)(self.units, dtype=self.dtype if dtype is None else dtype, name=name, **self._config())
+        if self.built:
+            new.set_weights([tf.cast(v, new.dtype) for v in (self.kernel, self.recurrent_kernel, self.bias)])
+        return new
+
+    def _config(self):
+        """Constructor arguments beyond ``units``, ``dtype`` and ``name``."""
+        return {"seed": self.seed}
+
     # -- what the loop uses ---------------------------------------------------
     def _params(self):
         """The weights as tensors, in the kernel's ``Params`` NamedTuple."""
@@ -191,6 +206,9 @@ class LSTM(Cell):
     def state_size(self):
         return LSTMState(self.units, self.units)
 
+    def _config(self):
+        return {"seed": self.seed, "forget_bias": self.forget_bias}
+
     def _weight_shapes(self, input_dim):
         return [input_dim, 4 * self.units], [self.units, 4 * self.units], [4 * self.units]
 
@@ -258,6 +276,9 @@ class GRU(Cell):
             raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
         self.reset_after = reset_after
 
+    def _config(self):
+        return {"seed": self.seed, "reset_after": self.reset_after}
+
     def _weight_shapes(self, input_dim):
         bias = [2, 3 * self.units] if self.reset_after else [3 * self.units]
         return [input_dim, 3 * self.units], [self.units, 3 * self.units], bias
@@ -323,6 +344,9 @@ class SimpleRNN(Cell):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
+
+    def _config(self):
+        return {"seed": self.seed, "activation": self.activation}
 
     def _weight_shapes(self, input_dim):
         return [input_dim, self.units], [self.units, self.units], [self.units]

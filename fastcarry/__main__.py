@@ -1,0 +1,5 @@
+import sys
+
+from fastcarry._cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""The ``fastcarry`` command line: ``fastcarry check`` (later issues add more)."""
+
+import argparse
+import os
+import sys
+
+CELLS = ("lstm", "gru", "gru-reset-before", "rnn")
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
+
+
+def _non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text}")
+    return value
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="fastcarry", description="Fast, exact RNNs under XLA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser(
+        "check", help="compare fastcarry.unroll with the float64 reference and Keras 3 on random data",
+        description="Builds random weights and inputs, runs fastcarry.unroll (XLA and graph), the float64 "
+                    "reference and the Keras 3 layer with the same weights, and compares outputs, final state "
+                    "and every gradient under a random cotangent. Exits 1 on any FAIL.")
+    check.add_argument("--cell", choices=CELLS, default="lstm")
+    check.add_argument("--batch", type=_positive, default=4, metavar="B")
+    check.add_argument("--time", type=_non_negative, default=16, metavar="T")
+    check.add_argument("--input", type=_positive, default=8, metavar="D")
+    check.add_argument("--units", type=_positive, default=16, metavar="H")
+    check.add_argument("--seq-lengths", type=_non_negative, nargs="+", metavar="L",
+                       help="one length per batch row, each in [0, T]")
+    check.add_argument("--reverse", action="store_true")
+    check.add_argument("--time-major", action="store_true")
+    check.add_argument("--unroll", type=_positive, default=1, metavar="K")
+    check.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _cell(name, units, seed):
+    import fastcarry as fc
+
+    if name == "lstm":
+        return fc.LSTM(units, seed=seed)
+    if name == "gru":
+        return fc.GRU(units, reset_after=True, seed=seed)
+    if name == "gru-reset-before":
+        return fc.GRU(units, reset_after=False, seed=seed)
+    return fc.SimpleRNN(units, seed=seed)
+
+
+def check(args, out=sys.stdout):
+    """Runs the comparisons; returns the process exit code (0 all PASS, 1 any FAIL)."""
+    import numpy as np
+    import tensorflow as tf
+
+    import fastcarry as fc
+    from fastcarry import _check
+
+    if args.seq_lengths is not None:
+        if len(args.seq_lengths) != args.batch:
+            raise SystemExit(f"fastcarry check: --seq-lengths needs {args.batch} values (--batch), "
+                             f"got {len(args.seq_lengths)}")
+        if max(args.seq_lengths) > args.time:
+            raise SystemExit(f"fastcarry check: --seq-lengths values must be in [0, T={args.time}], "
+                             f"got {args.seq_lengths}")
+    rng = np.random.default_rng(args.seed)
+    cell = _cell(args.cell, args.units, args.seed)
+    cell.build(args.input)
+    shape = (args.time, args.batch, args.input) if args.time_major else (args.batch, args.time, args.input)
+    inputs = rng.standard_normal(shape)
+    initial = [rng.standard_normal((args.batch, n)) * 0.5 for n in tf.nest.flatten(cell.state_size)]
+    initial = tf.nest.pack_sequence_as(cell.state_size, initial)
+    cot = _check.random_cotangents(cell, args.batch, args.time, args.time_major, seed=args.seed + 1)
+    options = dict(sequence_length=args.seq_lengths, time_major=args.time_major, reverse=args.reverse,
+                   unroll=args.unroll)
+    ref_cell = cell.copy(dtype=tf.float64)
+    want = _check.evaluate(fc.reference.unroll, ref_cell, inputs, initial, cot, **options)
+    keras = _check.KerasUnroll(cell)
+    contenders = [
+        ("fused jit  vs reference(float64)", fc.unroll, dict(jit_compile=True), want, None),
+        ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
+    ]
+    tol = _check.TOLERANCE[cell.dtype]
+    print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
+          f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "
+          f"unroll={args.unroll}; {cell.dtype.name}, tolerance {tol:g} relative to max |reference|", file=out)
+    failed = False
+    fused_jit = None
+    for title, impl, extra, reference, weights in contenders:
+        got = _check.evaluate(impl, cell, inputs, initial, cot, weights=weights, **options, **extra)
+        fused_jit = fused_jit or got
+        failed |= _report(title, _check.compare(got, reference), tol, out)
+    keras_got = _check.evaluate(keras, cell, inputs, initial, cot, weights=keras.weights, **options)
+    failed |= _report("fused jit  vs keras 3", _check.compare(fused_jit, keras_got), tol, out)
+    print("FAIL" if failed else "PASS", file=out)
+    return 1 if failed else 0
+
+
+def _report(title, rows, tol, out):
+    print(f"\n{title}\n  {'tensor':<24}{'max abs err':>14}{'relative':>12}", file=out)
+    failed = False
+    for row in rows:
+        ok = row.relative <= tol
+        failed |= not ok
+        print(f"  {row.name:<24}{row.max_abs:>14.3e}{row.relative:>12.3e}  {'PASS' if ok else 'FAIL'}", file=out)
+    return failed
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "check":
+        return check(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Shared test fixtures: cells by name, random data, tolerance-checked comparison.
+
+Tolerances are relative to the largest magnitude of the expected tensor, keyed
+by dtype (``fastcarry._check.TOLERANCE``; float32's 2e-5 is the acceptance bound).
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import fastcarry as fc  # noqa: E402
+from fastcarry import _check  # noqa: E402
+
+CELL_KINDS = ("lstm", "gru", "gru-reset-before", "rnn")
+
+
+def make_cell(kind, units, *, dtype=tf.float32, seed=0, input_dim=None, **kw):
+    """A fresh cell of ``kind`` (one of ``CELL_KINDS``), built if ``input_dim`` is given.
+
+    Biases are randomised (they initialise to zeros/ones), so every weight matters.
+    """
+    if kind == "lstm":
+        cell = fc.LSTM(units, dtype=dtype, seed=seed, **kw)
+    elif kind == "gru":
+        cell = fc.GRU(units, reset_after=True, dtype=dtype, seed=seed, **kw)
+    elif kind == "gru-reset-before":
+        cell = fc.GRU(units, reset_after=False, dtype=dtype, seed=seed, **kw)
+    elif kind == "rnn":
+        cell = fc.SimpleRNN(units, dtype=dtype, seed=seed, **kw)
+    else:
+        raise ValueError(kind)
+    if input_dim is not None:
+        cell.build(input_dim)
+        rng = np.random.default_rng(seed + 100)
+        cell.bias.assign(tf.cast(rng.standard_normal(cell.bias.shape) * 0.5, dtype))
+    return cell
+
+
+def random_state(cell, batch, seed=1, scale=0.5):
+    """A random initial state in the cell's structure, numpy float64 ``[B, H]`` per component."""
+    rng = np.random.default_rng(seed)
+    flat = [rng.standard_normal((batch, n)) * scale for n in tf.nest.flatten(cell.state_size)]
+    return tf.nest.pack_sequence_as(cell.state_size, flat)
+
+
+def random_inputs(batch, time, dim, time_major=False, seed=2):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((time, batch, dim) if time_major else (batch, time, dim))
+
+
+def assert_all_close(got, want, dtype=tf.float32, context=""):
+    """Every tensor of ``got`` equals ``want``'s within ``TOLERANCE[dtype]`` relative to max |want|."""
+    tol = _check.TOLERANCE[tf.as_dtype(dtype)]
+    rows = _check.compare(got, want)
+    bad = [r for r in rows if not r.relative <= tol]
+    assert not bad, f"{context}: beyond {tol:g} relative: " + ", ".join(
+        f"{r.name} {r.relative:.2e} (abs {r.max_abs:.2e})" for r in bad)
+    return rows
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
