@@ -138,10 +138,11 @@ class Cell(tf.Module):
 
     def _initial_values(self, input_dim):
         kernel_shape, recurrent_shape, bias_shape = self._weight_shapes(input_dim)
-        seed = self.seed
-        kernel = tf.keras.initializers.GlorotUniform(seed)(kernel_shape, self.dtype)
-        recurrent = tf.keras.initializers.Orthogonal(seed=seed)(recurrent_shape, self.dtype)
-        return kernel, recurrent, self._initial_bias(bias_shape)
+        # Drawn in float32 at least: the orthogonal initializer's QR has no bfloat16 kernel.
+        dtype = tf.float64 if self.dtype == tf.float64 else tf.float32
+        kernel = tf.keras.initializers.GlorotUniform(self.seed)(kernel_shape, dtype)
+        recurrent = tf.keras.initializers.Orthogonal(seed=self.seed)(recurrent_shape, dtype)
+        return tf.cast(kernel, self.dtype), tf.cast(recurrent, self.dtype), self._initial_bias(bias_shape)
 
     def _initial_bias(self, shape):
         return tf.zeros(shape, self.dtype)

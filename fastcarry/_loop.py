@@ -21,7 +21,8 @@ import tensorflow as tf
 class Core(NamedTuple):
     """What the loop needs from a cell.
 
-    key: hashable, names the math; cores with equal keys share compiled functions.
+    key: hashable, names the math; cores with equal keys and output sizes share
+      compiled functions, so the key must determine ``project`` and ``step``.
     project: ``(params, x [T, B, D]) -> xp [T, B, G]``, the input projection of all steps.
     step: ``(params, state, xp_t [B, G]) -> (state, y_t [B, output_size])``.
     output_size: H, the last dimension of ``y_t``.

@@ -69,7 +69,9 @@ _FUNCTIONS = {}
 
 
 def _function(kind, core, opts):
-    key = (kind, core.key, opts)
+    # Everything the traced function closes over must be in the key: the math
+    # (core.key), the output width baked into its TensorArrays, the options.
+    key = (kind, core.key, core.output_size, opts)
     if key not in _FUNCTIONS:
         if kind == "graph":
             fn = tf.function(_forward_fn(core, opts, save_states=False), jit_compile=False, autograph=False)
