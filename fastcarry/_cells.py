@@ -84,9 +84,10 @@ class Cell(tf.Module):
                     f"inputs have feature dim {input_dim}, expected {self.input_dim} "
                     f"(the cell {self.name!r} was built for input_dim={self.input_dim})")
             return
-        values = self._initial_values(int(input_dim))
-        # init_scope: created eagerly even when first used inside a tf.function.
+        # init_scope: values and variables are made eagerly even when the first
+        # use is inside a tf.function (a traced initial value could not escape it).
         with tf.init_scope(), self.name_scope:
+            values = self._initial_values(int(input_dim))
             self.kernel = tf.Variable(values[0], name="kernel", dtype=self.dtype)
             self.recurrent_kernel = tf.Variable(values[1], name="recurrent_kernel", dtype=self.dtype)
             self.bias = tf.Variable(values[2], name="bias", dtype=self.dtype)

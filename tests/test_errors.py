@@ -1,0 +1,260 @@
+"""Misuse of ``fastcarry.unroll``, ``fastcarry.reference.unroll`` and the cells: clear errors, early.
+
+One test per misuse. Every error must be a ValueError or TypeError whose message
+names the argument, what was expected and what came; ``_raises`` checks that the
+message contains each of the given pieces (in any order). Cases that concern
+``unroll``'s arguments run against both the fused path and the reference.
+"""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcarry as fc
+
+B, T, D, H = 2, 3, 4, 5
+
+UNROLLS = pytest.mark.parametrize("run", [fc.unroll, fc.reference.unroll], ids=["fused", "reference"])
+
+
+def _raises(*parts, exc=(ValueError, TypeError)):
+    """``pytest.raises`` whose ``match`` requires every piece of ``parts``, in any order."""
+    pattern = "(?s)" + "".join(f"(?=.*{re.escape(str(p))})" for p in parts)
+    return pytest.raises(exc, match=pattern)
+
+
+def _cell(kind="lstm"):
+    cell = {"lstm": fc.LSTM, "gru": fc.GRU, "rnn": fc.SimpleRNN}[kind](H, seed=0)
+    cell.build(D)
+    return cell
+
+
+def _x(shape=(B, T, D), dtype=np.float32):
+    return np.zeros(shape, dtype)
+
+
+# -- inputs --------------------------------------------------------------------
+
+@UNROLLS
+def test_inputs_of_rank_2(run):
+    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 4)"):
+        run(_cell(), _x((B, D)))
+
+
+@UNROLLS
+def test_inputs_of_rank_4(run):
+    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 3, 4, 1)"):
+        run(_cell(), _x((B, T, D, 1)))
+
+
+@UNROLLS
+def test_inputs_feature_dim_differs_from_built_kernel(run):
+    with _raises("inputs", "feature dim 6", "expected 4"):
+        run(_cell(), _x((B, T, 6)))
+
+
+@UNROLLS
+def test_integer_inputs(run):
+    with _raises("inputs", "floating", "float32", "int32"):
+        run(_cell(), _x(dtype=np.int32))
+
+
+@UNROLLS
+def test_bool_inputs(run):
+    with _raises("inputs", "floating", "float32", "bool"):
+        run(_cell(), _x(dtype=bool))
+
+
+@UNROLLS
+def test_float64_inputs_into_float32_cell(run):
+    with _raises("inputs", "float64", "float32"):
+        run(_cell(), _x(dtype=np.float64))
+
+
+# -- initial_state -------------------------------------------------------------
+
+@UNROLLS
+def test_initial_state_single_tensor_for_lstm(run):
+    with _raises("initial_state", "LSTMState(h, c)", "Tensor"):
+        run(_cell("lstm"), _x(), tf.zeros([B, H]))
+
+
+@UNROLLS
+def test_initial_state_three_tuple_for_lstm(run):
+    with _raises("initial_state", "LSTMState(h, c)", "tuple of 3"):
+        run(_cell("lstm"), _x(), (tf.zeros([B, H]),) * 3)
+
+
+@UNROLLS
+def test_initial_state_pair_for_gru(run):
+    with _raises("initial_state", "one tensor [B, H]", "GRU", "tuple of 2"):
+        run(_cell("gru"), _x(), (tf.zeros([B, H]), tf.zeros([B, H])))
+
+
+@UNROLLS
+def test_initial_state_component_of_wrong_shape(run):
+    state = fc.LSTMState(tf.zeros([B, H]), tf.zeros([B, H + 1]))
+    with _raises("initial_state.c", "[2, 6]", "expected [2, 5]"):
+        run(_cell("lstm"), _x(), state)
+
+
+@UNROLLS
+def test_initial_state_of_wrong_dtype(run):
+    state = fc.LSTMState(tf.zeros([B, H]), tf.zeros([B, H], tf.float64))
+    with _raises("initial_state.c", "float64", "expected float32"):
+        run(_cell("lstm"), _x(), state)
+
+
+# -- sequence_length -----------------------------------------------------------
+
+@UNROLLS
+def test_sequence_length_of_wrong_shape(run):
+    with _raises("sequence_length", "[B]", "[2]", "(3,)"):
+        run(_cell(), _x(), sequence_length=[1, 2, 3])
+
+
+@UNROLLS
+def test_sequence_length_of_float_dtype(run):
+    with _raises("sequence_length", "integer", "float32"):
+        run(_cell(), _x(), sequence_length=[1.0, 2.0])
+
+
+@UNROLLS
+def test_sequence_length_negative(run):
+    with _raises("sequence_length", "[0, T=3]", "[-1]"):
+        run(_cell(), _x(), sequence_length=[-1, 2])
+
+
+@UNROLLS
+def test_sequence_length_greater_than_time(run):
+    with _raises("sequence_length", "[0, T=3]", "[4]"):
+        run(_cell(), _x(), sequence_length=[1, 4])
+
+
+@UNROLLS
+@pytest.mark.parametrize("jit_compile", [True, False], ids=["jit", "graph"])
+def test_sequence_length_out_of_range_in_user_function_fails_at_run_time(run, jit_compile):
+    """In a user's (non-XLA) tf.function the values are only known at run time."""
+    cell = _cell("rnn")
+    x = tf.zeros([B, T, D])
+
+    @tf.function
+    def f(lengths):
+        return run(cell, x, sequence_length=lengths, jit_compile=jit_compile)[0]
+
+    # Valid lengths run through the same traced function: the errors below come from the values.
+    assert f(tf.constant([1, 3])).shape == (B, T, H)
+    for bad in ([-1, 2], [1, 4]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="sequence_length"):
+            f(tf.constant(bad))
+
+
+# -- unroll, flags, cell -------------------------------------------------------
+
+@UNROLLS
+def test_unroll_zero(run):
+    with _raises("unroll", "int >= 1", "got 0", exc=ValueError):
+        run(_cell(), _x(), unroll=0)
+
+
+@UNROLLS
+def test_unroll_float(run):
+    with _raises("unroll", "int >= 1", "1.5"):
+        run(_cell(), _x(), unroll=1.5)
+
+
+@UNROLLS
+def test_unroll_bool(run):
+    with _raises("unroll", "int >= 1", "True"):
+        run(_cell(), _x(), unroll=True)
+
+
+@UNROLLS
+@pytest.mark.parametrize("flag, value", [("time_major", 1), ("reverse", "yes"), ("jit_compile", None)])
+def test_non_bool_flag(run, flag, value):
+    with _raises(flag, "bool", repr(value)):
+        run(_cell(), _x(), **{flag: value})
+
+
+@UNROLLS
+def test_non_cell_object_as_cell(run):
+    keras_cell = tf.keras.layers.LSTMCell(H)
+    with _raises("cell", "fastcarry cell", "LSTMCell"):
+        run(keras_cell, _x())
+
+
+# -- constructors, weights -----------------------------------------------------
+
+def test_units_zero():
+    with _raises("units", "positive int", "0"):
+        fc.LSTM(0)
+
+
+def test_units_string():
+    with _raises("units", "positive int", "'8'"):
+        fc.GRU("8")
+
+
+def test_gru_reset_after_not_bool():
+    with _raises("reset_after", "bool", "'yes'"):
+        fc.GRU(H, reset_after="yes")
+
+
+def test_simple_rnn_unknown_activation():
+    with _raises("activation", "tanh", "'gelu'"):
+        fc.SimpleRNN(H, activation="gelu")
+
+
+def test_integer_dtype():
+    with _raises("dtype", "float32", "int32"):
+        fc.LSTM(H, dtype=tf.int32)
+
+
+@pytest.mark.parametrize("wrong", ["kernel", "recurrent_kernel", "bias"])
+def test_set_weights_with_wrong_shape(wrong):
+    cell = _cell("lstm")
+    weights = dict(kernel=np.zeros([D, 4 * H]), recurrent_kernel=np.zeros([H, 4 * H]), bias=np.zeros([4 * H]))
+    expected = list(weights[wrong].shape)
+    bad = expected[:-1] + [expected[-1] - 1]
+    if wrong == "kernel":  # a kernel's D may be new, but its G must be 4H
+        expected = [D, 4 * H]
+    weights[wrong] = np.zeros(bad)
+    before = cell.get_weights()
+    with _raises(wrong, str(bad), f"expected {expected}"):
+        cell.set_weights([weights["kernel"], weights["recurrent_kernel"], weights["bias"]])
+    for old, new in zip(before, cell.get_weights()):
+        np.testing.assert_array_equal(old, new)  # nothing was assigned
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_from_tf1_with_wrong_kernel_shape(kind):
+    z = np.zeros
+    if kind == "lstm":
+        with _raises("kernel", "[D + H, 4H]", "[9, 21]"):
+            fc.LSTM.from_tf1(z([D + H, 4 * H + 1]), z([4 * H]))
+    elif kind == "gru":
+        with _raises("gate_kernel", "[9, 11]", "expected [9, 10]"):
+            fc.GRU.from_tf1(z([D + H, 2 * H + 1]), z([2 * H]), z([D + H, H]), z([H]))
+    else:
+        with _raises("kernel", "[D + H, H]", "[5, 5]"):
+            fc.SimpleRNN.from_tf1(z([H, H]), z([H]))
+
+
+# -- T == 0 --------------------------------------------------------------------
+
+@UNROLLS
+@pytest.mark.parametrize("jit_compile", [True, False], ids=["jit", "graph"])
+@pytest.mark.parametrize("given", [True, False], ids=["given_state", "zero_state"])
+def test_zero_time_steps_return_empty_outputs_and_initial_state(run, jit_compile, given):
+    cell = _cell("lstm")
+    s0 = fc.LSTMState(tf.fill([B, H], 0.25), tf.fill([B, H], -0.5)) if given else None
+    outputs, state = run(cell, tf.zeros([B, 0, D]), s0, jit_compile=jit_compile)
+    assert tuple(outputs.shape) == (B, 0, H)
+    assert outputs.dtype == tf.float32
+    assert isinstance(state, fc.LSTMState)
+    want = s0 if given else fc.LSTMState(np.zeros([B, H], np.float32), np.zeros([B, H], np.float32))
+    for got, expected in zip(state, want):
+        assert got.dtype == tf.float32
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))

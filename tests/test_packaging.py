@@ -1,0 +1,91 @@
+"""Packaging: a regular (non-editable) install, and the ``fastcarry`` command line.
+
+The install is ``pip install --no-deps --no-build-isolation --no-index --target``
+from a clean copy of the repository (so the test neither writes ``build/`` into
+the repo nor picks up a stale one), then imported in a subprocess that sees only
+the target directory (``PYTHONPATH``) from an unrelated working directory.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Never part of a source tree to build from: VCS data, caches, earlier build output.
+_IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                 ".hypothesis", ".benchmarks", "*.pyc")
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.update(extra)
+    return env
+
+
+def _run(args, cwd, env=None, timeout=300):
+    return subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+
+
+def test_regular_install_has_only_the_fastcarry_package(tmp_path):
+    source, target, elsewhere = tmp_path / "src", tmp_path / "target", tmp_path / "elsewhere"
+    shutil.copytree(REPO, source, ignore=_IGNORE)
+    elsewhere.mkdir()
+    pip = _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                "--no-cache-dir", "--disable-pip-version-check", "--target", str(target), str(source)],
+               cwd=elsewhere)
+    assert pip.returncode == 0, f"pip install failed:\n{pip.stdout}\n{pip.stderr}"
+
+    installed = sorted(p.name for p in target.iterdir())
+    for generic in ("kernels", "profiling"):
+        assert not (target / generic).exists(), f"top-level {generic!r} installed: {installed}"
+    packages = sorted(p.name for p in target.iterdir()
+                      if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix in (".py", ".pth"))
+    assert packages == ["fastcarry"], f"unexpected top-level modules/packages: {installed}"
+    dist_info = [p for p in target.iterdir() if p.name.endswith(".dist-info")]
+    assert len(dist_info) == 1, installed
+    assert "fastcarry = fastcarry._cli:main" in (dist_info[0] / "entry_points.txt").read_text()
+
+    probe = textwrap.dedent("""
+        import json
+        import fastcarry.kernels, fastcarry.profiling
+        import fastcarry as fc
+        print(json.dumps({
+            "fastcarry": fc.__file__,
+            "kernels": fastcarry.kernels.__file__,
+            "profiling": fastcarry.profiling.__file__,
+            "has_lstm_kernels": hasattr(fastcarry.kernels, "lstm"),
+        }))
+    """)
+    run = _run([sys.executable, "-c", probe], cwd=elsewhere, env=_env(PYTHONPATH=str(target)))
+    assert run.returncode == 0, f"import failed:\n{run.stdout}\n{run.stderr}"
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    root = target.resolve()
+    for name in ("fastcarry", "kernels", "profiling"):
+        assert Path(found[name]).resolve().is_relative_to(root), f"{name} imported from {found[name]}, not {root}"
+    assert found["has_lstm_kernels"], found
+
+
+def test_check_command_passes(tmp_path):
+    run = _run([sys.executable, "-m", "fastcarry", "check", "--cell", "rnn", "--batch", "2", "--time", "3",
+                "--input", "2", "--units", "3"], cwd=tmp_path)
+    assert run.returncode == 0, f"exit {run.returncode}:\n{run.stdout}\n{run.stderr}"
+    lines = run.stdout.strip().splitlines()
+    assert lines and lines[-1] == "PASS", run.stdout
+    assert "FAIL" not in run.stdout
+    assert "keras 3" in run.stdout and "reference(float64)" in run.stdout  # every comparison ran
+
+
+def test_check_command_rejects_out_of_range_seq_lengths(tmp_path):
+    run = _run([sys.executable, "-m", "fastcarry", "check", "--seq-lengths", "9", "--batch", "1", "--time", "3"],
+               cwd=tmp_path)
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr
+    message = run.stderr + run.stdout
+    assert "--seq-lengths" in message and "9" in message and "T=3" in message, message
+    assert "PASS" not in run.stdout
