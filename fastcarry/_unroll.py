@@ -68,19 +68,26 @@ def _backward_fn(core, opts):
 _FUNCTIONS = {}
 
 
+_BUILDERS = {
+    # kind: (python function, jit_compile)
+    "graph": (lambda core, opts: _forward_fn(core, opts, save_states=False), False),
+    "jit_forward": (lambda core, opts: _forward_fn(core, opts, save_states=True), True),
+    "jit_backward": (_backward_fn, True),
+}
+
+
 def _function(kind, core, opts):
     # Everything the traced function closes over must be in the key: the math
     # (core.key), the output width baked into its TensorArrays, the options.
     key = (kind, core.key, core.output_size, opts)
     if key not in _FUNCTIONS:
-        if kind == "graph":
-            fn = tf.function(_forward_fn(core, opts, save_states=False), jit_compile=False, autograph=False)
-        elif kind == "jit_forward":
-            fn = tf.function(_forward_fn(core, opts, save_states=True), jit_compile=True, autograph=False)
-        elif kind == "jit_backward":
-            fn = tf.function(_backward_fn(core, opts), jit_compile=True, autograph=False)
-        _FUNCTIONS[key] = fn
+        build, jit_compile = _BUILDERS[kind]
+        _FUNCTIONS[key] = tf.function(build(core, opts), jit_compile=jit_compile, autograph=False)
     return _FUNCTIONS[key]
+
+
+def _stop(tree):
+    return tf.nest.map_structure(tf.stop_gradient, tree)
 
 
 def _zeros_if_none(grads, like):
@@ -109,7 +116,6 @@ def _jit_unroll(core, opts, x, state, lengths, params):
     forward = _function("jit_forward", core, opts)
     backward = _function("jit_backward", core, opts)
     n_state = len(tf.nest.flatten(state))
-    stop = lambda tree: tf.nest.map_structure(tf.stop_gradient, tree)  # noqa: E731
 
     @tf.custom_gradient
     def run(x, *flat):
@@ -117,16 +123,16 @@ def _jit_unroll(core, opts, x, state, lengths, params):
         p = tf.nest.pack_sequence_as(params, flat[n_state:])
         # stop_gradient: an active tape would otherwise ask the compiled function
         # for its loop accumulators (TensorLists), which cannot leave XLA.
-        ys, final, saved = forward(stop(x), stop(s0), lengths, stop(p))
+        ys, final, saved = forward(_stop(x), _stop(s0), lengths, _stop(p))
         flat_final = tf.nest.flatten(final)
 
         def grad(dys, *dfinal):
             dys, = _zeros_if_none([dys], [ys])
-            dfinal = _zeros_if_none(dfinal, flat_final)
-            dx, dstate, dparams = backward(*stop([x, s0]), lengths, stop(p), saved, *stop(
-                [dys, tf.nest.pack_sequence_as(state, dfinal)]))
+            dfinal = tf.nest.pack_sequence_as(state, _zeros_if_none(dfinal, flat_final))
+            dx, dstate, dparams = backward(_stop(x), _stop(s0), lengths, _stop(p), saved,
+                                           _stop(dys), _stop(dfinal))
             flat_grads = [dx] + tf.nest.flatten(dstate) + tf.nest.flatten(dparams)
-            return _no_second_order(flat_grads, [x, dys, *dfinal, *flat])
+            return _no_second_order(flat_grads, [x, dys, *tf.nest.flatten(dfinal), *flat])
 
         return [ys] + flat_final, grad
 
