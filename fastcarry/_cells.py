@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from fastcarry._loop import Core
+from fastcarry._loop import Core, Split
 from fastcarry.kernels import gru as _gru
 from fastcarry.kernels import lstm as _lstm
 from fastcarry.kernels import simple_rnn as _simple_rnn
@@ -221,7 +221,7 @@ class LSTM(Cell):
 
     def _core(self):
         return Core(("lstm", self.forget_bias), functools.partial(_lstm.project, forget_bias=self.forget_bias),
-                    _lstm.step, self.units)
+                    _lstm.step, self.units, Split(_lstm.recurrent_input, _lstm.recurrent, _lstm.update))
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -286,9 +286,12 @@ class GRU(Cell):
         return [input_dim, 3 * self.units], [self.units, 3 * self.units], bias
 
     def _core(self):
-        step = _gru.step_reset_after if self.reset_after else _gru.step_reset_before
-        return Core(("gru", self.reset_after), functools.partial(_gru.project, reset_after=self.reset_after),
-                    step, self.units)
+        project = functools.partial(_gru.project, reset_after=self.reset_after)
+        if not self.reset_after:
+            # Two dependent recurrent matmuls per step: no single-matmul split.
+            return Core(("gru", False), project, _gru.step_reset_before, self.units)
+        split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.update_reset_after)
+        return Core(("gru", True), project, _gru.step_reset_after, self.units, split)
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -354,8 +357,11 @@ class SimpleRNN(Cell):
         return [input_dim, self.units], [self.units, self.units], [self.units]
 
     def _core(self):
-        step = functools.partial(_simple_rnn.step, activation=_ACTIVATIONS[self.activation])
-        return Core(("simple_rnn", self.activation), _simple_rnn.project, step, self.units)
+        activation = _ACTIVATIONS[self.activation]
+        split = Split(_simple_rnn.recurrent_input, _simple_rnn.recurrent,
+                      functools.partial(_simple_rnn.update, activation=activation))
+        return Core(("simple_rnn", self.activation), _simple_rnn.project,
+                    functools.partial(_simple_rnn.step, activation=activation), self.units, split)
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):

@@ -10,6 +10,15 @@ tensors (no variables, no loops):
 - ``step(params, state, xp_t) -> (state, y_t)``: one time step on a projected
   input ``xp_t [B, G]``; ``y_t [B, H]``.
 
+Cells whose step has ONE recurrent matmul (LSTM, SimpleRNN, reset-after GRU)
+also expose the step split in two, which the fused backward uses:
+
+- ``recurrent_input(state) -> h [B, H]`` and ``recurrent(params, h) -> rec [B, G]``,
+  linear in ``params`` and ``h`` (``h @ recurrent_kernel``, plus GRU's recurrent bias);
+- ``update(state, xp_t, rec_t) -> (state, y_t)``, elementwise;
+
+with ``step(params, state, xp_t) == update(state, xp_t, recurrent(params, recurrent_input(state)))``.
+
 The time loop lives in ``fastcarry._loop``; nothing here knows about time.
 """
 

@@ -42,15 +42,30 @@ def project(params, x, reset_after=True):
     return dense_over_time(x, params.kernel, bias)
 
 
-def step_reset_after(params, state, xp_t):
-    """One reset-after step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
+def recurrent_input(state):
+    """The ``[B, H]`` that multiplies ``recurrent_kernel``: the state itself."""
+    return state
+
+
+def recurrent_reset_after(params, h):
+    """``h [N, H] -> [N, 3H]`` = ``h @ recurrent_kernel + bias[1]`` (linear in params and h)."""
+    return tf.matmul(h, params.recurrent_kernel) + params.bias[1]
+
+
+def update_reset_after(state, xp_t, rec_t):
+    """The elementwise rest of a reset-after step: ``xp_t``, ``rec_t`` ``[B, 3H]`` -> (``h'``, ``h'``)."""
     xz, xr, xh = tf.split(xp_t, 3, axis=-1)
-    rz, rr, rh = tf.split(tf.matmul(state, params.recurrent_kernel) + params.bias[1], 3, axis=-1)
+    rz, rr, rh = tf.split(rec_t, 3, axis=-1)
     z = tf.sigmoid(xz + rz)
     r = tf.sigmoid(xr + rr)
     hh = tf.tanh(xh + r * rh)
     h = z * state + (1 - z) * hh
     return h, h
+
+
+def step_reset_after(params, state, xp_t):
+    """One reset-after step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
+    return update_reset_after(state, xp_t, recurrent_reset_after(params, state))
 
 
 def step_reset_before(params, state, xp_t):

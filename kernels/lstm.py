@@ -45,10 +45,24 @@ def project(params, x, forget_bias=0.0):
     return dense_over_time(x, params.kernel, bias)
 
 
-def step(params, state, xp_t):
-    """One step: ``state`` LSTMState of ``[B, H]``, ``xp_t [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
-    z = xp_t + tf.matmul(state.h, params.recurrent_kernel)
-    i, f, g, o = tf.split(z, 4, axis=-1)
+def recurrent_input(state):
+    """The ``[B, H]`` that multiplies ``recurrent_kernel``: ``state.h``."""
+    return state.h
+
+
+def recurrent(params, h):
+    """``h [N, H] -> [N, 4H]``: the one recurrent matmul of a step (linear in params and h)."""
+    return tf.matmul(h, params.recurrent_kernel)
+
+
+def update(state, xp_t, rec_t):
+    """The elementwise rest of a step: ``xp_t``, ``rec_t`` ``[B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
+    i, f, g, o = tf.split(xp_t + rec_t, 4, axis=-1)
     c = tf.sigmoid(f) * state.c + tf.sigmoid(i) * tf.tanh(g)
     h = tf.sigmoid(o) * tf.tanh(c)
     return LSTMState(h, c), h
+
+
+def step(params, state, xp_t):
+    """One step: ``state`` LSTMState of ``[B, H]``, ``xp_t [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
+    return update(state, xp_t, recurrent(params, state.h))

@@ -25,7 +25,22 @@ def project(params, x):
     return dense_over_time(x, params.kernel, params.bias)
 
 
+def recurrent_input(state):
+    """The ``[B, H]`` that multiplies ``recurrent_kernel``: the state itself."""
+    return state
+
+
+def recurrent(params, h):
+    """``h [N, H] -> [N, H]``: the one recurrent matmul of a step."""
+    return tf.matmul(h, params.recurrent_kernel)
+
+
+def update(state, xp_t, rec_t, activation=tf.tanh):
+    """The elementwise rest of a step: ``activation(xp_t + rec_t)``, twice (state and output)."""
+    h = activation(xp_t + rec_t)
+    return h, h
+
+
 def step(params, state, xp_t, activation=tf.tanh):
     """One step: ``state [B, H]``, ``xp_t [B, H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    h = activation(xp_t + tf.matmul(state, params.recurrent_kernel))
-    return h, h
+    return update(state, xp_t, recurrent(params, state), activation)
