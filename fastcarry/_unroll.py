@@ -177,7 +177,8 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       all gates come from one ``h @ recurrent_kernel`` per step (two for a
       reset-before GRU); the elementwise gate math is left to XLA to fuse.
     - ``jit_compile=True`` compiles the forward pass and, separately, its
-      gradient (a reverse loop of one-step VJPs at the saved states) with XLA,
+      gradient (a reverse loop over the saved states carrying only the state
+      gradient, weight gradients as one matmul after it) with XLA,
       also when called eagerly or inside a user's ``tf.function``. Under XLA a
       caller's ``GradientTape`` cannot see into a compiled loop, hence the
       explicit gradient. ``jit_compile=False`` runs the same loop as a TF graph
