@@ -3,6 +3,8 @@
 from typing import NamedTuple
 
 import tensorflow as tf
+# Private but stable since TF 2.4: whether any GradientTape could record now.
+from tensorflow.python.eager import record as _record
 
 from fastcarry import _loop, _validate
 
@@ -72,6 +74,7 @@ _BUILDERS = {
     # kind: (python function, jit_compile)
     "graph": (lambda core, opts: _forward_fn(core, opts, save_states=False), False),
     "jit_forward": (lambda core, opts: _forward_fn(core, opts, save_states=True), True),
+    "jit_infer": (lambda core, opts: _forward_fn(core, opts, save_states=False), True),
     "jit_backward": (_backward_fn, True),
 }
 
@@ -212,6 +215,13 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
     core, params = cell._core(), cell._params()
+    if jit_compile and tf.executing_eagerly() and not _record.could_possibly_record():
+        # Eager inference: nothing can ask for a gradient, so save nothing for
+        # one (~15% of the forward at B32 T100 D128 H256). In a graph the saved
+        # tensors stay (tf.gradients needs no tape); under an outer XLA
+        # compilation they are dead code and removed.
+        ys, final, _ = _function("jit_infer", core, opts)(args.inputs, state, args.lengths, params)
+        return ys, final
     if jit_compile:
         return _jit_unroll(core, opts, args.inputs, state, args.lengths, params)
     ys, final, _ = _function("graph", core, opts)(args.inputs, state, args.lengths, params)

@@ -268,3 +268,20 @@ def test_cells_of_the_same_kind_and_other_units_do_not_share_a_trace(jit_compile
         want, _ = fc.reference.unroll(cell, x)
         assert ys.shape == (2, 3, units) and state.c.shape == (2, units)
         np.testing.assert_allclose(ys.numpy(), want.numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru-reset-before"])
+def test_eager_inference_path_equals_the_training_path(kind):
+    """Without a tape, eager jit calls a forward that saves nothing; numbers must not change."""
+    cell, x, s0, _, options = _case(kind, OPTIONS["reverse+lengths"])
+    x = tf.constant(x, tf.float32)
+    s0 = tf.nest.map_structure(lambda v: tf.constant(v, tf.float32), s0)
+    infer_y, infer_s = fc.unroll(cell, x, s0, **options)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        train_y, train_s = fc.unroll(cell, x, s0, **options)
+    assert tape.gradient(train_y, x) is not None
+    # Two XLA programs (one also writes the saved states) may fuse differently: rounding only.
+    np.testing.assert_allclose(infer_y.numpy(), train_y.numpy(), rtol=1e-6, atol=1e-7)
+    for a, b in zip(tf.nest.flatten(infer_s), tf.nest.flatten(train_s)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
