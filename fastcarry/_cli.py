@@ -1,4 +1,4 @@
-"""The ``fastcarry`` command line: ``fastcarry check`` (later issues add more)."""
+"""The ``fastcarry`` command line: ``fastcarry check`` and ``fastcarry bench``."""
 
 import argparse
 import os
@@ -40,7 +40,48 @@ def _parser():
     check.add_argument("--time-major", action="store_true")
     check.add_argument("--unroll", type=_positive, default=1, metavar="K")
     check.add_argument("--seed", type=int, default=0)
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub):
+    bench = sub.add_parser(
+        "bench", help="time fastcarry against Keras 3, TF1 dynamic_rnn, the reference and a matmul roofline",
+        description="Times every contender interleaved in this process and writes results.json, results.md "
+                    "(speedup table) and results.png to --out. Without --cell/--batch/--time/--input/--units "
+                    "it runs the full grid (slow; --quick for a one-minute grid); with any of them, that one "
+                    "shape (defaults fill the rest). Needs matplotlib: pip install 'fastcarry[bench]'.")
+    bench.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats (about a minute)")
+    bench.add_argument("--out", default="bench-results", metavar="DIR", help="output directory")
+    bench.add_argument("--cell", choices=("lstm", "gru", "rnn"), help="benchmark your own shape (default lstm)")
+    bench.add_argument("--batch", type=_positive, metavar="B", help="default 8")
+    bench.add_argument("--time", type=_positive, metavar="T", help="default 100")
+    bench.add_argument("--input", type=_positive, metavar="D", help="default 64")
+    bench.add_argument("--units", type=_positive, metavar="H", help="default 128")
+    bench.add_argument("--mode", choices=("infer", "train", "both"), default="both")
+    bench.add_argument("--repeats", type=_positive, metavar="N",
+                       help="interleaved repeats per workload (default 7, 3 with --quick)")
+
+
+def bench(args, stream=sys.stderr):
+    """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
+    from fastcarry import _bench
+
+    custom = {"cell": args.cell, "batch": args.batch, "time": args.time, "input": args.input,
+              "units": args.units}
+    if any(v is not None for v in custom.values()):
+        if args.quick:
+            raise SystemExit("fastcarry bench: --quick runs a fixed grid; drop it to time your own shape")
+        defaults = dict(cell="lstm", batch=8, time=100, input=64, units=128)
+        workloads = [_bench.Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
+    else:
+        workloads = _bench.QUICK_GRID if args.quick else _bench.FULL_GRID
+    repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
+    modes = _bench.MODES if args.mode == "both" else (args.mode,)
+    report = _bench.run(workloads, modes, repeats, out_dir=args.out, stream=stream)
+    print(_bench.markdown(report))
+    print(f"wrote results.json, results.md, results.png to {args.out}", file=stream)
+    return 0
 
 
 def _cell(name, units, seed):
@@ -118,6 +159,11 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "check":
         return check(args)
+    if args.command == "bench":
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")  # retracing notices from the many small step functions
+        return bench(args)
     return 2
 
 

@@ -1,0 +1,409 @@
+"""The benchmark harness behind ``fastcarry bench`` and ``benchmarks/run.py``.
+
+Every contender of one workload (cell kind and ``B, T, D, H``) and mode (``infer``
+is the forward pass; ``train`` is forward plus the gradient of
+``reduce_sum(outputs * cotangent)`` w.r.t. all weights) is timed in this one
+process, interleaved: each repeat times every contender once, round-robin, so
+machine noise (other jobs, frequency scaling) spreads over all of them alike.
+
+Contenders:
+
+- ``fastcarry``: ``fc.unroll`` inside ``tf.function(jit_compile=True)``.
+- ``keras``: the Keras 3 layer with the same weights, under a plain
+  ``tf.function`` (``keras-graph``) and under ``jit_compile=True``
+  (``keras-jit``); both are timed, the better median is reported as ``keras``.
+- ``tf1``: ``tf.compat.v1.nn.dynamic_rnn`` with the tf_keras legacy cell
+  (own random weights: only the timing matters).
+- ``reference``: ``fc.reference.unroll`` in a ``tf.function``; small shapes only
+  (``B*T*H <= REFERENCE_MAX``), its Python loop makes a huge graph otherwise.
+- ``roofline``: one jitted ``tf.matmul`` with the FLOPs of the workload's
+  matmuls: what the hardware does with the same arithmetic and no recurrence.
+
+Outputs (``run``): ``results.json`` (every sample + machine info),
+``results.md`` (speedup table) and ``results.png`` (speedup vs Keras plot).
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+MODES = ("infer", "train")
+CELL_KINDS = ("lstm", "gru", "rnn")
+# Gate width G per unit: the cell's matmuls are [B, D+H] x [D+H, G*H] per step.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# The largest B*T*H the reference path is run at (the smallest grid shape).
+REFERENCE_MAX = 8 * 200 * 128
+# What each mode costs in units of the forward matmul FLOPs (backward ~ 2x forward).
+TRAIN_FLOP_FACTOR = 3
+CONTENDERS = ("fastcarry", "keras", "tf1", "reference", "roofline")
+
+
+class Workload(NamedTuple):
+    """One benchmarked shape: inputs ``[batch, time, input]``, ``units`` hidden units."""
+
+    cell: str
+    batch: int
+    time: int
+    input: int
+    units: int
+
+    @property
+    def label(self):
+        return f"{self.cell} {self.batch}x{self.time}x{self.input}x{self.units}"
+
+
+FULL_SHAPES = ((8, 200, 64, 128), (32, 100, 128, 256), (64, 100, 256, 512), (16, 500, 128, 256))
+FULL_GRID = tuple(Workload(c, *s) for c in CELL_KINDS for s in FULL_SHAPES)
+# One small shape per cell: the whole --quick run takes about a minute on 2 cores.
+QUICK_GRID = tuple(Workload(c, 8, 50, 32, 64) for c in CELL_KINDS)
+FULL_REPEATS = 7
+QUICK_REPEATS = 3
+WARMUP_CALLS = 2
+
+
+def matmul_flops(workload, mode):
+    """FLOPs of the workload's matmuls: ``2*B*T*(D+H)*G*H`` forward, ``TRAIN_FLOP_FACTOR``x for train."""
+    w = workload
+    forward = 2 * w.batch * w.time * (w.input + w.units) * GATES[w.cell] * w.units
+    return forward * (TRAIN_FLOP_FACTOR if mode == "train" else 1)
+
+
+def require_matplotlib():
+    """Imports matplotlib with the Agg backend, or fails naming the ``bench`` extra."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("fastcarry bench needs matplotlib for its plot: "
+                          "pip install 'fastcarry[bench]'") from e
+    matplotlib.use("Agg")  # no display: the plot only goes to a file
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# --- contenders: each builder returns a zero-argument callable running one step ---------------
+
+def _fc_cell(workload, seed=0):
+    import fastcarry as fc
+
+    units = workload.units
+    cell = {"lstm": lambda: fc.LSTM(units, seed=seed),
+            "gru": lambda: fc.GRU(units, reset_after=True, seed=seed),
+            "rnn": lambda: fc.SimpleRNN(units, seed=seed)}[workload.cell]()
+    cell.build(workload.input)
+    return cell
+
+
+def _step(run, variables, mode, cotangent, jit_compile):
+    """A ``tf.function`` of ``run(x) -> outputs [B, T, H]``: forward, or forward + weight gradients.
+
+    The cotangent is a fixed random ``[B, T, H]`` so the loss weighs every output
+    differently (a plain sum could let an implementation skip work).
+    """
+    import tensorflow as tf
+
+    if mode == "infer":
+        fn = run
+    else:
+        def fn(x):
+            with tf.GradientTape() as tape:
+                outputs = run(x)
+                loss = tf.reduce_sum(outputs * cotangent)
+            return tape.gradient(loss, variables)
+    return tf.function(fn, jit_compile=jit_compile)
+
+
+def _fastcarry(workload, mode, x, cotangent):
+    import fastcarry as fc
+
+    cell = _fc_cell(workload)
+    fn = _step(lambda x: fc.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, True)
+    return lambda: fn(x)
+
+
+def _keras(workload, mode, x, cotangent, jit_compile):
+    from fastcarry._check import KerasUnroll
+
+    keras = KerasUnroll(_fc_cell(workload))  # same weights as the fastcarry cell
+    # The layer returns [outputs, *states] (return_sequences and return_state are on).
+    fn = _step(lambda x: keras.layer(x)[0], keras.weights, mode, cotangent, jit_compile)
+    return lambda: fn(x)
+
+
+def _tf1(workload, mode, x, cotangent):
+    import tensorflow as tf
+    from tf_keras.src.layers.rnn import legacy_cells
+
+    units = workload.units
+    with warnings.catch_warnings():  # the legacy cells warn that they are deprecated: known
+        warnings.simplefilter("ignore")
+        cell = {"lstm": lambda: legacy_cells.BasicLSTMCell(units, forget_bias=0.0),
+                "gru": lambda: legacy_cells.GRUCell(units),
+                "rnn": lambda: legacy_cells.BasicRNNCell(units)}[workload.cell]()
+    # Built eagerly so the traced function creates no variables.
+    cell.build(tf.TensorShape([None, workload.input]))
+
+    def run(x):
+        return tf.compat.v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0]
+
+    fn = _step(run, cell.trainable_variables, mode, cotangent, False)
+    return lambda: fn(x)
+
+
+def _reference(workload, mode, x, cotangent):
+    import fastcarry as fc
+
+    cell = _fc_cell(workload)
+    fn = _step(lambda x: fc.reference.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, False)
+    return lambda: fn(x)
+
+
+def _roofline(workload, mode):
+    """One jitted ``[M, D+H] x [D+H, G*H]`` matmul with ``M = B*T`` (``x3`` for train): same FLOPs."""
+    import tensorflow as tf
+
+    w = workload
+    rows = w.batch * w.time * (TRAIN_FLOP_FACTOR if mode == "train" else 1)
+    rng = np.random.default_rng(3)
+    a = tf.constant(rng.standard_normal((rows, w.input + w.units)), tf.float32)
+    b = tf.constant(rng.standard_normal((w.input + w.units, GATES[w.cell] * w.units)), tf.float32)
+    fn = tf.function(tf.matmul, jit_compile=True)
+    return lambda: fn(a, b)
+
+
+def reference_skipped(workload):
+    """Why the reference path is not run at ``workload``, or ``None`` if it is."""
+    size = workload.batch * workload.time * workload.units
+    if size > REFERENCE_MAX:
+        return f"skipped: B*T*H = {size} > {REFERENCE_MAX} (its unrolled Python loop is too slow to build)"
+    return None
+
+
+def build_contenders(workload, mode, seed=0):
+    """``{timing name: step callable}`` for one workload and mode; ``keras`` is timed as two variants."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    w = workload
+    x = tf.constant(rng.standard_normal((w.batch, w.time, w.input)), tf.float32)
+    cot = tf.constant(rng.standard_normal((w.batch, w.time, w.units)), tf.float32)
+    steps = {
+        "fastcarry": _fastcarry(w, mode, x, cot),
+        "keras-graph": _keras(w, mode, x, cot, jit_compile=False),
+        "keras-jit": _keras(w, mode, x, cot, jit_compile=True),
+        "tf1": _tf1(w, mode, x, cot),
+    }
+    if reference_skipped(w) is None:
+        steps["reference"] = _reference(w, mode, x, cot)
+    steps["roofline"] = _roofline(w, mode)
+    return steps
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+def _time_once(step):
+    """Seconds for one call, forced to completion.
+
+    ``.numpy()`` on one result suffices: a ``tf.function`` call returns all its
+    outputs together, so one being ready means the whole step ran.
+    """
+    import tensorflow as tf
+
+    start = time.perf_counter()
+    result = step()
+    tf.nest.flatten(result)[-1].numpy()
+    return time.perf_counter() - start
+
+
+def _summary(samples):
+    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
+            "samples_s": list(samples)}
+
+
+def time_contenders(steps, repeats, progress=None):
+    """Times every step: first call (``compile_s``), warm-up, then ``repeats`` interleaved rounds.
+
+    Each round visits every contender once, starting one further along each time
+    so no contender always runs right after the same neighbour.
+    ``progress(name, phase)`` is called before each contender's compile and each round.
+    Returns ``{name: {compile_s, median_s, min_s, max_s, samples_s}}``.
+    """
+    names = list(steps)
+    compile_s = {}
+    for name in names:
+        if progress:
+            progress(name, "compile")
+        compile_s[name] = _time_once(steps[name])  # trace + XLA compile + first run
+        for _ in range(WARMUP_CALLS):
+            _time_once(steps[name])
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        if progress:
+            progress(None, f"repeat {r + 1}/{repeats}")
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            samples[name].append(_time_once(steps[name]))
+    return {name: {"compile_s": compile_s[name], **_summary(samples[name])} for name in names}
+
+
+def _fold_keras(timings):
+    """Replaces the two Keras variants by ``keras``: the one with the lower median, named in ``variant``."""
+    graph, jit = timings.pop("keras-graph"), timings.pop("keras-jit")
+    best, variant = (jit, "jit") if jit["median_s"] < graph["median_s"] else (graph, "graph")
+    timings["keras"] = {**best, "variant": variant,
+                        "variants": {"graph": graph, "jit": jit}}
+    return timings
+
+
+# --- progress bar ---------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line text bar on ``stream``: ``[#####.....] 5/10 lstm 8x50x32x64 train keras-jit``."""
+
+    def __init__(self, total, stream=sys.stderr, width=30):
+        self.total, self.done, self.stream, self.width = total, 0, stream, width
+
+    def step(self, label):
+        self.done += 1
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        # \r rewrites the line in a terminal; padding clears a longer previous label.
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label:<50}")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def machine_info():
+    import tensorflow as tf
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def validate(workloads, modes, repeats):
+    """Raises ``ValueError`` with a clear message for an unusable grid."""
+    if repeats < 1:
+        raise ValueError(f"fastcarry bench: repeats must be >= 1, got {repeats}")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"fastcarry bench: mode must be one of {MODES}, got {m!r}")
+    for w in workloads:
+        if w.cell not in CELL_KINDS:
+            raise ValueError(f"fastcarry bench: cell must be one of {CELL_KINDS}, got {w.cell!r}")
+        bad = [f for f in ("batch", "time", "input", "units") if getattr(w, f) < 1]
+        if bad:
+            raise ValueError(f"fastcarry bench: {', '.join(bad)} must be >= 1 in {w}")
+
+
+def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", stream=sys.stderr):
+    """Benchmarks every workload x mode and writes ``results.json``, ``results.md``, ``results.png``.
+
+    Returns the result dict (what ``results.json`` holds).
+    """
+    validate(workloads, modes, repeats)
+    plt = require_matplotlib()  # fail before the long run, not after it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    cases = [(w, m) for w in workloads for m in modes]
+    # Per case: one compile step per timed contender, then one step per round.
+    per_case = {(w, m): (5 if reference_skipped(w) else 6) + repeats for w, m in cases}
+    bar = Progress(sum(per_case.values()), stream)
+    results = []
+    for w, mode in cases:
+        steps = build_contenders(w, mode)
+        timings = time_contenders(
+            steps, repeats, lambda name, phase: bar.step(f"{w.label} {mode} {name or phase}"))
+        timings = _fold_keras(timings)
+        if reference_skipped(w):
+            timings["reference"] = {"skipped": reference_skipped(w)}
+        results.append({"workload": w._asdict(), "label": w.label, "mode": mode,
+                        "flops": matmul_flops(w, mode), "timings": timings})
+        tf.keras.backend.clear_session()  # drop this case's layers before the next
+    bar.close()
+    report = {"machine": machine_info(), "repeats": repeats, "warmup_calls": WARMUP_CALLS,
+              "contenders": list(CONTENDERS), "results": results}
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(report))
+    plot(report, os.path.join(out_dir, "results.png"), plt)
+    return report
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+def speedups(entry):
+    """``(vs keras, vs tf1, roofline fraction)`` for one result entry, from medians."""
+    t = entry["timings"]
+    fast = t["fastcarry"]["median_s"]
+    return t["keras"]["median_s"] / fast, t["tf1"]["median_s"] / fast, t["roofline"]["median_s"] / fast
+
+
+def _ms(timing):
+    return "skipped" if "skipped" in timing else f"{timing['median_s'] * 1e3:.2f}"
+
+
+def markdown(report):
+    """The speedup table: one row per workload x mode, then the grid medians per mode."""
+    m = report["machine"]
+    lines = [
+        f"# fastcarry bench\n",
+        f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; "
+        f"median of {report['repeats']} interleaved repeats, milliseconds per step.\n",
+        "| workload | mode | fastcarry ms | keras ms (variant) | tf1 ms | reference ms | roofline ms "
+        "| vs keras | vs tf1 | of roofline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in report["results"]:
+        t = e["timings"]
+        vk, vt, roof = speedups(e)
+        lines.append(f"| {e['label']} | {e['mode']} | {_ms(t['fastcarry'])} | {_ms(t['keras'])} "
+                     f"({t['keras']['variant']}) | {_ms(t['tf1'])} | {_ms(t['reference'])} | "
+                     f"{_ms(t['roofline'])} | {vk:.2f}x | {vt:.2f}x | {roof:.0%} |")
+    for mode in MODES + ("all",):
+        rows = [speedups(e) for e in report["results"] if mode in ("all", e["mode"])]
+        if rows:
+            vk, vt, roof = (statistics.median(col) for col in zip(*rows))
+            lines.append(f"| **grid median** | {mode} | | | | | | **{vk:.2f}x** | **{vt:.2f}x** | **{roof:.0%}** |")
+    skipped = {e["label"] for e in report["results"] if "skipped" in e["timings"]["reference"]}
+    if skipped:
+        lines.append(f"\nreference skipped (B*T*H > {REFERENCE_MAX}) at: {', '.join(sorted(skipped))}.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report, path, plt=None):
+    """Grouped bars: speedup of fastcarry over Keras per workload, one bar per mode."""
+    plt = plt or require_matplotlib()
+    labels = list(dict.fromkeys(e["label"] for e in report["results"]))
+    modes = [m for m in MODES if any(e["mode"] == m for e in report["results"])]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.5))
+    width = 0.8 / len(modes)
+    for k, mode in enumerate(modes):
+        by_label = {e["label"]: speedups(e)[0] for e in report["results"] if e["mode"] == mode}
+        xs = [i + (k - (len(modes) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, [by_label.get(lab, 0.0) for lab in labels], width, label=mode)
+    ax.axhline(1.0, color="black", linewidth=0.8)  # parity with Keras
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup vs Keras 3 (x, median)")
+    ax.set_title(f"fastcarry vs Keras 3 ({report['machine']['cpu_count']} CPUs, "
+                 f"TF {report['machine']['tensorflow']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,90 @@
+"""``fastcarry bench`` in-process on a tiny workload: every contender timed, every file written."""
+
+import json
+
+import pytest
+
+from fastcarry import _bench, _cli
+
+pytest.importorskip("matplotlib")
+TINY = ["--cell", "gru", "--batch", "2", "--time", "5", "--input", "3", "--units", "4", "--repeats", "2"]
+
+
+def _bench_args(argv):
+    return _cli._parser().parse_args(["bench", *argv])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert _cli.bench(_bench_args([*TINY, "--out", str(out)])) == 0
+    return out
+
+
+def test_json_has_every_contender_with_positive_timings(tiny_run):
+    report = json.loads((tiny_run / "results.json").read_text())
+    assert {"platform", "cpu_count", "tensorflow"} <= set(report["machine"])
+    assert [e["mode"] for e in report["results"]] == ["infer", "train"]
+    for entry in report["results"]:
+        assert entry["workload"] == dict(cell="gru", batch=2, time=5, input=3, units=4)
+        timings = entry["timings"]
+        assert set(timings) == set(_bench.CONTENDERS)
+        for name, t in timings.items():
+            for key in ("compile_s", "median_s", "min_s", "max_s"):
+                assert t[key] > 0, (name, key)
+            assert len(t["samples_s"]) == 2 and t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert timings["keras"]["variant"] in ("graph", "jit")
+
+
+def test_markdown_table_names_the_contenders(tiny_run):
+    table = (tiny_run / "results.md").read_text()
+    for word in ("fastcarry", "keras", "tf1", "reference", "roofline", "vs keras", "grid median"):
+        assert word in table
+    assert "| gru 2x5x3x4 | infer |" in table and "| gru 2x5x3x4 | train |" in table
+
+
+def test_png_is_written(tiny_run):
+    data = (tiny_run / "results.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_reference_is_skipped_on_big_shapes():
+    assert _bench.reference_skipped(_bench.Workload("lstm", 8, 200, 64, 128)) is None
+    assert "skipped" in _bench.reference_skipped(_bench.Workload("lstm", 32, 100, 128, 256))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--units", "0"], "argument --units: expected an int >= 1, got 0"),
+    (["--cell", "lstm2"], "argument --cell: invalid choice"),
+    (["--repeats", "-1"], "argument --repeats: expected an int >= 1"),
+])
+def test_bad_arguments_fail_clearly(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _bench_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quick_with_a_custom_shape_is_refused():
+    with pytest.raises(SystemExit, match="--quick runs a fixed grid"):
+        _cli.bench(_bench_args(["--quick", "--units", "4"]))
+
+
+def test_bad_workload_in_the_api_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="units must be >= 1"):
+        _bench.run([_bench.Workload("lstm", 2, 5, 3, 0)], repeats=1, out_dir=str(tmp_path))
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kw):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(ImportError, match=r"fastcarry\[bench\]"):
+        _bench.require_matplotlib()
