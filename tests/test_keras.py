@@ -179,6 +179,16 @@ def _keras_weights(layer):
     return [c.kernel, c.recurrent_kernel, c.bias]
 
 
+def _assert_layer_matches_cell(layer, layer_weights, cell, context):
+    """A Keras RNN layer and a fastcarry cell agree on outputs, state and all gradients."""
+    inputs = random_inputs(B, T, D)
+    flat_s0 = tf.nest.flatten(random_state(cell, B))
+    cot = _check.random_cotangents(cell, B, T)
+    want = _value_and_grads(_keras_run(layer), inputs, flat_s0, layer_weights, cot)
+    got = _value_and_grads(_fc_run(cell), inputs, flat_s0, _fc_weights(cell), cot)
+    assert_all_close(got, want, context=context)
+
+
 @pytest.mark.parametrize("variant", ["initial_state", "sequence_length_go_backwards"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "gru-reset-before", "rnn"])
 def test_from_keras_direct(kind, variant):
@@ -245,12 +255,7 @@ def test_from_keras_tf_keras_layer(kind):
     assert cell.dtype == tf.float32
     for got_w, want_w in zip(cell.get_weights(), layer.get_weights()):
         np.testing.assert_array_equal(got_w, want_w)
-    inputs = random_inputs(B, T, D)
-    flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
-    want = _value_and_grads(_keras_run(layer), inputs, flat_s0, _keras_weights(layer), cot)
-    got = _value_and_grads(_fc_run(cell), inputs, flat_s0, _fc_weights(cell), cot)
-    assert_all_close(got, want, context=f"tf_keras {kind}")
+    _assert_layer_matches_cell(layer, _keras_weights(layer), cell, f"tf_keras {kind}")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn", "tf_keras-gru-reset-before"])
@@ -272,12 +277,7 @@ def test_from_keras_bare_cell(kind):
 
     # The bare cell, run over time by the generic Keras RNN layer.
     layer = module.layers.RNN(kcell, return_sequences=True, return_state=True)
-    inputs = random_inputs(B, T, D)
-    flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
-    want = _value_and_grads(_keras_run(layer), inputs, flat_s0, _keras_weights(kcell), cot)
-    got = _value_and_grads(_fc_run(cell), inputs, flat_s0, _fc_weights(cell), cot)
-    assert_all_close(got, want, context=f"bare {kind} cell")
+    _assert_layer_matches_cell(layer, _keras_weights(kcell), cell, f"bare {kind} cell")
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
