@@ -39,9 +39,8 @@ def project(params, x, forget_bias=0.0):
     """``x [T, B, D] -> xp [T, B, 4H]``; ``forget_bias`` is added to the f gate."""
     bias = params.bias
     if forget_bias:
-        units = params.recurrent_kernel.shape[0]
-        shift = tf.constant([0.0] * units + [forget_bias] * units + [0.0] * (2 * units), bias.dtype)
-        bias = bias + shift
+        b_i, b_f, b_c, b_o = tf.split(bias, 4)
+        bias = tf.concat([b_i, b_f + forget_bias, b_c, b_o], 0)
     return dense_over_time(x, params.kernel, bias)
 
 
