@@ -221,7 +221,8 @@ class LSTM(Cell):
 
     def _core(self):
         return Core(("lstm", self.forget_bias), functools.partial(_lstm.project, forget_bias=self.forget_bias),
-                    _lstm.step, self.units, Split(_lstm.recurrent_input, _lstm.recurrent, _lstm.update))
+                    _lstm.step, self.units, Split(_lstm.recurrent_input, _lstm.recurrent, _lstm.combine,
+                                                 _lstm.update))
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -290,7 +291,8 @@ class GRU(Cell):
         if not self.reset_after:
             # Two dependent recurrent matmuls per step: no single-matmul split.
             return Core(("gru", False), project, _gru.step_reset_before, self.units)
-        split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.update_reset_after)
+        split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.combine_reset_after,
+                      _gru.update_reset_after)
         return Core(("gru", True), project, _gru.step_reset_after, self.units, split)
 
     @classmethod
@@ -358,7 +360,7 @@ class SimpleRNN(Cell):
 
     def _core(self):
         activation = _ACTIVATIONS[self.activation]
-        split = Split(_simple_rnn.recurrent_input, _simple_rnn.recurrent,
+        split = Split(_simple_rnn.recurrent_input, _simple_rnn.recurrent, _simple_rnn.combine,
                       functools.partial(_simple_rnn.update, activation=activation))
         return Core(("simple_rnn", self.activation), _simple_rnn.project,
                     functools.partial(_simple_rnn.step, activation=activation), self.units, split)

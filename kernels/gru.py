@@ -52,20 +52,36 @@ def recurrent_reset_after(params, h):
     return tf.matmul(h, params.recurrent_kernel) + params.bias[1]
 
 
-def update_reset_after(state, xp_t, rec_t):
-    """The elementwise rest of a reset-after step: ``xp_t``, ``rec_t`` ``[B, 3H]`` -> (``h'``, ``h'``)."""
-    xz, xr, xh = tf.split(xp_t, 3, axis=-1)
-    rz, rr, rh = tf.split(rec_t, 3, axis=-1)
-    z = tf.sigmoid(xz + rz)
-    r = tf.sigmoid(xr + rr)
-    hh = tf.tanh(xh + r * rh)
+class Preactivation(NamedTuple):
+    """What a reset-after step keeps of ``xp_t`` and ``rec_t``: ``zr [.., 2H]``, ``xh [.., H]``, ``rh [.., H]``.
+
+    The candidate needs ``xh`` and ``rh`` apart (``r`` multiplies only ``rh``),
+    so unlike LSTM's they cannot be summed into one tensor.
+    """
+
+    zr: tf.Tensor
+    xh: tf.Tensor
+    rh: tf.Tensor
+
+
+def combine_reset_after(xp_t, rec_t):
+    """``xp_t``, ``rec_t`` ``[.., 3H]`` -> ``Preactivation`` (linear in both)."""
+    units = xp_t.shape[-1] // 3
+    return Preactivation(xp_t[..., : 2 * units] + rec_t[..., : 2 * units],
+                         xp_t[..., 2 * units :], rec_t[..., 2 * units :])
+
+
+def update_reset_after(state, a):
+    """The elementwise rest of a reset-after step: ``Preactivation`` of ``[B, ..]`` -> (``h'``, ``h'``) ``[B, H]``."""
+    z, r = tf.split(tf.sigmoid(a.zr), 2, axis=-1)
+    hh = tf.tanh(a.xh + r * a.rh)
     h = z * state + (1 - z) * hh
     return h, h
 
 
 def step_reset_after(params, state, xp_t):
     """One reset-after step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    return update_reset_after(state, xp_t, recurrent_reset_after(params, state))
+    return update_reset_after(state, combine_reset_after(xp_t, recurrent_reset_after(params, state)))
 
 
 def step_reset_before(params, state, xp_t):

@@ -54,9 +54,14 @@ def recurrent(params, h):
     return tf.matmul(h, params.recurrent_kernel)
 
 
-def update(state, xp_t, rec_t):
-    """The elementwise rest of a step: ``xp_t``, ``rec_t`` ``[B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
-    i, f, g, o = tf.split(xp_t + rec_t, 4, axis=-1)
+def combine(xp_t, rec_t):
+    """The gate pre-activations ``z [.., 4H]`` from ``xp_t`` and ``rec_t`` ``[.., 4H]`` (linear)."""
+    return xp_t + rec_t
+
+
+def update(state, z):
+    """The elementwise rest of a step: ``z [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
+    i, f, g, o = tf.split(z, 4, axis=-1)
     c = tf.sigmoid(f) * state.c + tf.sigmoid(i) * tf.tanh(g)
     h = tf.sigmoid(o) * tf.tanh(c)
     return LSTMState(h, c), h
@@ -64,4 +69,4 @@ def update(state, xp_t, rec_t):
 
 def step(params, state, xp_t):
     """One step: ``state`` LSTMState of ``[B, H]``, ``xp_t [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
-    return update(state, xp_t, recurrent(params, state.h))
+    return update(state, combine(xp_t, recurrent(params, state.h)))

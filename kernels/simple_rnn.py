@@ -35,12 +35,17 @@ def recurrent(params, h):
     return tf.matmul(h, params.recurrent_kernel)
 
 
-def update(state, xp_t, rec_t, activation=tf.tanh):
-    """The elementwise rest of a step: ``activation(xp_t + rec_t)``, twice (state and output)."""
-    h = activation(xp_t + rec_t)
+def combine(xp_t, rec_t):
+    """The pre-activation ``z [.., H]`` from ``xp_t`` and ``rec_t`` ``[.., H]`` (linear)."""
+    return xp_t + rec_t
+
+
+def update(state, z, activation=tf.tanh):
+    """The elementwise rest of a step: ``activation(z)``, twice (state and output), ``[B, H]``."""
+    h = activation(z)
     return h, h
 
 
 def step(params, state, xp_t, activation=tf.tanh):
     """One step: ``state [B, H]``, ``xp_t [B, H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    return update(state, xp_t, recurrent(params, state), activation)
+    return update(state, combine(xp_t, recurrent(params, state)), activation)
