@@ -52,6 +52,7 @@ def _forward_fn(core, opts, save_states):
 
 
 def _backward_fn(core, opts):
+    """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
             with tf.GradientTape() as tape:
@@ -65,27 +66,44 @@ def _backward_fn(core, opts):
     return backward
 
 
+def _autodiff_backward_fn(core, opts):
+    """``backward="autodiff"``: TF's own gradient of the same forward, recomputed inside one function.
+
+    Under XLA a tape outside the compiled forward cannot reach into its loop,
+    so the forward is run again here under a tape, in the same compiled
+    function as its gradient.
+    """
+    forward = _forward_fn(core, opts, save_states=False)
+
+    def backward(x, state, lengths, params, saved, dys, dfinal):
+        del saved  # nothing is saved: the forward is recomputed
+        with tf.GradientTape() as tape:
+            tape.watch([x, state, params])
+            ys, final, _ = forward(x, state, lengths, params)
+        return tape.gradient([ys, final], [x, state, params], output_gradients=[dys, dfinal],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return backward
+
+
 # Compiled functions, shared by every cell whose math (core.key) and options
 # match: a second cell of the same kind reuses the traces and XLA executables.
 _FUNCTIONS = {}
 
 
 _BUILDERS = {
-    # kind: (python function, jit_compile)
-    "graph": (lambda core, opts: _forward_fn(core, opts, save_states=False), False),
-    "jit_forward": (lambda core, opts: _forward_fn(core, opts, save_states=True), True),
-    "jit_infer": (lambda core, opts: _forward_fn(core, opts, save_states=False), True),
-    "jit_backward": (_backward_fn, True),
+    "infer": lambda core, opts: _forward_fn(core, opts, save_states=False),
+    "forward": lambda core, opts: _forward_fn(core, opts, save_states=True),
+    "fused": _backward_fn,
+    "autodiff": _autodiff_backward_fn,
 }
 
 
-def _function(kind, core, opts):
+def _function(kind, core, opts, jit_compile):
     # Everything the traced function closes over must be in the key: the math
     # (core.key), the output width baked into its TensorArrays, the options.
-    key = (kind, core.key, core.output_size, opts)
+    key = (kind, core.key, core.output_size, opts, jit_compile)
     if key not in _FUNCTIONS:
-        build, jit_compile = _BUILDERS[kind]
-        _FUNCTIONS[key] = tf.function(build(core, opts), jit_compile=jit_compile, autograph=False)
+        _FUNCTIONS[key] = tf.function(_BUILDERS[kind](core, opts), jit_compile=jit_compile, autograph=False)
     return _FUNCTIONS[key]
 
 
@@ -108,16 +126,17 @@ def _no_second_order(outputs, inputs):
     def guard(*flat):
         def grad(*_):
             raise NotImplementedError(
-                "fastcarry.unroll(jit_compile=True) has no second-order gradient (its backward is a "
-                "compiled loop); use jit_compile=False, whose graph loop TF differentiates to any order")
+                "fastcarry.unroll has no second-order gradient with jit_compile=True or "
+                "backward='fused' (the backward is a separately compiled loop); use "
+                "jit_compile=False, backward='autodiff', whose graph loop TF differentiates to any order")
         return list(flat[:len(outputs)]), grad
     return guard(*outputs, *inputs)
 
 
-def _jit_unroll(core, opts, x, state, lengths, params):
-    """The XLA path: a compiled forward and a compiled backward joined by a custom gradient."""
-    forward = _function("jit_forward", core, opts)
-    backward = _function("jit_backward", core, opts)
+def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, lengths, params):
+    """A forward function and a backward function joined by a custom gradient."""
+    forward = _function("forward" if backward_kind == "fused" else "infer", core, opts, jit_compile)
+    backward = _function(backward_kind, core, opts, jit_compile)
     n_state = len(tf.nest.flatten(state))
 
     @tf.custom_gradient
@@ -147,7 +166,7 @@ def _jit_unroll(core, opts, x, state, lengths, params):
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=1, jit_compile=True):
+           unroll=1, jit_compile=True, backward="fused"):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -176,16 +195,22 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
 
     Unlike that Python version:
 
-    - ``x[t] @ kernel + bias`` for all ``t`` is one matmul before the loop, and
-      all gates come from one ``h @ recurrent_kernel`` per step (two for a
-      reset-before GRU); the elementwise gate math is left to XLA to fuse.
-    - ``jit_compile=True`` compiles the forward pass and, separately, its
-      gradient (a reverse loop over the saved states carrying only the state
-      gradient, weight gradients as one matmul after it) with XLA,
-      also when called eagerly or inside a user's ``tf.function``. Under XLA a
-      caller's ``GradientTape`` cannot see into a compiled loop, hence the
-      explicit gradient. ``jit_compile=False`` runs the same loop as a TF graph
-      ``while_loop`` and lets TF differentiate it. The numbers agree to rounding.
+    - all gates come from one ``h @ recurrent_kernel`` per step (two for a
+      reset-before GRU) and the elementwise gate math is left to XLA to fuse;
+      ``x[t] @ kernel + bias`` is one matmul per loop iteration for its
+      ``unroll`` steps (on CPU that beats one matmul for all T before the loop,
+      whose ``[T, B, 4H]`` result costs more memory traffic than it saves).
+    - ``backward="fused"`` (default): the gradient is written by hand, as cuDNN
+      does it: the forward saves the states and gate pre-activations, a reverse
+      loop carries only the state gradient with one ``drec @ recurrent_kernelᵀ``
+      per step, and the weight and input gradients are single large matmuls
+      after it. ``jit_compile=True`` compiles forward and backward with XLA,
+      also when called eagerly or inside a user's ``tf.function``.
+      ``backward="autodiff"``: TF differentiates the same forward loop itself
+      (with ``jit_compile=True`` by recomputing it under a tape inside the
+      compiled backward, since a caller's tape cannot see into a compiled
+      loop). It exists to check the fused gradient and for second-order
+      gradients (``jit_compile=False`` only). The numbers agree to rounding.
     - ``unroll=k`` runs ``k`` steps per loop iteration (T need not be a multiple
       of k); it changes speed, never results.
 
@@ -201,6 +226,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       reverse: run time backwards (see above).
       unroll: int >= 1, time steps per loop iteration.
       jit_compile: compile with XLA (True) or run a graph loop (False).
+      backward: ``"fused"`` (hand-written gradient) or ``"autodiff"`` (TF's).
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -208,21 +234,23 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       ``fc.LSTMState(h [B, H], c [B, H])`` for LSTM, ``[B, H]`` otherwise.
       With T == 0, empty outputs and the initial state.
     """
-    args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile)
+    args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
+                           backward)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     opts = _Options(time_major, reverse, int(unroll))
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
     core, params = cell._core(), cell._params()
-    if jit_compile and tf.executing_eagerly() and not _record.could_possibly_record():
+    if tf.executing_eagerly() and not _record.could_possibly_record():
         # Eager inference: nothing can ask for a gradient, so save nothing for
         # one (~15% of the forward at B32 T100 D128 H256). In a graph the saved
         # tensors stay (tf.gradients needs no tape); under an outer XLA
         # compilation they are dead code and removed.
-        ys, final, _ = _function("jit_infer", core, opts)(args.inputs, state, args.lengths, params)
+        ys, final, _ = _function("infer", core, opts, jit_compile)(args.inputs, state, args.lengths, params)
         return ys, final
-    if jit_compile:
-        return _jit_unroll(core, opts, args.inputs, state, args.lengths, params)
-    ys, final, _ = _function("graph", core, opts)(args.inputs, state, args.lengths, params)
-    return ys, final
+    if backward == "autodiff" and not jit_compile:
+        # A graph while_loop that TF differentiates itself, to any order.
+        ys, final, _ = _function("infer", core, opts, False)(args.inputs, state, args.lengths, params)
+        return ys, final
+    return _custom_gradient_unroll(core, opts, jit_compile, backward, args.inputs, state, args.lengths, params)

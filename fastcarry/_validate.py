@@ -32,7 +32,11 @@ def _dim(tensor, axis):
     return static if static is not None else tf.shape(tensor)[axis]
 
 
-def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile):
+BACKWARDS = ("fused", "autodiff")
+
+
+def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
+          backward="fused"):
     """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
@@ -42,6 +46,8 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
         raise TypeError(f"unroll must be an int >= 1, got {unroll!r}")
     if unroll < 1:
         raise ValueError(f"unroll must be an int >= 1, got {unroll}")
+    if not isinstance(backward, str) or backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
 
     inputs = _inputs(inputs, cell, time_major)
     batch_axis, time_axis = (1, 0) if time_major else (0, 1)

@@ -47,14 +47,45 @@ def _case(kind, options, dtype=tf.float32, seed=0):
     return cell, x, s0, cot, options
 
 
-@pytest.mark.parametrize("jit_compile", [True, False], ids=["jit", "graph"])
+MODES = {
+    "jit": dict(jit_compile=True),
+    "graph": dict(jit_compile=False),
+    "graph-autodiff": dict(jit_compile=False, backward="autodiff"),
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", list(OPTIONS))
 @pytest.mark.parametrize("kind", CELL_KINDS)
-def test_fused_equals_reference(kind, name, jit_compile):
+def test_fused_equals_reference(kind, name, mode):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name])
     want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, jit_compile=jit_compile, **options)
-    assert_all_close(got, want, tf.float32, f"{kind} {name} jit={jit_compile}")
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **MODES[mode], **options)
+    assert_all_close(got, want, tf.float32, f"{kind} {name} {mode}")
+
+
+# The hand-written backward against TF's autodiff of the same XLA forward, in
+# float64 so that any difference beyond rounding is a wrong gradient.
+AUTODIFF_OPTIONS = ["plain", "reverse+lengths", "unroll3", "all", "time1"]
+
+
+@pytest.mark.parametrize("name", AUTODIFF_OPTIONS)
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_fused_backward_equals_autodiff(kind, name):
+    cell, x, s0, cot, options = _case(kind, OPTIONS[name], dtype=tf.float64)
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
+    assert_all_close(got, want, tf.float64, f"{kind} {name}")
+
+
+def test_autodiff_comparison_can_fail():
+    """A wrong recurrent weight on one side must fail the fused-vs-autodiff comparison."""
+    cell, x, s0, cot, options = _case("gru", OPTIONS["reverse+lengths"], dtype=tf.float64)
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
+    cell.recurrent_kernel.assign_add(tf.fill(cell.recurrent_kernel.shape, tf.constant(1e-6, tf.float64)))
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
+    with pytest.raises(AssertionError):
+        assert_all_close(got, want, tf.float64)
 
 
 @pytest.mark.parametrize("dtype", [tf.float64, tf.float16, tf.bfloat16], ids=lambda d: d.name)
@@ -183,12 +214,14 @@ def test_stacked_layers_in_one_compiled_training_step():
                      dict(zip(["loss"] + names, [want.numpy()] + [g.numpy() for g in want_grads])))
 
 
-def test_second_order_gradient_raises_clearly():
+@pytest.mark.parametrize("mode", [dict(), dict(jit_compile=False), dict(backward="autodiff")],
+                         ids=["jit-fused", "graph-fused", "jit-autodiff"])
+def test_second_order_gradient_raises_clearly(mode):
     cell, x, _, _, _ = _case("lstm", {})
     x = tf.constant(x, tf.float32)
     with tf.GradientTape() as outer:
         with tf.GradientTape() as inner:
-            ys, _ = fc.unroll(cell, x)
+            ys, _ = fc.unroll(cell, x, **mode)
             loss = tf.reduce_sum(ys ** 2)
         g = inner.gradient(loss, cell.kernel)
         gg = tf.reduce_sum(g ** 2)
@@ -197,13 +230,13 @@ def test_second_order_gradient_raises_clearly():
 
 
 def test_second_order_gradient_graph_path():
-    """jit_compile=False lets TF differentiate the graph loop to any order: check one entry by differences."""
+    """jit_compile=False, backward="autodiff" lets TF differentiate the graph loop to any order (by differences)."""
     cell = make_cell("rnn", 2, input_dim=1, dtype=tf.float64)
     x = tf.constant(random_inputs(1, 3, 1), tf.float64)
 
     def dloss_dk():
         with tf.GradientTape() as tape:
-            ys, _ = fc.unroll(cell, x, jit_compile=False)
+            ys, _ = fc.unroll(cell, x, jit_compile=False, backward="autodiff")
             loss = tf.reduce_sum(ys ** 3)
         return tape.gradient(loss, cell.kernel)
 
