@@ -38,7 +38,8 @@ def _parser():
                        help="one length per batch row, each in [0, T]")
     check.add_argument("--reverse", action="store_true")
     check.add_argument("--time-major", action="store_true")
-    check.add_argument("--unroll", type=_positive, default=1, metavar="K")
+    check.add_argument("--unroll", type=_positive, default=None, metavar="K",
+                       help="steps per loop iteration (default: the cell's default)")
     check.add_argument("--seed", type=int, default=0)
     _bench_parser(sub)
     return parser
@@ -127,6 +128,7 @@ def check(args, out=sys.stdout):
     contenders = [
         ("fused jit  vs reference(float64)", fc.unroll, dict(jit_compile=True), want, None),
         ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
+        ("autodiff jit vs reference(float64)", fc.unroll, dict(jit_compile=True, backward="autodiff"), want, None),
     ]
     tol = _check.TOLERANCE[cell.dtype]
     print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "

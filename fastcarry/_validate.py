@@ -42,10 +42,10 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
     for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile")):
         _flag(value, name)
-    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)):
-        raise TypeError(f"unroll must be an int >= 1, got {unroll!r}")
-    if unroll < 1:
-        raise ValueError(f"unroll must be an int >= 1, got {unroll}")
+    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer))):
+        raise TypeError(f"unroll must be None or an int >= 1, got {unroll!r}")
+    if unroll is not None and unroll < 1:
+        raise ValueError(f"unroll must be None or an int >= 1, got {unroll}")
     if not isinstance(backward, str) or backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
 

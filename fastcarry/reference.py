@@ -97,7 +97,7 @@ def _step_for(cell):
 
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=1, jit_compile=True, backward="fused"):
+           unroll=None, jit_compile=True, backward="fused"):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
     ``unroll``, ``jit_compile`` and ``backward`` are validated like ``fastcarry.unroll``'s and

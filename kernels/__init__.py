@@ -4,9 +4,9 @@ One module per cell. Each exposes the same three pieces, all pure functions of
 tensors (no variables, no loops):
 
 - ``Params``: a NamedTuple of the weights, in Keras 3's layout.
-- ``project(params, x) -> xp``: the input projection for every step at once,
-  ``x [T, B, D] -> xp [T, B, G]``. It is hoisted out of the time loop so that
-  the loop body keeps only the recurrent matmul(s).
+- ``project(params, x) -> xp``: the input projection for several steps at
+  once, ``x [T, B, D] -> xp [T, B, G]``, as one matmul; the loop calls it per
+  chunk of ``unroll`` steps, and the backward for all T at once.
 - ``step(params, state, xp_t) -> (state, y_t)``: one time step on a projected
   input ``xp_t [B, G]``; ``y_t [B, H]``.
 
@@ -15,9 +15,11 @@ also expose the step split in two, which the fused backward uses:
 
 - ``recurrent_input(state) -> h [B, H]`` and ``recurrent(params, h) -> rec [B, G]``,
   linear in ``params`` and ``h`` (``h @ recurrent_kernel``, plus GRU's recurrent bias);
-- ``update(state, xp_t, rec_t) -> (state, y_t)``, elementwise;
+- ``combine(xp, rec) -> a``, linear: the gate pre-activations, what the forward
+  pass saves per step (LSTM, SimpleRNN: ``xp + rec``; GRU: ``Preactivation``);
+- ``update(state, a_t) -> (state, y_t)``, elementwise;
 
-with ``step(params, state, xp_t) == update(state, xp_t, recurrent(params, recurrent_input(state)))``.
+with ``step(params, state, xp_t) == update(state, combine(xp_t, recurrent(params, recurrent_input(state))))``.
 
 The time loop lives in ``fastcarry._loop``; nothing here knows about time.
 """

@@ -1,4 +1,4 @@
-"""The hoisted input projection shared by every cell."""
+"""The input projection of several steps at once, shared by every cell."""
 
 import tensorflow as tf
 
@@ -6,8 +6,8 @@ import tensorflow as tf
 def dense_over_time(x, kernel, bias):
     """``x [T, B, D] @ kernel [D, G] + bias [G] -> [T, B, G]`` as ONE matmul.
 
-    Reshaping to ``[T*B, D]`` gives a single large GEMM instead of T small ones,
-    which is the whole point of hoisting the projection out of the loop.
+    Reshaping to ``[T*B, D]`` gives one GEMM instead of T small ones (the loop
+    calls this per chunk of ``unroll`` steps, the backward for all T).
     """
     t, b = tf.shape(x)[0], tf.shape(x)[1]
     flat = tf.reshape(x, [-1, tf.shape(x)[2]])

@@ -9,7 +9,7 @@ candidate, output), so one matmul computes all four::
     h'  = sigmoid(o) * tanh(c')
 
 ``x_t @ kernel + bias`` (plus a constant ``forget_bias`` on the f slice, which is
-how TF1's ``BasicLSTMCell`` differs) is done for all steps before the loop by
+how TF1's ``BasicLSTMCell`` differs) is done for several steps at once by
 ``project``; ``step`` does the rest.
 """
 

@@ -23,8 +23,8 @@ def test_check_passes(argv):
     code, text = _run(argv)
     assert code == 0, text
     assert text.rstrip().endswith("PASS")
-    # Every tensor of all three comparisons is reported.
-    assert text.count("d_recurrent_kernel") == 3 and "vs keras 3" in text
+    # Every tensor of all four comparisons is reported.
+    assert text.count("d_recurrent_kernel") == 4 and "vs keras 3" in text and "autodiff jit" in text
 
 
 def test_check_fails_on_a_wrong_implementation(monkeypatch):

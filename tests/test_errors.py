@@ -172,6 +172,13 @@ def test_unroll_bool(run):
 
 
 @UNROLLS
+@pytest.mark.parametrize("value", ["cudnn", None, True])
+def test_backward_unknown(run, value):
+    with _raises("backward", "('fused', 'autodiff')", repr(value), exc=ValueError):
+        run(_cell(), _x(), backward=value)
+
+
+@UNROLLS
 @pytest.mark.parametrize("flag, value", [("time_major", 1), ("reverse", "yes"), ("jit_compile", None)])
 def test_non_bool_flag(run, flag, value):
     with _raises(flag, "bool", repr(value)):

@@ -28,6 +28,7 @@ OPTIONS = {
     "reverse": dict(reverse=True),
     "reverse+lengths": dict(reverse=True, sequence_length=[2, 7, 5], initial=True),
     "time_major": dict(time_major=True, initial=True),
+    "unroll1": dict(unroll=1, sequence_length=[7, 3, 0]),
     "unroll3": dict(unroll=3),
     "unroll7": dict(unroll=7, initial=True),
     "all": dict(unroll=3, sequence_length=[6, 1, 7], reverse=True, time_major=True, initial=True),
