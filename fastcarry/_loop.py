@@ -128,6 +128,12 @@ def _chunks(x, plan, unroll):
         tf.reshape(main, shape))
 
 
+def _shapes_of_rec_and_a(split, params, state):
+    """Zeros shaped like one step's ``rec [B, G]`` and ``a`` (its structure); dead code once traced."""
+    rec_like = tf.zeros_like(split.recurrent(params, split.recurrent_input(state)))
+    return rec_like, split.combine(rec_like, rec_like)
+
+
 def _tas_like(structure, size):
     """One TensorArray of ``size`` per component of ``structure`` (a structure of ``[B, ..]``)."""
     return [_ta(s.dtype, size, s.shape) for s in tf.nest.flatten(structure)]
@@ -187,10 +193,8 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
         return state, ys, saved
 
     if split is not None:
-        # The arrays for ``a`` must exist before the loop; this probe only gives
-        # their shapes and is dead code once traced.
-        rec = split.recurrent(params, split.recurrent_input(state))
-        saved = saved + _tas_like(split.combine(rec, rec), plan.t_run)
+        # The arrays for ``a`` must exist before the loop.
+        saved = saved + _tas_like(_shapes_of_rec_and_a(split, params, state)[1], plan.t_run)
     with tf.name_scope("recurrence"):
         def body(i, state, ys, saved):
             state, ys, saved = run_chunk(i * unroll, chunks.read(i), unroll, state, ys, saved)
@@ -272,6 +276,7 @@ def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal):
     with tf.GradientTape() as tape:
         tape.watch([x, params])
         with tf.name_scope("project"):
+            # Padded again under the tape (plan.x was padded outside it) so dx reaches x.
             xp = core.project(params, _plan(x, plan.lengths, unroll).x)
     xs = _ta(xp.dtype, plan.t_run, xp.shape[1:]).unstack(xp)
 
@@ -305,9 +310,7 @@ def _linear_vjp(f, primals, cotangent):
 
 def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, state_like, dys_ta, dfinal):
     split = core.split
-    # Shapes only: ``rec [B, G]`` and the structure of ``a``; dead code once traced.
-    rec_like = tf.zeros_like(split.recurrent(params, split.recurrent_input(state_like)))
-    a_like = split.combine(rec_like, rec_like)
+    rec_like, a_like = _shapes_of_rec_and_a(split, params, state_like)
 
     def one_vjp(t, dstate, das):
         state = read_state(t)
