@@ -35,9 +35,12 @@ from typing import NamedTuple
 import numpy as np
 
 MODES = ("infer", "train")
+# The grid's cells; "gru-reset-before" (reset_after=False, TF1 GRUCell's form) is
+# benchmarked on request (``fastcarry bench --cell gru-reset-before``).
 CELL_KINDS = ("lstm", "gru", "rnn")
+BENCH_CELLS = CELL_KINDS + ("gru-reset-before",)
 # Gate width G per unit: the cell's matmuls are [B, D+H] x [D+H, G*H] per step.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "gru-reset-before": 3}
 # The largest B*T*H the reference path is run at (the smallest grid shape).
 REFERENCE_MAX = 8 * 200 * 128
 # What each mode costs in units of the forward matmul FLOPs (backward ~ 2x forward).
@@ -96,6 +99,7 @@ def _fc_cell(workload, seed=0):
     units = workload.units
     cell = {"lstm": lambda: fc.LSTM(units, seed=seed),
             "gru": lambda: fc.GRU(units, reset_after=True, seed=seed),
+            "gru-reset-before": lambda: fc.GRU(units, reset_after=False, seed=seed),
             "rnn": lambda: fc.SimpleRNN(units, seed=seed)}[workload.cell]()
     cell.build(workload.input)
     return cell
@@ -146,6 +150,7 @@ def _tf1(workload, mode, x, cotangent):
         warnings.simplefilter("ignore")
         cell = {"lstm": lambda: legacy_cells.BasicLSTMCell(units, forget_bias=0.0),
                 "gru": lambda: legacy_cells.GRUCell(units),
+                "gru-reset-before": lambda: legacy_cells.GRUCell(units),
                 "rnn": lambda: legacy_cells.BasicRNNCell(units)}[workload.cell]()
     # Built eagerly so the traced function creates no variables.
     cell.build(tf.TensorShape([None, workload.input]))
@@ -301,8 +306,8 @@ def validate(workloads, modes, repeats):
         if m not in MODES:
             raise ValueError(f"fastcarry bench: mode must be one of {MODES}, got {m!r}")
     for w in workloads:
-        if w.cell not in CELL_KINDS:
-            raise ValueError(f"fastcarry bench: cell must be one of {CELL_KINDS}, got {w.cell!r}")
+        if w.cell not in BENCH_CELLS:
+            raise ValueError(f"fastcarry bench: cell must be one of {BENCH_CELLS}, got {w.cell!r}")
         bad = [f for f in ("batch", "time", "input", "units") if getattr(w, f) < 1]
         if bad:
             raise ValueError(f"fastcarry bench: {', '.join(bad)} must be >= 1 in {w}")

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from fastcarry._loop import Core, Split
+from fastcarry._loop import Core, Inner, Split
 from fastcarry.kernels import gru as _gru
 from fastcarry.kernels import lstm as _lstm
 from fastcarry.kernels import simple_rnn as _simple_rnn
@@ -289,8 +289,11 @@ class GRU(Cell):
     def _core(self):
         project = functools.partial(_gru.project, reset_after=self.reset_after)
         if not self.reset_after:
-            # Two dependent recurrent matmuls per step: no single-matmul split.
-            return Core(("gru", False), project, _gru.step_reset_before, self.units)
+            # Two dependent recurrent matmuls per step: the second is the split's inner one.
+            split = Split(_gru.recurrent_input, _gru.recurrent_reset_before, _gru.combine_reset_before,
+                          _gru.update_reset_before,
+                          Inner(_gru.reset_state, _gru.recurrent_candidate, _gru.add_candidate))
+            return Core(("gru", False), project, _gru.step_reset_before, self.units, split)
         split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.combine_reset_after,
                       _gru.update_reset_after)
         return Core(("gru", True), project, _gru.step_reset_after, self.units, split)

@@ -54,7 +54,10 @@ def _bench_parser(sub):
                     "shape (defaults fill the rest). Needs matplotlib: pip install 'fastcarry[bench]'.")
     bench.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats (about a minute)")
     bench.add_argument("--out", default="bench-results", metavar="DIR", help="output directory")
-    bench.add_argument("--cell", choices=("lstm", "gru", "rnn"), help="benchmark your own shape (default lstm)")
+    bench.add_argument("--cell", choices=("lstm", "gru", "rnn", "gru-reset-before"),
+                       help="benchmark your own shape (default lstm; gru-reset-before is GRU(reset_after=False))")
+    bench.add_argument("--cells", type=_cell_list, metavar="A,B",
+                       help="the grid's cells (default lstm,gru,rnn; also gru-reset-before)")
     bench.add_argument("--batch", type=_positive, metavar="B", help="default 8")
     bench.add_argument("--time", type=_positive, metavar="T", help="default 100")
     bench.add_argument("--input", type=_positive, metavar="D", help="default 64")
@@ -64,19 +67,41 @@ def _bench_parser(sub):
                        help="interleaved repeats per workload (default 7, 3 with --quick)")
 
 
-def bench(args, stream=sys.stderr):
-    """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
+def _cell_list(text):
+    from fastcarry import _bench
+
+    cells = [c for c in text.split(",") if c]
+    bad = [c for c in cells if c not in _bench.BENCH_CELLS]
+    if bad or not cells:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(_bench.BENCH_CELLS)}, "
+                                         f"got {text!r}")
+    return cells
+
+
+def bench_workloads(args):
+    """The ``_bench.Workload`` list ``fastcarry bench`` arguments ask for."""
     from fastcarry import _bench
 
     custom = {"cell": args.cell, "batch": args.batch, "time": args.time, "input": args.input,
               "units": args.units}
     if any(v is not None for v in custom.values()):
-        if args.quick:
-            raise SystemExit("fastcarry bench: --quick runs a fixed grid; drop it to time your own shape")
+        if args.quick or args.cells:
+            raise SystemExit("fastcarry bench: --quick and --cells choose a fixed grid; drop them to time your "
+                             "own shape")
         defaults = dict(cell="lstm", batch=8, time=100, input=64, units=128)
-        workloads = [_bench.Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
-    else:
-        workloads = _bench.QUICK_GRID if args.quick else _bench.FULL_GRID
+        return [_bench.Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
+    grid = _bench.QUICK_GRID if args.quick else _bench.FULL_GRID
+    if not args.cells:
+        return list(grid)
+    shapes = list(dict.fromkeys(w[1:] for w in grid))  # the grid's shapes, in order
+    return [_bench.Workload(c, *shape) for c in args.cells for shape in shapes]
+
+
+def bench(args, stream=sys.stderr):
+    """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
+    from fastcarry import _bench
+
+    workloads = bench_workloads(args)
     repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
     modes = _bench.MODES if args.mode == "both" else (args.mode,)
     report = _bench.run(workloads, modes, repeats, out_dir=args.out, stream=stream)

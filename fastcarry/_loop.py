@@ -18,22 +18,49 @@ from typing import Callable, Hashable, NamedTuple, Optional
 import tensorflow as tf
 
 
-class Split(NamedTuple):
-    """A step split at its one recurrent matmul (see ``fastcarry.kernels``)::
+class Inner(NamedTuple):
+    """A second recurrent matmul whose input needs the first one's result (reset-before GRU's ``(r * h) @ U_h``).
 
-        step(params, state, xp_t) == update(state, combine(xp_t, recurrent(params, recurrent_input(state))))
+    input: ``(state, a) -> g [B, K]``, elementwise; it may read only the parts of
+      ``a`` that ``combine`` leaves unchanged (GRU: ``r`` from ``a.zr``).
+    recurrent: ``(params, g [N, K]) -> rec [N, G2]``, linear in params and g.
+    combine: ``(a, rec) -> a``, linear in both; adds ``rec`` into ``a``.
+    """
+
+    input: Callable
+    recurrent: Callable
+    combine: Callable
+
+
+class Split(NamedTuple):
+    """A step split at its recurrent matmul (see ``fastcarry.kernels``)::
+
+        a = combine(xp_t, recurrent(params, recurrent_input(state)))
+        a = inner.combine(a, inner.recurrent(params, inner.input(state, a)))   # only with an inner
+        step(params, state, xp_t) == update(state, a)
 
     recurrent_input: ``state -> h [B, H]``.
-    recurrent: ``(params, h [N, H]) -> rec [N, G]``, linear in params and h.
-    combine: ``(xp [.., G], rec [.., G]) -> a``, linear in both (LSTM: ``xp + rec``);
+    recurrent: ``(params, h [N, H]) -> rec [N, G1]``, linear in params and h.
+    combine: ``(xp [.., G], rec [.., G1]) -> a``, linear in both (LSTM: ``xp + rec``);
       ``a`` (a tensor or a NamedTuple of them) is what the forward pass saves per step.
     update: ``(state, a_t) -> (state, y_t)``, elementwise.
+    inner: an ``Inner``, or None for cells with one recurrent matmul.
     """
 
     recurrent_input: Callable
     recurrent: Callable
     combine: Callable
     update: Callable
+    inner: Optional[Inner] = None
+
+
+def _preactivation(split, params, state, xp_t):
+    """One step's ``a`` from ``state`` and ``xp_t [B, G]``: the recurrent matmul(s), no nonlinearity but the inner input's."""
+    a = split.combine(xp_t, split.recurrent(params, split.recurrent_input(state)))
+    if split.inner is not None:
+        inner = split.inner
+        a = inner.combine(a, inner.recurrent(params, inner.input(state, a)))
+    return a
 
 
 class Core(NamedTuple):
@@ -128,10 +155,26 @@ def _chunks(x, plan, unroll):
         tf.reshape(main, shape))
 
 
-def _shapes_of_rec_and_a(split, params, state):
-    """Zeros shaped like one step's ``rec [B, G]`` and ``a`` (its structure); dead code once traced."""
-    rec_like = tf.zeros_like(split.recurrent(params, split.recurrent_input(state)))
-    return rec_like, split.combine(rec_like, rec_like)
+class _Like(NamedTuple):
+    """Zeros shaped like one step's pieces (``[B, ..]``); dead code once traced."""
+
+    xp: tf.Tensor     # [B, G]
+    rec: tf.Tensor    # [B, G1]
+    a: object         # the structure of ``a``
+    rec2: object      # [B, G2], or None without an inner matmul
+
+
+def _shapes_of_step(core, params, state, x):
+    split = core.split
+    # A sum, not ``[0]``: T may be 0.
+    xp = tf.zeros_like(tf.reduce_sum(core.project(params, x[:1]), 0))
+    rec = tf.zeros_like(split.recurrent(params, split.recurrent_input(state)))
+    a = split.combine(xp, rec)
+    rec2 = None
+    if split.inner is not None:
+        rec2 = tf.zeros_like(split.inner.recurrent(params, split.inner.input(state, a)))
+        a = split.inner.combine(a, rec2)
+    return _Like(xp, rec, a, rec2)
 
 
 def _tas_like(structure, size):
@@ -180,7 +223,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
             saved = _write(saved, t, state)
             state, y = _masked_step(core, params, state, xp_t, valid)
             return state, ys.write(t, y), saved
-        a_t = split.combine(xp_t, split.recurrent(params, split.recurrent_input(state)))
+        a_t = _preactivation(split, params, state, xp_t)
         saved = _write(saved[:n_state], t, state) + _write(saved[n_state:], t, a_t)
         state, y = _masked_update(split, state, a_t, valid)
         return state, ys.write(t, y), saved
@@ -194,7 +237,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
 
     if split is not None:
         # The arrays for ``a`` must exist before the loop.
-        saved = saved + _tas_like(_shapes_of_rec_and_a(split, params, state)[1], plan.t_run)
+        saved = saved + _tas_like(_shapes_of_step(core, params, state, plan.x).a, plan.t_run)
     with tf.name_scope("recurrence"):
         def body(i, state, ys, saved):
             state, ys, saved = run_chunk(i * unroll, chunks.read(i), unroll, state, ys, saved)
@@ -249,6 +292,8 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal):
     After the loop everything else is a few large matmuls over all ``[T * B]``
     rows: ``d kernel = Xᵀ·DXP``, ``dx = DXP·kernelᵀ``, ``d recurrent_kernel =
     H_prevᵀ·DREC``, biases as sums (for LSTM and SimpleRNN ``DXP = DREC = DA``).
+    A split with an ``inner`` matmul (reset-before GRU) adds its VJP to the
+    loop and ``d U_h = Gᵀ·DREC2`` (``G = inner.input`` of every step) after it.
     Without a split it takes the VJP of each whole step and sums weight
     gradients step by step.
     """
@@ -269,7 +314,7 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal):
         if core.split is None:
             return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal)
         return _fused_vjps(core, params, x, plan, unroll, read_state, saved_tas[n_state:],
-                           saved[:n_state], state_like, dys_ta, dfinal)
+                           saved[:n_state], saved[n_state:], state_like, dys_ta, dfinal)
 
 
 def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal):
@@ -308,38 +353,71 @@ def _linear_vjp(f, primals, cotangent):
                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
-def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, state_like, dys_ta, dfinal):
-    split = core.split
-    rec_like, a_like = _shapes_of_rec_and_a(split, params, state_like)
+def _stacked(like, t):
+    """Zeros ``[T, B, ..]`` for each ``[B, ..]`` in ``like``."""
+    return tf.nest.map_structure(lambda s: tf.zeros(tf.concat([[t], tf.shape(s)], 0), s.dtype), like)
+
+
+def _flat(rows):
+    """``[T, B, K] -> [T * B, K]``: one matmul over every (step, example) row."""
+    return tf.reshape(rows, [-1, tf.shape(rows)[-1]])
+
+
+def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, saved_a, state_like,
+                dys_ta, dfinal):
+    split, inner = core.split, core.split.inner
+    like = _shapes_of_step(core, params, state_like, x)
+
+    def inner_vjp(state, a_t, da_t):
+        # Back through ``a += inner.recurrent(inner.input(state, a))``: one
+        # ``drec2 @ U_h^T`` and the elementwise VJP of the inner input.
+        da_pass, drec2 = _linear_vjp(inner.combine, [tf.nest.map_structure(tf.zeros_like, like.a), like.rec2],
+                                     da_t)
+        with tf.GradientTape() as tape:
+            tape.watch([state, a_t])
+            rec2 = inner.recurrent(params, inner.input(state, a_t))
+        dstate, da_input = tape.gradient(rec2, [state, a_t], output_gradients=drec2,
+                                         unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return dstate, tf.nest.map_structure(tf.add, da_pass, da_input)
 
     def one_vjp(t, dstate, das):
         state = read_state(t)
-        a_t = tf.nest.pack_sequence_as(a_like, [ta.read(t) for ta in a_tas])
+        a_t = tf.nest.pack_sequence_as(like.a, [ta.read(t) for ta in a_tas])
         with tf.GradientTape() as step_tape:
             step_tape.watch([state, a_t])
             new_state, y = _masked_update(split, state, a_t, _valid(t, plan.lengths))
         dstate_direct, da_t = step_tape.gradient(
             [new_state, y], [state, a_t], output_gradients=[dstate, dys_ta.read(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        _, drec_t = _linear_vjp(split.combine, [tf.zeros_like(rec_like), rec_like], da_t)
-        # d h_prev = drec @ recurrent_kernelᵀ: the only matmul in the loop (the
-        # tape's forward matmul is dead code, removed when traced).
+        if inner is not None:
+            dstate_inner, da_t = inner_vjp(state, a_t, da_t)
+            dstate_direct = tf.nest.map_structure(tf.add, dstate_direct, dstate_inner)
+        _, drec_t = _linear_vjp(split.combine, [like.xp, like.rec], da_t)
+        # d h_prev = drec @ recurrent_kernelᵀ (the tape's forward matmul is dead
+        # code, removed when traced).
         dstate_rec = _linear_vjp(lambda s: split.recurrent(params, split.recurrent_input(s)), state, drec_t)
         dstate = tf.nest.map_structure(tf.add, dstate_direct, dstate_rec)
         return dstate, _write(das, t, da_t)
 
-    das = _tas_like(a_like, plan.t_run)
+    das = _tas_like(like.a, plan.t_run)
     dstate, das = _reverse_loop(one_vjp, (dfinal, das), plan.n_loop, unroll, plan.tail)
-    da = tf.nest.pack_sequence_as(a_like, [ta.stack()[: plan.t_true] for ta in das])
+    da = tf.nest.pack_sequence_as(like.a, [ta.stack()[: plan.t_true] for ta in das])
 
     with tf.name_scope("weights_grad"):
         # Back through ``combine`` for all steps at once, then one large matmul
         # per weight, over all ``T * B`` (step, example) rows.
-        stacked_like = tf.zeros(tf.concat([[plan.t_true], tf.shape(rec_like)], 0), rec_like.dtype)
-        dxp, drec = _linear_vjp(split.combine, [stacked_like, tf.zeros_like(stacked_like)], da)
-        h_prev = split.recurrent_input(tf.nest.pack_sequence_as(state_like, saved_states))
-        flat_h = tf.reshape(h_prev, [-1, tf.shape(h_prev)[-1]])
-        flat_drec = tf.reshape(drec, [-1, tf.shape(drec)[-1]])
-        dparams_rec = _linear_vjp(lambda p: split.recurrent(p, flat_h), params, flat_drec)
+        dxp, drec = _linear_vjp(split.combine, [_stacked(like.xp, plan.t_true), _stacked(like.rec, plan.t_true)],
+                                da)
+        states = tf.nest.pack_sequence_as(state_like, saved_states)
+        flat_h = _flat(split.recurrent_input(states))
+        dparams_rec = _linear_vjp(lambda p: split.recurrent(p, flat_h), params, _flat(drec))
+        if inner is not None:
+            # Only the rec2 slot of ``da`` matters here; ``inner.input`` never
+            # adds to it (see ``Inner``), so ``da`` after the inner VJP serves.
+            _, drec2 = _linear_vjp(inner.combine, [_stacked(like.a, plan.t_true), _stacked(like.rec2, plan.t_true)],
+                                   da)
+            flat_g = _flat(inner.input(states, tf.nest.pack_sequence_as(like.a, saved_a)))
+            dparams_inner = _linear_vjp(lambda p: inner.recurrent(p, flat_g), params, _flat(drec2))
+            dparams_rec = tf.nest.map_structure(tf.add, dparams_rec, dparams_inner)
         dparams_in, dx = _linear_vjp(core.project, [params, x], dxp)
     return dx, dstate, tf.nest.map_structure(tf.add, dparams_rec, dparams_in)

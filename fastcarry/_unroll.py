@@ -210,7 +210,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     - ``backward="fused"`` (default): the gradient is written by hand, as cuDNN
       does it: the forward saves the states and gate pre-activations, a reverse
       loop carries only the state gradient with one ``drec @ recurrent_kernelᵀ``
-      per step, and the weight and input gradients are single large matmuls
+      per step (two for a reset-before GRU), and the weight and input gradients are single large matmuls
       after it. ``jit_compile=True`` compiles forward and backward with XLA,
       also when called eagerly or inside a user's ``tf.function``.
       ``backward="autodiff"``: TF differentiates the same forward loop itself

@@ -10,16 +10,19 @@ tensors (no variables, no loops):
 - ``step(params, state, xp_t) -> (state, y_t)``: one time step on a projected
   input ``xp_t [B, G]``; ``y_t [B, H]``.
 
-Cells whose step has ONE recurrent matmul (LSTM, SimpleRNN, reset-after GRU)
-also expose the step split in two, which the fused backward uses:
+Every cell also exposes its step split at the recurrent matmul, which the
+fused backward uses:
 
-- ``recurrent_input(state) -> h [B, H]`` and ``recurrent(params, h) -> rec [B, G]``,
+- ``recurrent_input(state) -> h [B, H]`` and ``recurrent(params, h) -> rec [B, G1]``,
   linear in ``params`` and ``h`` (``h @ recurrent_kernel``, plus GRU's recurrent bias);
 - ``combine(xp, rec) -> a``, linear: the gate pre-activations, what the forward
-  pass saves per step (LSTM, SimpleRNN: ``xp + rec``; GRU: ``Preactivation``);
+  pass saves per step (LSTM, SimpleRNN: ``xp + rec``; GRU: a NamedTuple);
 - ``update(state, a_t) -> (state, y_t)``, elementwise;
 
 with ``step(params, state, xp_t) == update(state, combine(xp_t, recurrent(params, recurrent_input(state))))``.
+The reset-before GRU has a second, dependent matmul, ``(r * h) @ U_h``, given as
+``reset_state(state, a) -> r * h``, ``recurrent_candidate(params, g)`` and
+``add_candidate(a, rec)`` (``fastcarry._loop.Inner``).
 
 The time loop lives in ``fastcarry._loop``; nothing here knows about time.
 """

@@ -84,15 +84,52 @@ def step_reset_after(params, state, xp_t):
     return update_reset_after(state, combine_reset_after(xp_t, recurrent_reset_after(params, state)))
 
 
+class ResetBeforePreactivation(NamedTuple):
+    """What a reset-before step keeps: ``zr [.., 2H]`` (``xz + h @ U_z``, ``xr + h @ U_r``), ``h [.., H]`` (``xh + (r * h) @ U_h``)."""
+
+    zr: tf.Tensor
+    h: tf.Tensor
+
+
+def recurrent_reset_before(params, h):
+    """The first matmul: ``h [N, H] -> [N, 2H]`` = ``h @ [U_z U_r]``."""
+    units = params.recurrent_kernel.shape[0]
+    # Slicing a loop-invariant weight: XLA hoists the slice out of the loop.
+    return tf.matmul(h, params.recurrent_kernel[:, : 2 * units])
+
+
+def combine_reset_before(xp_t, rec_t):
+    """``xp_t [.., 3H]``, ``rec_t [.., 2H]`` -> ``ResetBeforePreactivation`` with the candidate's input part only."""
+    units = xp_t.shape[-1] // 3
+    return ResetBeforePreactivation(xp_t[..., : 2 * units] + rec_t, xp_t[..., 2 * units :])
+
+
+def reset_state(state, a):
+    """The second matmul's input: ``r * h [B, H]``; reads only ``a.zr``, which the second matmul leaves alone."""
+    r = tf.sigmoid(a.zr[..., state.shape[-1] :])
+    return r * state
+
+
+def recurrent_candidate(params, g):
+    """The second matmul: ``g [N, H] -> [N, H]`` = ``g @ U_h``."""
+    units = params.recurrent_kernel.shape[0]
+    return tf.matmul(g, params.recurrent_kernel[:, 2 * units :])
+
+
+def add_candidate(a, rec_t):
+    """Adds the second matmul's ``rec_t [.., H]`` into ``a.h`` (linear in ``rec_t``)."""
+    return a._replace(h=a.h + rec_t)
+
+
+def update_reset_before(state, a):
+    """The elementwise rest of a reset-before step: ``ResetBeforePreactivation`` -> (``h'``, ``h'``) ``[B, H]``."""
+    z = tf.sigmoid(a.zr[..., : state.shape[-1]])
+    h = z * state + (1 - z) * tf.tanh(a.h)
+    return h, h
+
+
 def step_reset_before(params, state, xp_t):
     """One reset-before step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    units = params.recurrent_kernel.shape[0]
-    # Slicing a loop-invariant weight: XLA hoists these slices out of the loop.
-    u_zr, u_h = params.recurrent_kernel[:, : 2 * units], params.recurrent_kernel[:, 2 * units :]
-    xz, xr, xh = tf.split(xp_t, 3, axis=-1)
-    rz, rr = tf.split(tf.matmul(state, u_zr), 2, axis=-1)
-    z = tf.sigmoid(xz + rz)
-    r = tf.sigmoid(xr + rr)
-    hh = tf.tanh(xh + tf.matmul(r * state, u_h))
-    h = z * state + (1 - z) * hh
-    return h, h
+    a = combine_reset_before(xp_t, recurrent_reset_before(params, state))
+    a = add_candidate(a, recurrent_candidate(params, reset_state(state, a)))
+    return update_reset_before(state, a)

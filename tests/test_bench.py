@@ -57,6 +57,8 @@ def test_reference_is_skipped_on_big_shapes():
     (["--units", "0"], "argument --units: expected an int >= 1, got 0"),
     (["--cell", "lstm2"], "argument --cell: invalid choice"),
     (["--repeats", "-1"], "argument --repeats: expected an int >= 1"),
+    (["--cells", "lstm,gru2"], "argument --cells: expected a comma-separated list of lstm, gru, rnn, "
+                               "gru-reset-before, got 'lstm,gru2'"),
 ])
 def test_bad_arguments_fail_clearly(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -65,9 +67,18 @@ def test_bad_arguments_fail_clearly(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_quick_with_a_custom_shape_is_refused():
-    with pytest.raises(SystemExit, match="--quick runs a fixed grid"):
-        _cli.bench(_bench_args(["--quick", "--units", "4"]))
+@pytest.mark.parametrize("argv", [["--quick", "--units", "4"], ["--cells", "rnn", "--cell", "gru"]])
+def test_a_grid_with_a_custom_shape_is_refused(argv):
+    with pytest.raises(SystemExit, match="--quick and --cells choose a fixed grid"):
+        _cli.bench(_bench_args(argv))
+
+
+def test_cells_choose_the_grid_cells():
+    got = _cli.bench_workloads(_bench_args(["--quick", "--cells", "gru-reset-before,rnn"]))
+    assert [w.cell for w in got] == ["gru-reset-before", "rnn"]
+    assert {w[1:] for w in got} == {w[1:] for w in _bench.QUICK_GRID}
+    full = _cli.bench_workloads(_bench_args(["--cells", "lstm"]))
+    assert full == [w for w in _bench.FULL_GRID if w.cell == "lstm"]
 
 
 def test_bad_workload_in_the_api_is_refused(tmp_path):
