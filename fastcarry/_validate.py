@@ -52,7 +52,7 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
     inputs = _inputs(inputs, cell, time_major)
     batch_axis, time_axis = (1, 0) if time_major else (0, 1)
     batch, time = _dim(inputs, batch_axis), _dim(inputs, time_axis)
-    initial_state = _initial_state(initial_state, cell, inputs.shape[batch_axis])
+    initial_state = check_state(initial_state, cell, inputs.shape[batch_axis])
     lengths = _lengths(sequence_length, inputs.shape[batch_axis], time)
     return Args(inputs, initial_state, lengths, batch, time)
 
@@ -101,7 +101,8 @@ def _component(value, name, batch, units, dtype):
     return tensor
 
 
-def _initial_state(state, cell, batch):
+def check_state(state, cell, batch, name="initial_state"):
+    """``state`` (None or the cell's structure of ``[batch, H]``) as tensors of the cell's dtype, or a clear error naming ``name``."""
     if state is None:
         return None
     size = cell.state_size
@@ -110,18 +111,18 @@ def _initial_state(state, cell, batch):
         if isinstance(state, (tuple, list)) and state and (tf.is_tensor(state[0]) or isinstance(state[0], np.ndarray)):
             # Keras returns a single state as a one-element list; accept that, nothing longer.
             if len(state) != 1:
-                raise TypeError(f"initial_state must be one tensor [B, H] for {type(cell).__name__}, "
+                raise TypeError(f"{name} must be one tensor [B, H] for {type(cell).__name__}, "
                                 f"got a {type(state).__name__} of {len(state)}")
             state = state[0]
-        return _component(state, "initial_state", batch, size, cell.dtype)
+        return _component(state, name, batch, size, cell.dtype)
     if not isinstance(state, (tuple, list)) or len(state) != len(fields):
         got = f"a {type(state).__name__} of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
-        raise TypeError(f"initial_state must be {type(size).__name__}({', '.join(fields)}) for "
+        raise TypeError(f"{name} must be {type(size).__name__}({', '.join(fields)}) for "
                         f"{type(cell).__name__}, got {got}")
     if isinstance(state, tuple) and hasattr(state, "_fields") and tuple(state._fields) != tuple(fields):
-        raise TypeError(f"initial_state must be {type(size).__name__}({', '.join(fields)}), "
+        raise TypeError(f"{name} must be {type(size).__name__}({', '.join(fields)}), "
                         f"got {type(state).__name__}({', '.join(state._fields)})")
-    return type(size)(*(_component(v, f"initial_state.{f}", batch, n, cell.dtype)
+    return type(size)(*(_component(v, f"{name}.{f}", batch, n, cell.dtype)
                         for v, f, n in zip(state, fields, size)))
 
 

@@ -1,0 +1,148 @@
+"""``fastcarry.Carry``: recurrent state that persists across calls (stateful RNNs, BPTT over a stream)."""
+
+import numpy as np
+import tensorflow as tf
+# Private but stable since TF 2.4: whether any GradientTape could record now.
+from tensorflow.python.eager import record as _record
+
+from fastcarry import _validate
+from fastcarry._cells import Cell
+from fastcarry._unroll import unroll as _unroll
+
+
+def _context():
+    """Where a tensor made now lives: None when eager, else the graph being built."""
+    return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+
+
+class Carry(tf.Module):
+    """A cell plus its state, carried from one call to the next.
+
+    Feeding a long sequence in chunks equals feeding it at once::
+
+        carry = fc.Carry(cell, batch_size=B, truncate=False)
+        with tf.GradientTape() as tape:
+            y1 = carry(x[:, :3])            # starts from carry.state (zeros), stores the final state
+            y2 = carry(x[:, 3:])            # starts where y1 stopped
+        # y1, y2, and the gradients of any loss of them == fc.unroll(cell, x) over all 6 steps
+
+    The state lives in non-trainable ``tf.Variable``\\ s (``[batch_size, H]`` per
+    component), so it survives between ``tf.function`` calls and is saved by
+    ``tf.train.Checkpoint``. Within one eager ``GradientTape`` or one traced
+    function the calls also pass the state on as a tensor, which is what
+    gradients flow through:
+
+    - ``truncate=True`` (default, *truncated BPTT*): each call starts from the
+      carried state under ``tf.stop_gradient``; gradients stop at the chunk
+      boundary, as with a Keras ``stateful=True`` RNN, but on purpose.
+    - ``truncate=False`` (*exact BPTT across calls*): gradients flow back
+      through the carried state into earlier calls, for as long as one tape
+      (or one ``tf.function`` trace, e.g. a training step) spans them. A new
+      tape or a new step starts from the stored value, which is a constant to
+      it.
+
+    Inside a ``tf.function`` (``jit_compile=True`` too) the state variables are
+    assigned when the function runs, so the next step starts from this step's
+    final state. Make the ``Carry`` outside the function (it creates variables).
+
+    Args:
+      cell: a ``fastcarry`` cell (``fc.LSTM``, ``fc.GRU``, ``fc.SimpleRNN``).
+      batch_size: int >= 1, B; every call's inputs must have this batch size.
+      truncate: bool, see above.
+      name: optional module name.
+    """
+
+    def __init__(self, cell, batch_size, *, truncate=True, name=None):
+        super().__init__(name=name)
+        if not isinstance(cell, Cell):
+            raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), "
+                            f"got {type(cell).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if not isinstance(truncate, bool):
+            raise TypeError(f"truncate must be a bool, got {truncate!r}")
+        self.cell = cell
+        self.batch_size = int(batch_size)
+        self.truncate = truncate
+        with tf.init_scope(), self.name_scope:
+            self._variables = tf.nest.map_structure(
+                lambda z: tf.Variable(z, trainable=False, name="state"),
+                cell.zero_state(self.batch_size, cell.dtype))
+        # The last stored state as a tensor, with the context it was made in;
+        # reused (rather than re-read from the variables) so gradients can flow
+        # from one call into the previous one.
+        self._live = None
+
+    @property
+    def state(self):
+        """The carried state: the cell's structure of ``[batch_size, H]`` tensors (``fc.LSTMState(h, c)`` for LSTM)."""
+        if self._live_is_current():
+            return self._live[1]
+        return tf.nest.map_structure(lambda v: v.read_value(), self._variables)
+
+    def _live_is_current(self):
+        if self._live is None or self._live[0] is not _context():
+            return False
+        if self._live[0] is not None:
+            return True  # made earlier in the graph being traced now
+        # Eager: only a tape needs the tensor, and only if the variables still
+        # hold its value (a checkpoint restore or a direct assign bypasses _store).
+        return _record.could_possibly_record() and all(
+            np.array_equal(v.numpy(), s.numpy(), equal_nan=True)
+            for v, s in zip(tf.nest.flatten(self._variables), tf.nest.flatten(self._live[1])))
+
+    @state.setter
+    def state(self, value):
+        """Replaces the state; with ``truncate=False`` gradients flow from later calls into ``value``."""
+        self._store(_validate.check_state(value, self.cell, self.batch_size, name="state"))
+
+    def reset(self, mask=None):
+        """Zeroes the state: every row, or with ``mask`` (bool ``[batch_size]``) the rows where it is True.
+
+        A masked reset keeps the other rows, and with ``truncate=False`` their
+        gradient path; use it when some sequences of a batch end and new ones
+        start in their place.
+        """
+        if mask is None:
+            self._store(self.cell.zero_state(self.batch_size, self.cell.dtype))
+            return
+        mask = tf.convert_to_tensor(mask)
+        if mask.dtype != tf.bool:
+            raise TypeError(f"mask must be a bool tensor [batch_size], got dtype {mask.dtype.name}")
+        if not mask.shape.is_compatible_with([self.batch_size]):
+            raise ValueError(f"mask must have shape [batch_size] = [{self.batch_size}], got {mask.shape}")
+        keep = tf.expand_dims(tf.logical_not(mask), -1)
+        self._store(tf.nest.map_structure(lambda s: tf.where(keep, s, tf.zeros_like(s)), self.state))
+
+    def __call__(self, inputs, sequence_length=None, **unroll_options):
+        """Runs ``fc.unroll`` from the carried state and carries its final state on.
+
+        Args:
+          inputs: ``[batch_size, T, D]`` (``[T, batch_size, D]`` with ``time_major=True``).
+          sequence_length: ``[batch_size]`` ints or None; rows past their length
+            keep their state, so a row with length 0 carries it unchanged.
+          **unroll_options: ``time_major``, ``reverse``, ``unroll``,
+            ``jit_compile``, ``backward``: as for ``fc.unroll``. The initial
+            state is the carried one; assign ``carry.state`` to choose it.
+
+        Returns:
+          outputs ``[batch_size, T, H]`` (``[T, batch_size, H]`` if ``time_major``).
+        """
+        if "initial_state" in unroll_options:
+            raise TypeError("Carry starts from carry.state; assign carry.state instead of passing initial_state")
+        batch_axis = 1 if unroll_options.get("time_major", False) else 0
+        shape = getattr(inputs, "shape", None)
+        if shape is not None and len(shape) == 3 and shape[batch_axis] not in (None, self.batch_size):
+            raise ValueError(f"inputs have batch size {shape[batch_axis]} (shape {list(shape)}), expected "
+                             f"batch_size={self.batch_size} (the Carry's)")
+        state = self.state
+        if self.truncate:
+            state = tf.nest.map_structure(tf.stop_gradient, state)
+        outputs, final = _unroll(self.cell, inputs, state, sequence_length=sequence_length, **unroll_options)
+        self._store(final)
+        return outputs
+
+    def _store(self, state):
+        for var, value in zip(tf.nest.flatten(self._variables), tf.nest.flatten(state)):
+            var.assign(value)
+        self._live = (_context(), state)
