@@ -6,7 +6,7 @@ import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _loop, _validate
+from fastcarry import _chunked, _loop, _validate
 
 
 # unroll=None: steps per loop iteration by cell kind. Measured on a 2-core CPU
@@ -22,6 +22,7 @@ class _Options(NamedTuple):
     time_major: bool
     reverse: bool
     unroll: int
+    chunk: object = None  # int: exact BPTT in chunks of this many steps (only the saving forward and backward)
 
 
 def _to_processing_order(seq, lengths, opts):
@@ -53,23 +54,35 @@ def _forward_fn(core, opts, save_states):
     def forward(x, state, lengths, params):
         with tf.name_scope(f"fastcarry_{core.key[0]}"):
             x_proc = _to_processing_order(x, lengths, opts)
-            ys, final, saved = _loop.forward(core, params, x_proc, state, lengths, opts.unroll, save_states)
+            if save_states and opts.chunk is not None:
+                # ``saved`` is only the state at each chunk's start.
+                ys, final, saved = _chunked.forward(core, params, x_proc, state, lengths, opts.unroll, opts.chunk)
+            else:
+                ys, final, saved = _loop.forward(core, params, x_proc, state, lengths, opts.unroll, save_states)
             return _from_processing_order(ys, lengths, opts), final, saved
     return forward
+
+
+def _in_processing_order(x, dys, lengths, opts, grad):
+    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        x_proc = _to_processing_order(x, lengths, opts)
+    dx_proc, dstate, dparams = grad(x_proc, _to_processing_order(dys, lengths, opts))
+    return tape.gradient(x_proc, x, output_gradients=dx_proc), dstate, dparams
 
 
 def _backward_fn(core, opts):
     """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
+        def grad(x_proc, dys_proc):
+            if opts.chunk is None:
+                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal)
+            return _chunked.backward(params, x_proc, lengths, opts.chunk, state_like, saved, dys_proc, dfinal,
+                                     _chunked.fused_chunk_grad(core, params, opts.unroll))
+
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                x_proc = _to_processing_order(x, lengths, opts)
-            dx_proc, dstate, dparams = _loop.backward(
-                core, params, x_proc, lengths, opts.unroll, state_like, saved,
-                _to_processing_order(dys, lengths, opts), dfinal)
-            dx = tape.gradient(x_proc, x, output_gradients=dx_proc)
-            return dx, dstate, dparams
+            return _in_processing_order(x, dys, lengths, opts, grad)
     return backward
 
 
@@ -78,11 +91,16 @@ def _autodiff_backward_fn(core, opts):
 
     Under XLA a tape outside the compiled forward cannot reach into its loop,
     so the forward is run again here under a tape, in the same compiled
-    function as its gradient.
+    function as its gradient. With ``chunk`` it is run again one chunk at a
+    time, from the chunk start states the forward saved.
     """
     forward = _forward_fn(core, opts, save_states=False)
 
     def backward(x, state, lengths, params, saved, dys, dfinal):
+        if opts.chunk is not None:
+            return _in_processing_order(x, dys, lengths, opts, lambda x_proc, dys_proc: _chunked.backward(
+                params, x_proc, lengths, opts.chunk, state, saved, dys_proc, dfinal,
+                _chunked.autodiff_chunk_grad(core, params, opts.unroll)))
         del saved  # nothing is saved: the forward is recomputed
         with tf.GradientTape() as tape:
             tape.watch([x, state, params])
@@ -108,6 +126,8 @@ _BUILDERS = {
 def _function(kind, core, opts, jit_compile):
     # Everything the traced function closes over must be in the key: the math
     # (core.key), the output width baked into its TensorArrays, the options.
+    if kind == "infer":
+        opts = opts._replace(chunk=None)  # inference saves nothing: chunking changes nothing there
     key = (kind, core.key, core.output_size, opts, jit_compile)
     if key not in _FUNCTIONS:
         _FUNCTIONS[key] = tf.function(_BUILDERS[kind](core, opts), jit_compile=jit_compile, autograph=False)
@@ -142,7 +162,8 @@ def _no_second_order(outputs, inputs):
 
 def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, lengths, params):
     """A forward function and a backward function joined by a custom gradient."""
-    forward = _function("forward" if backward_kind == "fused" else "infer", core, opts, jit_compile)
+    saving = backward_kind == "fused" or opts.chunk is not None
+    forward = _function("forward" if saving else "infer", core, opts, jit_compile)
     backward = _function(backward_kind, core, opts, jit_compile)
     n_state = len(tf.nest.flatten(state))
 
@@ -173,7 +194,7 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused"):
+           unroll=None, jit_compile=True, backward="fused", chunk=None):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -220,6 +241,14 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       gradients (``jit_compile=False`` only). The numbers agree to rounding.
     - ``unroll=k`` runs ``k`` steps per loop iteration (T need not be a multiple
       of k); it changes speed, never results.
+    - ``chunk=C`` is exact BPTT in bounded memory: the forward keeps only the
+      state at the start of every C-step chunk, and the backward re-runs each
+      chunk's forward (in reverse chunk order) before its backward, carrying
+      dL/dstate from chunk to chunk. Memory for the gradient falls from T steps
+      of activations to ``ceil(T / C)`` states plus one chunk's; the price is
+      one more forward pass. The gradients are those of ``chunk=None`` (to
+      float rounding); T need not be a multiple of C. Without a gradient it
+      changes nothing.
 
     Args:
       cell: ``fc.LSTM``, ``fc.GRU`` or ``fc.SimpleRNN``; built on first use from
@@ -236,6 +265,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         ``fastcarry._unroll.DEFAULT_UNROLL`` (2 for every cell today).
       jit_compile: compile with XLA (True) or run a graph loop (False).
       backward: ``"fused"`` (hand-written gradient) or ``"autodiff"`` (TF's).
+      chunk: None or int >= 1, steps per recomputed chunk of the backward pass.
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -244,13 +274,14 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       With T == 0, empty outputs and the initial state.
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward)
+                           backward, chunk)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
     core, params = cell._core(), cell._params()
-    opts = _Options(time_major, reverse, int(unroll) if unroll is not None else DEFAULT_UNROLL.get(core.key[0], 1))
+    opts = _Options(time_major, reverse, int(unroll) if unroll is not None else DEFAULT_UNROLL.get(core.key[0], 1),
+                    None if chunk is None else int(chunk))
     if tf.executing_eagerly() and not _record.could_possibly_record():
         # Eager inference: nothing can ask for a gradient, so save nothing for
         # one (~15% of the forward at B32 T100 D128 H256). In a graph the saved
@@ -258,7 +289,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         # compilation they are dead code and removed.
         ys, final, _ = _function("infer", core, opts, jit_compile)(args.inputs, state, args.lengths, params)
         return ys, final
-    if backward == "autodiff" and not jit_compile:
+    if backward == "autodiff" and not jit_compile and chunk is None:
         # A graph while_loop that TF differentiates itself, to any order.
         ys, final, _ = _function("infer", core, opts, False)(args.inputs, state, args.lengths, params)
         return ys, final

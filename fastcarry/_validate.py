@@ -36,16 +36,14 @@ BACKWARDS = ("fused", "autodiff")
 
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused"):
+          backward="fused", chunk=None):
     """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
     for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile")):
         _flag(value, name)
-    if unroll is not None and (isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer))):
-        raise TypeError(f"unroll must be None or an int >= 1, got {unroll!r}")
-    if unroll is not None and unroll < 1:
-        raise ValueError(f"unroll must be None or an int >= 1, got {unroll}")
+    _optional_count(unroll, "unroll")
+    _optional_count(chunk, "chunk")
     if not isinstance(backward, str) or backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
 
@@ -55,6 +53,13 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
     initial_state = check_state(initial_state, cell, inputs.shape[batch_axis])
     lengths = _lengths(sequence_length, inputs.shape[batch_axis], time)
     return Args(inputs, initial_state, lengths, batch, time)
+
+
+def _optional_count(value, name):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise TypeError(f"{name} must be None or an int >= 1, got {value!r}")
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {value}")
 
 
 def _inputs(inputs, cell, time_major):

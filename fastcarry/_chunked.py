@@ -1,0 +1,148 @@
+"""Exact BPTT in bounded memory (``unroll(..., chunk=C)``): time in chunks, activations recomputed per chunk.
+
+The seed's ``grad_ys`` chaining (``../shared/seeds``, document 001), automated:
+the forward runs chunk after chunk and keeps only the state at each chunk's
+start; the backward walks the chunks in reverse, re-runs each chunk's forward
+from its start state (saving what ``fastcarry._loop.backward`` needs, for this
+chunk only), and carries dL/dstate from one chunk into the one before.
+
+Memory for the backward pass: ``ceil(T / C)`` boundary states plus one chunk's
+activations, instead of T steps' worth; the price is one more forward pass.
+
+Everything is time-major and in processing order, like ``fastcarry._loop``:
+``x [T, B, D]``, ``ys [T, B, H]``, ``lengths [B]`` int32 or None.
+"""
+
+import tensorflow as tf
+
+from fastcarry import _loop
+
+
+def _shift(lengths, start):
+    """A chunk's own lengths: steps ``[start, start + C)`` of the sequence are its ``[0, C)``."""
+    return None if lengths is None else lengths - start
+
+
+def _stack_chunks(ta, tail_part, t_true):
+    """A ``[N, C, B, ..]`` TensorArray or None, then a ``[tail, B, ..]`` part or None -> ``[T, B, ..]``."""
+    parts = []
+    if ta is not None:
+        stacked = ta.stack()
+        parts.append(tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0)))
+    if tail_part is not None:
+        parts.append(tail_part)
+    return (tf.concat(parts, 0) if len(parts) > 1 else parts[0])[:t_true]
+
+
+def _n_chunks(plan):
+    return plan.n_loop + (1 if plan.tail else 0)
+
+
+def _has_loop(plan):
+    # With T < chunk there is no loop (XLA rejects reading from an empty array).
+    return not (isinstance(plan.n_loop, int) and plan.n_loop == 0)
+
+
+def forward(core, params, x, state, lengths, unroll, chunk):
+    """Runs the loop chunk by chunk, keeping the state at every chunk's start.
+
+    Args:
+      core, params, x, state, lengths, unroll: as for ``fastcarry._loop.forward``.
+      chunk: static int >= 1, steps per chunk (T need not be a multiple).
+
+    Returns:
+      ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
+      per flattened state component, of ``[N, B, ..]`` with N the number of
+      chunks (``ceil(T / chunk)``): the state each chunk starts from.
+    """
+    plan = _loop._plan(x, lengths, chunk)
+    bounds = _loop._tas_like(state, _n_chunks(plan))
+    ys = None
+
+    def body(i, state, ys, bounds):
+        bounds = _loop._write(bounds, i, state)
+        ys_c, state, _ = _loop.forward(core, params, chunks.read(i), state, _shift(plan.lengths, i * chunk), unroll)
+        return i + 1, state, ys.write(i, ys_c), bounds
+
+    with tf.name_scope("chunks"):
+        if _has_loop(plan):
+            chunks = _loop._chunks(plan.x, plan, chunk)
+            ys = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk, x.shape[1], core.output_size]))
+            _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
+                                                 maximum_iterations=plan.n_loop)
+        ys_tail = None
+        if plan.tail:
+            bounds = _loop._write(bounds, plan.n_loop, state)
+            ys_tail, state, _ = _loop.forward(core, params, plan.x[plan.tail.start:], state,
+                                              _shift(plan.lengths, plan.tail.start), unroll)
+    return _stack_chunks(ys, ys_tail, plan.t_true), state, [b.stack() for b in bounds]
+
+
+def fused_chunk_grad(core, params, unroll):
+    """One chunk's ``(x, s0, lengths, dys, dfinal) -> (dx, ds0, dparams)`` by the fused backward."""
+    def grad(x, state, lengths, dys, dfinal):
+        _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, save_states=True)
+        return _loop.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal)
+    return grad
+
+
+def autodiff_chunk_grad(core, params, unroll):
+    """One chunk's gradient by TF's autodiff of its forward loop (``backward="autodiff"``)."""
+    def grad(x, state, lengths, dys, dfinal):
+        with tf.GradientTape() as tape:
+            tape.watch([x, state, params])
+            ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll)
+        return tape.gradient([ys, final], [x, state, params], output_gradients=[dys, dfinal],
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return grad
+
+
+def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad):
+    """The gradient of ``forward``: chunks in reverse, each recomputed from its start state.
+
+    Args:
+      params, x, lengths: as given to ``forward``; ``chunk`` likewise.
+      state_like: any value with the state's structure.
+      boundaries: ``forward``'s boundary states.
+      dys: ``[T, B, H]`` cotangent of ``ys``; dfinal: of the final state.
+      chunk_grad: ``fused_chunk_grad(...)`` or ``autodiff_chunk_grad(...)``.
+
+    Returns:
+      ``(dx [T, B, D], dstate0, dparams)``.
+    """
+    plan = _loop._plan(x, lengths, chunk)
+    pad = plan.t_run - plan.t_true
+    if not isinstance(pad, int) or pad:
+        dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
+    bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
+
+    def start_state(i):
+        return tf.nest.pack_sequence_as(state_like, [ta.read(i) for ta in bounds])
+
+    def add(a, b):
+        return tf.nest.map_structure(tf.add, a, b)
+
+    dparams = tf.nest.map_structure(tf.zeros_like, params)
+    dstate = dfinal
+    dx_tail = None
+    with tf.name_scope("chunks_grad"):
+        if plan.tail:
+            start = plan.tail.start
+            dx_tail, dstate, dp = chunk_grad(plan.x[start:], start_state(plan.n_loop), _shift(plan.lengths, start),
+                                             dys[start:], dstate)
+            dparams = add(dparams, dp)
+        dxs = None
+        if _has_loop(plan):
+            dxs = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk]).concatenate(x.shape[1:]))
+            chunks = _loop._chunks(plan.x, plan, chunk)
+            dys_chunks = _loop._chunks(dys, plan, chunk)
+
+            def body(i, dstate, dparams, dxs):
+                dx_c, dstate, dp = chunk_grad(chunks.read(i), start_state(i), _shift(plan.lengths, i * chunk),
+                                              dys_chunks.read(i), dstate)
+                return i - 1, dstate, add(dparams, dp), dxs.write(i, dx_c)
+
+            _, dstate, dparams, dxs = tf.while_loop(
+                lambda i, *_: i >= 0, body, (plan.n_loop - 1, dstate, dparams, dxs),
+                maximum_iterations=plan.n_loop)
+    return _stack_chunks(dxs, dx_tail, plan.t_true), dstate, dparams

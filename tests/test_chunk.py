@@ -1,0 +1,145 @@
+"""``fc.unroll(..., chunk=C)``: exact BPTT in chunks, against ``chunk=None`` and the float64 reference."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcarry as fc
+from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
+from fastcarry import _check, _chunked, _unroll
+
+B, T, D, H = 3, 7, 4, 5
+# The issue's bound for chunked against unchunked gradients, float32, relative to max |unchunked|.
+CHUNK_TOLERANCE = 1e-5
+
+OPTIONS = {
+    "chunk3": dict(chunk=3),  # T = 7: two chunks and a tail of 1
+    "chunk3+all": dict(chunk=3, sequence_length=[7, 2, 5], reverse=True, time_major=True, initial=True),
+    "chunk1+lengths": dict(chunk=1, unroll=1, sequence_length=[0, 7, 4], initial=True),
+    "chunk2+unroll3": dict(chunk=2, unroll=3, initial=True),
+    "chunk7": dict(chunk=7, sequence_length=[3, 7, 6]),  # one chunk, no tail
+    "chunk10": dict(chunk=10, initial=True),  # tail only
+    "chunk3+autodiff": dict(chunk=3, backward="autodiff", sequence_length=[7, 2, 5], initial=True),
+    "chunk3+graph": dict(chunk=3, jit_compile=False, sequence_length=[7, 2, 5], initial=True),
+}
+
+
+def _case(kind, options, seed=0):
+    options = dict(options)
+    initial = options.pop("initial", False)
+    cell = make_cell(kind, H, seed=seed, input_dim=D)
+    x = random_inputs(B, T, D, options.get("time_major", False), seed=seed + 2)
+    s0 = random_state(cell, B, seed=seed + 3) if initial else None
+    cot = _check.random_cotangents(cell, B, T, options.get("time_major", False), seed=seed + 4)
+    return cell, x, s0, cot, options
+
+
+def _assert_within(got, want, bound, context):
+    bad = [r for r in _check.compare(got, want) if not r.relative <= bound]
+    assert not bad, f"{context}: beyond {bound:g}: " + ", ".join(f"{r.name} {r.relative:.2e}" for r in bad)
+
+
+# Every cell with the issue's combination; every option for LSTM, and the
+# backward variants for the cell with an inner matmul. (Each case compiles two
+# nested XLA loops, some seconds each: the full product would cost minutes.)
+CASES = ([(kind, "chunk3+all") for kind in CELL_KINDS]
+         + [("lstm", name) for name in OPTIONS if name not in ("chunk3", "chunk3+all")]
+         + [("gru-reset-before", "chunk3+autodiff")])
+
+
+@pytest.mark.parametrize("kind, name", CASES)
+def test_chunked_equals_unchunked_and_reference(kind, name):
+    cell, x, s0, cot, options = _case(kind, OPTIONS[name])
+    unchunked = {k: v for k, v in options.items() if k != "chunk"}
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **unchunked)
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    _assert_within(got, want, CHUNK_TOLERANCE, f"{kind} {name} vs chunk=None")
+    reference = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    assert_all_close(got, reference, tf.float32, f"{kind} {name} vs reference")
+
+
+def test_a_chunk_grad_that_drops_the_carried_gradient_is_caught(monkeypatch):
+    # The must-fail twin: truncating dL/dstate at chunk boundaries (what a
+    # stateful Keras RNN does by accident) must not pass the comparison above.
+    fused_chunk_grad = _chunked.fused_chunk_grad
+
+    def truncating(core, params, unroll):
+        grad = fused_chunk_grad(core, params, unroll)
+        return lambda x, s, lengths, dys, dfinal: grad(x, s, lengths, dys, tf.nest.map_structure(tf.zeros_like, dfinal))
+
+    cell, x, s0, cot, options = _case("lstm", OPTIONS["chunk3"])
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot)
+    monkeypatch.setattr(_unroll, "_FUNCTIONS", {})
+    monkeypatch.setattr(_chunked, "fused_chunk_grad", truncating)
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    with pytest.raises(AssertionError, match="d_inputs"):
+        _assert_within(got, want, CHUNK_TOLERANCE, "truncating chunk grad")
+
+
+@pytest.mark.parametrize("chunk, n_chunks", [(3, 3), (7, 1), (1, 7), (10, 1)])
+def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
+    # What bounds the memory: the saving forward returns one state per chunk,
+    # not one per step (and no gate pre-activations).
+    cell = make_cell("lstm", H, input_dim=D)
+    core, params = cell._core(), cell._params()
+    opts = _unroll._Options(False, False, 2, chunk)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    _, _, saved = _unroll._function("forward", core, opts, True)(x, cell.zero_state(B), None, params)
+    assert [s.shape.as_list() for s in saved] == [[n_chunks, B, H], [n_chunks, B, H]]
+    _, _, unchunked = _unroll._function("forward", core, opts._replace(chunk=None), True)(
+        x, cell.zero_state(B), None, params)
+    assert all(s.shape[0] == T for s in unchunked)
+
+
+@pytest.mark.parametrize("outer_jit", [True, False], ids=["outer-jit", "outer-graph"])
+def test_chunked_inside_user_function_with_unknown_time(outer_jit):
+    cell, x, s0, cot, options = _case("gru", dict(sequence_length=[6, 1, 7], initial=True))
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+
+    @tf.function(jit_compile=outer_jit, input_signature=[
+        tf.TensorSpec([None, None, D]), tf.TensorSpec([None, H]), tf.TensorSpec([None], tf.int32)])
+    def step(x, s0, lengths):
+        with tf.GradientTape() as tape:
+            tape.watch([x, s0])
+            ys, final = fc.unroll(cell, x, s0, sequence_length=lengths, chunk=3)
+            loss = tf.reduce_sum(ys * cot.outputs) + tf.reduce_sum(final * cot.state[0])
+        dx, ds, *dw = tape.gradient(loss, [x, s0, cell.kernel, cell.recurrent_kernel, cell.bias])
+        return {"outputs": ys, "state": final, "d_inputs": dx, "d_initial_state": ds,
+                **dict(zip(["d_kernel", "d_recurrent_kernel", "d_bias"], dw))}
+
+    got = step(tf.constant(x, tf.float32), tf.constant(s0, tf.float32), tf.constant(options["sequence_length"]))
+    _assert_within({k: v.numpy() for k, v in got.items()}, want, CHUNK_TOLERANCE, "dynamic T")
+
+
+def test_chunk_changes_nothing_without_a_gradient():
+    cell = make_cell("rnn", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    ys, s = fc.unroll(cell, x, chunk=3)
+    ys0, s0 = fc.unroll(cell, x)
+    np.testing.assert_array_equal(ys.numpy(), ys0.numpy())
+    np.testing.assert_array_equal(s.numpy(), s0.numpy())
+
+
+@pytest.mark.parametrize("chunk, error, message", [
+    (0, ValueError, "chunk must be None or an int >= 1, got 0"),
+    (True, TypeError, "chunk must be None or an int >= 1, got True"),
+    ("4", TypeError, "chunk must be None or an int >= 1, got '4'"),
+])
+@pytest.mark.parametrize("impl", [fc.unroll, fc.reference.unroll], ids=["unroll", "reference"])
+def test_bad_chunk_fails_clearly(impl, chunk, error, message):
+    cell = make_cell("lstm", H, input_dim=D)
+    with pytest.raises(error, match=message):
+        impl(cell, tf.zeros([B, T, D]), chunk=chunk)
+
+
+def test_second_order_through_chunked_raises():
+    cell = make_cell("lstm", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            ys, _ = fc.unroll(cell, x, chunk=3, jit_compile=False, backward="autodiff")
+        g = inner.gradient(ys, x)
+    with pytest.raises(NotImplementedError, match="second-order"):
+        outer.gradient(g, x)
