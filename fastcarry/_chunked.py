@@ -43,12 +43,13 @@ def _has_loop(plan):
     return not (isinstance(plan.n_loop, int) and plan.n_loop == 0)
 
 
-def forward(core, params, x, state, lengths, unroll, chunk):
+def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None):
     """Runs the loop chunk by chunk, keeping the state at every chunk's start.
 
     Args:
       core, params, x, state, lengths, unroll: as for ``fastcarry._loop.forward``.
       chunk: static int >= 1, steps per chunk (T need not be a multiple).
+      parallel_iterations: for every while loop (graph only).
 
     Returns:
       ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
@@ -61,7 +62,8 @@ def forward(core, params, x, state, lengths, unroll, chunk):
 
     def body(i, state, ys, bounds):
         bounds = _loop._write(bounds, i, state)
-        ys_c, state, _ = _loop.forward(core, params, chunks.read(i), state, _shift(plan.lengths, i * chunk), unroll)
+        ys_c, state, _ = _loop.forward(core, params, chunks.read(i), state, _shift(plan.lengths, i * chunk), unroll,
+                                       parallel_iterations=parallel_iterations)
         return i + 1, state, ys.write(i, ys_c), bounds
 
     with tf.name_scope("chunks"):
@@ -69,35 +71,38 @@ def forward(core, params, x, state, lengths, unroll, chunk):
             chunks = _loop._chunks(plan.x, plan, chunk)
             ys = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk, x.shape[1], core.output_size]))
             _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
-                                                 maximum_iterations=plan.n_loop)
+                                                 maximum_iterations=plan.n_loop,
+                                                 **_loop.while_options(parallel_iterations))
         ys_tail = None
         if plan.tail:
             bounds = _loop._write(bounds, plan.n_loop, state)
             ys_tail, state, _ = _loop.forward(core, params, plan.x[plan.tail.start:], state,
-                                              _shift(plan.lengths, plan.tail.start), unroll)
+                                              _shift(plan.lengths, plan.tail.start), unroll,
+                                              parallel_iterations=parallel_iterations)
     return _stack_chunks(ys, ys_tail, plan.t_true), state, [b.stack() for b in bounds]
 
 
-def fused_chunk_grad(core, params, unroll):
+def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
     """One chunk's ``(x, s0, lengths, dys, dfinal) -> (dx, ds0, dparams)`` by the fused backward."""
     def grad(x, state, lengths, dys, dfinal):
-        _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, save_states=True)
-        return _loop.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal)
+        _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations)
+        return _loop.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal, parallel_iterations)
     return grad
 
 
-def autodiff_chunk_grad(core, params, unroll):
+def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
     """One chunk's gradient by TF's autodiff of its forward loop (``backward="autodiff"``)."""
     def grad(x, state, lengths, dys, dfinal):
         with tf.GradientTape() as tape:
             tape.watch([x, state, params])
-            ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll)
+            ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll,
+                                         parallel_iterations=parallel_iterations)
         return tape.gradient([ys, final], [x, state, params], output_gradients=[dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return grad
 
 
-def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad):
+def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None):
     """The gradient of ``forward``: chunks in reverse, each recomputed from its start state.
 
     Args:
@@ -106,6 +111,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
       boundaries: ``forward``'s boundary states.
       dys: ``[T, B, H]`` cotangent of ``ys``; dfinal: of the final state.
       chunk_grad: ``fused_chunk_grad(...)`` or ``autodiff_chunk_grad(...)``.
+      parallel_iterations: for the chunk loop (graph only).
 
     Returns:
       ``(dx [T, B, D], dstate0, dparams)``.
@@ -144,5 +150,5 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
 
             _, dstate, dparams, dxs = tf.while_loop(
                 lambda i, *_: i >= 0, body, (plan.n_loop - 1, dstate, dparams, dxs),
-                maximum_iterations=plan.n_loop)
+                maximum_iterations=plan.n_loop, **_loop.while_options(parallel_iterations))
     return _stack_chunks(dxs, dx_tail, plan.t_true), dstate, dparams

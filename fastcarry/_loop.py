@@ -143,6 +143,11 @@ def _plan(x, lengths, unroll):
     return _Plan(x, lengths, t_run, t_run, n_loop, tail)
 
 
+def while_options(parallel_iterations):
+    """``tf.while_loop`` keywords: ``parallel_iterations`` only when given (XLA ignores it)."""
+    return {} if parallel_iterations is None else {"parallel_iterations": parallel_iterations}
+
+
 def _ta(dtype, size, element_shape=None):
     return tf.TensorArray(dtype, size=size, element_shape=element_shape)
 
@@ -186,7 +191,7 @@ def _write(tas, t, structure):
     return [ta.write(t, s) for ta, s in zip(tas, tf.nest.flatten(structure))]
 
 
-def forward(core, params, x, state, lengths, unroll, save_states=False):
+def forward(core, params, x, state, lengths, unroll, save_states=False, parallel_iterations=None):
     """Runs the loop.
 
     The input projection runs per loop iteration, for its ``unroll`` steps at
@@ -204,6 +209,8 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
       lengths: ``[B]`` int32 valid steps per row, or None (all T).
       unroll: static int >= 1, steps per loop iteration.
       save_states: also return what ``backward`` needs.
+      parallel_iterations: the while loop's, or None for TF's default; only a
+        graph loop uses it (XLA runs iterations in order).
 
     Returns:
       ``(ys [T, B, H], final_state, saved)`` where ``saved`` is a list of
@@ -250,7 +257,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
             # it avoids a host sync per iteration.
             _, state, ys, saved = tf.while_loop(
                 lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved),
-                maximum_iterations=plan.n_loop)
+                maximum_iterations=plan.n_loop, **while_options(parallel_iterations))
         if plan.tail:
             state, ys, saved = run_chunk(plan.tail.start, plan.x[plan.tail.start:], len(plan.tail),
                                          state, ys, saved)
@@ -259,7 +266,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False):
     return ys, state, [ta.stack()[: plan.t_true] for ta in saved]
 
 
-def _reverse_loop(one_vjp, carry, n_loop, unroll, tail):
+def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
     """Runs ``carry = one_vjp(t, *carry)`` for t = T-1 .. 0 (the tail first, then the loop)."""
     for t in reversed(tail):
         carry = one_vjp(t, *carry)
@@ -269,10 +276,11 @@ def _reverse_loop(one_vjp, carry, n_loop, unroll, tail):
             carry = one_vjp(i * unroll + j, *carry)
         return (i - 1, *carry)
 
-    return tf.while_loop(lambda i, *_: i >= 0, body, (n_loop - 1, *carry), maximum_iterations=n_loop)[1:]
+    return tf.while_loop(lambda i, *_: i >= 0, body, (n_loop - 1, *carry), maximum_iterations=n_loop,
+                         **while_options(parallel_iterations))[1:]
 
 
-def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal):
+def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, parallel_iterations=None):
     """The gradient of ``forward`` by a reverse loop over time.
 
     Args:
@@ -281,6 +289,7 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal):
       saved: ``forward``'s ``saved``, ``[T, B, ...]`` each.
       dys: ``[T, B, H]`` cotangent of ``ys``.
       dfinal: cotangent of the final state (the state's structure).
+      parallel_iterations: as for ``forward``.
 
     Returns:
       ``(dx [T, B, D], dstate0, dparams)``, the last two in the structures of
@@ -312,12 +321,12 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal):
 
     with tf.name_scope("recurrence_grad"):
         if core.split is None:
-            return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal)
+            return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal, parallel_iterations)
         return _fused_vjps(core, params, x, plan, unroll, read_state, saved_tas[n_state:],
-                           saved[:n_state], saved[n_state:], state_like, dys_ta, dfinal)
+                           saved[:n_state], saved[n_state:], state_like, dys_ta, dfinal, parallel_iterations)
 
 
-def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal):
+def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal, parallel_iterations):
     with tf.GradientTape() as tape:
         tape.watch([x, params])
         with tf.name_scope("project"):
@@ -337,7 +346,8 @@ def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal):
 
     dparams = tf.nest.map_structure(tf.zeros_like, params)
     dxs = _ta(xp.dtype, plan.t_run, xp.shape[1:])
-    dstate, dparams, dxs = _reverse_loop(one_vjp, (dfinal, dparams, dxs), plan.n_loop, unroll, plan.tail)
+    dstate, dparams, dxs = _reverse_loop(one_vjp, (dfinal, dparams, dxs), plan.n_loop, unroll, plan.tail,
+                                         parallel_iterations)
     with tf.name_scope("project_grad"):
         dx, dparams_in = tape.gradient(xp, [x, params], output_gradients=dxs.stack(),
                                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -364,7 +374,7 @@ def _flat(rows):
 
 
 def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, saved_a, state_like,
-                dys_ta, dfinal):
+                dys_ta, dfinal, parallel_iterations):
     split, inner = core.split, core.split.inner
     like = _shapes_of_step(core, params, state_like, x)
 
@@ -400,7 +410,7 @@ def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, 
         return dstate, _write(das, t, da_t)
 
     das = _tas_like(like.a, plan.t_run)
-    dstate, das = _reverse_loop(one_vjp, (dfinal, das), plan.n_loop, unroll, plan.tail)
+    dstate, das = _reverse_loop(one_vjp, (dfinal, das), plan.n_loop, unroll, plan.tail, parallel_iterations)
     da = tf.nest.pack_sequence_as(like.a, [ta.stack()[: plan.t_true] for ta in das])
 
     with tf.name_scope("weights_grad"):

@@ -1,5 +1,8 @@
 """``fastcarry.unroll``: layouts, the compiled functions, and the gradient boundary."""
 
+import os
+import sys
+import warnings
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -23,6 +26,7 @@ class _Options(NamedTuple):
     reverse: bool
     unroll: int
     chunk: object = None  # int: exact BPTT in chunks of this many steps (only the saving forward and backward)
+    parallel_iterations: object = None  # int: the graph while loops'; None: TF's default
 
 
 def _to_processing_order(seq, lengths, opts):
@@ -56,9 +60,11 @@ def _forward_fn(core, opts, save_states):
             x_proc = _to_processing_order(x, lengths, opts)
             if save_states and opts.chunk is not None:
                 # ``saved`` is only the state at each chunk's start.
-                ys, final, saved = _chunked.forward(core, params, x_proc, state, lengths, opts.unroll, opts.chunk)
+                ys, final, saved = _chunked.forward(core, params, x_proc, state, lengths, opts.unroll, opts.chunk,
+                                                    opts.parallel_iterations)
             else:
-                ys, final, saved = _loop.forward(core, params, x_proc, state, lengths, opts.unroll, save_states)
+                ys, final, saved = _loop.forward(core, params, x_proc, state, lengths, opts.unroll, save_states,
+                                                 opts.parallel_iterations)
             return _from_processing_order(ys, lengths, opts), final, saved
     return forward
 
@@ -77,9 +83,11 @@ def _backward_fn(core, opts):
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
         def grad(x_proc, dys_proc):
             if opts.chunk is None:
-                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal)
+                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal,
+                                      opts.parallel_iterations)
             return _chunked.backward(params, x_proc, lengths, opts.chunk, state_like, saved, dys_proc, dfinal,
-                                     _chunked.fused_chunk_grad(core, params, opts.unroll))
+                                     _chunked.fused_chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
+                                     opts.parallel_iterations)
 
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
             return _in_processing_order(x, dys, lengths, opts, grad)
@@ -100,7 +108,8 @@ def _autodiff_backward_fn(core, opts):
         if opts.chunk is not None:
             return _in_processing_order(x, dys, lengths, opts, lambda x_proc, dys_proc: _chunked.backward(
                 params, x_proc, lengths, opts.chunk, state, saved, dys_proc, dfinal,
-                _chunked.autodiff_chunk_grad(core, params, opts.unroll)))
+                _chunked.autodiff_chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
+                opts.parallel_iterations))
         del saved  # nothing is saved: the forward is recomputed
         with tf.GradientTape() as tape:
             tape.watch([x, state, params])
@@ -190,11 +199,26 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
     return out[0], tf.nest.pack_sequence_as(state, out[1:])
 
 
+_WARNED = set()
+_LIBRARY_PATHS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(tf.__file__)))
+
+
+def _warn_once(message):
+    """Warns once per process, attributed to the caller's line (not fastcarry's or TensorFlow's wrappers)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller of this function
+    while frame is not None and any(p in frame.f_code.co_filename for p in _LIBRARY_PATHS):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 # Library code is plain Python over static facts: autograph must not turn its
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused", chunk=None):
+           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -266,6 +290,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       jit_compile: compile with XLA (True) or run a graph loop (False).
       backward: ``"fused"`` (hand-written gradient) or ``"autodiff"`` (TF's).
       chunk: None or int >= 1, steps per recomputed chunk of the backward pass.
+      parallel_iterations: None or int >= 1, ``tf.while_loop``'s: how many
+        iterations a graph loop may run at once (``dynamic_rnn``'s knob; TF's
+        default is 10). Used with ``jit_compile=False`` only: XLA runs loop
+        iterations in order and ignores it, so with ``jit_compile=True`` it has
+        no effect and a warning says so (once). A recurrence leaves little to
+        overlap but the input projection and the backward's weight work.
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -274,14 +304,19 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       With T == 0, empty outputs and the initial state.
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk)
+                           backward, chunk, parallel_iterations)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
     core, params = cell._core(), cell._params()
+    if parallel_iterations is not None and jit_compile:
+        _warn_once("parallel_iterations has no effect with jit_compile=True: XLA runs while-loop iterations in "
+                   "order and ignores it; it applies to the graph loop of jit_compile=False")
+        parallel_iterations = None
     opts = _Options(time_major, reverse, int(unroll) if unroll is not None else DEFAULT_UNROLL.get(core.key[0], 1),
-                    None if chunk is None else int(chunk))
+                    None if chunk is None else int(chunk),
+                    None if parallel_iterations is None else int(parallel_iterations))
     if tf.executing_eagerly() and not _record.could_possibly_record():
         # Eager inference: nothing can ask for a gradient, so save nothing for
         # one (~15% of the forward at B32 T100 D128 H256). In a graph the saved

@@ -36,7 +36,7 @@ BACKWARDS = ("fused", "autodiff")
 
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused", chunk=None):
+          backward="fused", chunk=None, parallel_iterations=None):
     """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
@@ -44,6 +44,7 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
         _flag(value, name)
     _optional_count(unroll, "unroll")
     _optional_count(chunk, "chunk")
+    _optional_count(parallel_iterations, "parallel_iterations")
     if not isinstance(backward, str) or backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
 
