@@ -63,8 +63,8 @@ def test_a_chunk_grad_that_drops_the_carried_gradient_is_caught(monkeypatch):
     # stateful Keras RNN does by accident) must not pass the comparison above.
     fused_chunk_grad = _chunked.fused_chunk_grad
 
-    def truncating(core, params, unroll):
-        grad = fused_chunk_grad(core, params, unroll)
+    def truncating(*args):
+        grad = fused_chunk_grad(*args)
         return lambda x, s, lengths, dys, dfinal: grad(x, s, lengths, dys, tf.nest.map_structure(tf.zeros_like, dfinal))
 
     cell, x, s0, cot, options = _case("lstm", OPTIONS["chunk3"])
