@@ -169,11 +169,60 @@ def _no_second_order(outputs, inputs):
     return guard(*outputs, *inputs)
 
 
-def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, lengths, params):
+# Where swap_memory parks the saved activations between the passes.
+HOST = "/device:CPU:0"
+
+
+def _to_host(tensors):
+    """Copies of ``tensors`` in host memory (a no-op copy on a CPU-only machine)."""
+    with tf.device(HOST):
+        return [tf.identity(t) for t in tensors]
+
+
+def _swapped_backward(core, opts, jit_compile):
+    """``swap_memory=True``'s backward: the host-parked activations come back one chunk at a time.
+
+    The loop over chunks runs outside the compiled functions (in Python when T
+    is static; one piece when it is not), so each chunk's slice of the saved
+    tensors is copied to the compute device just before the compiled backward
+    of that chunk runs, and the device never holds more than one chunk of them.
+    Nothing is recomputed. Same signature as the compiled backward functions.
+    """
+    # Per chunk, inputs are already in processing order: time-major, not reversed.
+    per_chunk = _function("fused", core, _Options(True, False, opts.unroll, None, opts.parallel_iterations),
+                          jit_compile)
+
+    def backward(x, state_like, lengths, params, saved, dys, dfinal):
+        x_proc = _to_processing_order(x, lengths, opts)
+        dys_proc = _to_processing_order(dys, lengths, opts)
+        time = x_proc.shape[0]
+        step = opts.chunk if (opts.chunk is not None and time is not None) else (time or tf.shape(x_proc)[0])
+        starts = list(range(0, time, step)) if isinstance(time, int) else [0]
+        dstate, dparams, dxs = dfinal, None, []
+        for start in reversed(starts):
+            stop = min(start + step, time) if isinstance(time, int) else time
+            with tf.device(HOST):
+                piece = [s[start:stop] for s in saved]
+            shifted = None if lengths is None else lengths - start
+            dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, shifted, params, piece,
+                                       dys_proc[start:stop], dstate)
+            dparams = dp if dparams is None else tf.nest.map_structure(tf.add, dparams, dp)
+            dxs.insert(0, dx)
+        dx = _from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), lengths, opts)
+        return dx, dstate, dparams
+    return backward
+
+
+def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, lengths, params,
+                            swap_memory=False):
     """A forward function and a backward function joined by a custom gradient."""
-    saving = backward_kind == "fused" or opts.chunk is not None
-    forward = _function("forward" if saving else "infer", core, opts, jit_compile)
-    backward = _function(backward_kind, core, opts, jit_compile)
+    if swap_memory:
+        forward = _function("forward", core, opts._replace(chunk=None), jit_compile)
+        backward = _swapped_backward(core, opts, jit_compile)
+    else:
+        saving = backward_kind == "fused" or opts.chunk is not None
+        forward = _function("forward" if saving else "infer", core, opts, jit_compile)
+        backward = _function(backward_kind, core, opts, jit_compile)
     n_state = len(tf.nest.flatten(state))
 
     @tf.custom_gradient
@@ -183,6 +232,8 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
         # stop_gradient: an active tape would otherwise ask the compiled function
         # for its loop accumulators (TensorLists), which cannot leave XLA.
         ys, final, saved = forward(_stop(x), _stop(s0), lengths, _stop(p))
+        if swap_memory:
+            saved = _to_host(saved)
         flat_final = tf.nest.flatten(final)
 
         def grad(dys, *dfinal):
@@ -218,7 +269,8 @@ def _warn_once(message):
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None):
+           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
+           swap_memory=False):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -296,6 +348,18 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         iterations in order and ignores it, so with ``jit_compile=True`` it has
         no effect and a warning says so (once). A recurrence leaves little to
         overlap but the input projection and the backward's weight work.
+      swap_memory: bool (``dynamic_rnn``'s knob, which TF2's ``while_loop``
+        silently drops). True: the activations the forward saves for the
+        backward pass are copied to host memory (``HOST``) between the passes,
+        and the backward brings them back to the compute device one chunk at a
+        time (``chunk`` steps, or all T at once without ``chunk``), running the
+        compiled backward chunk by chunk; nothing is recomputed, so with
+        ``swap_memory`` ``chunk`` only sets the fetch size. Needs
+        ``backward="fused"``. It takes effect when fastcarry's functions run as
+        calls of their own (eagerly, or in a caller's graph ``tf.function``);
+        inside a caller's ``tf.function(jit_compile=True)`` XLA compiles all of
+        it for one device and the host placement is lost. On a CPU-only machine
+        host and device are the same memory: it changes nothing numerically.
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -304,7 +368,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       With T == 0, empty outputs and the initial state.
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations)
+                           backward, chunk, parallel_iterations, swap_memory)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
@@ -328,4 +392,5 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         # A graph while_loop that TF differentiates itself, to any order.
         ys, final, _ = _function("infer", core, opts, False)(args.inputs, state, args.lengths, params)
         return ys, final
-    return _custom_gradient_unroll(core, opts, jit_compile, backward, args.inputs, state, args.lengths, params)
+    return _custom_gradient_unroll(core, opts, jit_compile, backward, args.inputs, state, args.lengths, params,
+                                   swap_memory)

@@ -36,17 +36,21 @@ BACKWARDS = ("fused", "autodiff")
 
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused", chunk=None, parallel_iterations=None):
+          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False):
     """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
-    for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile")):
+    for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile"),
+                        (swap_memory, "swap_memory")):
         _flag(value, name)
     _optional_count(unroll, "unroll")
     _optional_count(chunk, "chunk")
     _optional_count(parallel_iterations, "parallel_iterations")
     if not isinstance(backward, str) or backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if swap_memory and backward != "fused":
+        raise ValueError(f"swap_memory=True needs backward='fused' (backward={backward!r} saves no activations "
+                         f"to swap: it recomputes the forward)")
 
     inputs = _inputs(inputs, cell, time_major)
     batch_axis, time_axis = (1, 0) if time_major else (0, 1)

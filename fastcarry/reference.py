@@ -97,17 +97,18 @@ def _step_for(cell):
 
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None):
+           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
+           swap_memory=False):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
-    ``unroll``, ``jit_compile``, ``backward``, ``chunk`` and ``parallel_iterations`` are validated like ``fastcarry.unroll``'s and
+    ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations`` and ``swap_memory`` are validated like ``fastcarry.unroll``'s and
     then have no effect: this is a Python loop of one step per iteration, run
     as written (eagerly, or traced as written inside a ``tf.function``). T must
     be static. Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` if ``time_major``) ->
     ``(outputs [B, T, H], state)``.
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations)
+                           backward, chunk, parallel_iterations, swap_memory)
     if not isinstance(args.time, int):
         raise ValueError(f"reference.unroll needs a static T, got inputs of shape {args.inputs.shape}")
     x = args.inputs if time_major else tf.transpose(args.inputs, [1, 0, 2])

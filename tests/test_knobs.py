@@ -1,4 +1,5 @@
-"""``dynamic_rnn``'s knobs: ``parallel_iterations`` reaches the graph loops, and says when it cannot."""
+"""``dynamic_rnn``'s knobs: ``parallel_iterations`` reaches the graph loops (and says when it cannot);
+``swap_memory`` parks the saved activations on the host and brings them back chunk by chunk."""
 
 import warnings
 
@@ -7,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
-from conftest import assert_all_close, make_cell, random_inputs
+from conftest import assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _check, _unroll
 
 B, T, D, H = 3, 7, 4, 5
@@ -71,3 +72,82 @@ def test_parallel_iterations_with_jit_warns_once_at_the_callers_line(monkeypatch
 def test_bad_parallel_iterations_fails_clearly(value, error, message):
     with pytest.raises(error, match=message):
         fc.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), parallel_iterations=value)
+
+
+# -- swap_memory ------------------------------------------------------------------
+
+SWAP_CASES = ([(kind, dict(chunk=3, sequence_length=[7, 2, 5], reverse=True, time_major=True))
+               for kind in ("lstm", "gru", "gru-reset-before", "rnn")]
+              + [("lstm", dict()), ("gru", dict(chunk=2, jit_compile=False, unroll=3))])
+
+
+@pytest.mark.parametrize("kind, options", SWAP_CASES, ids=[f"{k}-{sorted(o)}" for k, o in SWAP_CASES])
+def test_swap_memory_changes_no_number(kind, options):
+    cell = make_cell(kind, H, input_dim=D)
+    time_major = options.get("time_major", False)
+    x = random_inputs(B, T, D, time_major)
+    s0 = random_state(cell, B)
+    cot = _check.random_cotangents(cell, B, T, time_major)
+    plain = {k: v for k, v in options.items() if k != "chunk"}
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **plain)
+    got = _check.evaluate(fc.unroll, cell, x, s0, cot, swap_memory=True, **options)
+    assert_all_close(got, want, tf.float32, f"{kind} swap_memory {options}")
+
+
+def test_swap_memory_parks_on_host_and_brings_back_chunk_by_chunk(monkeypatch):
+    parked, fetched = [], []
+    to_host, function = _unroll._to_host, _unroll._function
+
+    def recording_to_host(tensors):
+        out = to_host(tensors)
+        parked.extend(t.device for t in out)
+        return out
+
+    def recording_function(kind, core, opts, jit_compile):
+        fn = function(kind, core, opts, jit_compile)
+        if kind != "fused":
+            return fn
+
+        def call(x, state_like, lengths, params, saved, dys, dfinal):
+            fetched.append((int(x.shape[0]), {s.device for s in saved}))
+            return fn(x, state_like, lengths, params, saved, dys, dfinal)
+        return call
+
+    monkeypatch.setattr(_unroll, "_to_host", recording_to_host)
+    monkeypatch.setattr(_unroll, "_function", recording_function)
+    cell = make_cell("lstm", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    with tf.GradientTape() as tape:
+        ys, _ = fc.unroll(cell, x, swap_memory=True, chunk=3)
+    tape.gradient(ys, cell.trainable_variables)
+    # states h, c and the gate pre-activations, all on the host
+    assert len(parked) == 3 and all(d.endswith("CPU:0") for d in parked), parked
+    # the tail (1 step) first, then two chunks of 3, each slice taken from host memory
+    assert [n for n, _ in fetched] == [1, 3, 3]
+    assert all(devices and all(d.endswith("CPU:0") for d in devices) for _, devices in fetched), fetched
+
+
+def test_swap_memory_inside_a_jit_training_step_runs_and_is_exact():
+    cell = make_cell("gru", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+
+    def grads(**options):
+        @tf.function(jit_compile=True)
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(fc.unroll(cell, x, **options)[0] ** 2)
+            return tape.gradient(loss, cell.trainable_variables)
+        return {str(i): g.numpy() for i, g in enumerate(step(x))}
+
+    assert_all_close(grads(swap_memory=True, chunk=3), grads(), tf.float32, "jit step")
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(swap_memory=1), TypeError, "swap_memory must be a bool, got 1"),
+    (dict(swap_memory=True, backward="autodiff"), ValueError,
+     "swap_memory=True needs backward='fused' (backward='autodiff' saves no activations"),
+])
+def test_bad_swap_memory_fails_clearly(options, error, message):
+    with pytest.raises(error) as exc:
+        fc.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), **options)
+    assert message in str(exc.value)

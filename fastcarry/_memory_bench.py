@@ -1,0 +1,199 @@
+"""Peak memory and time of one training step with ``chunk=`` (``benchmarks/memory.py``).
+
+Each configuration runs in its own Python process. The child sets up (imports,
+cell, inputs), runs one training step (the first call: XLA compilation, whose
+own memory would swamp small workloads), then runs more steps while a thread
+samples the process's RSS every half millisecond. The reported peak is the
+highest sample minus the RSS just before those steps: what one training step
+needs on top of the weights, inputs and compiled program. The first call's
+``ru_maxrss`` above the set-up RSS (compilation included) is reported too. On a
+GPU the child reports ``tf.config.experimental.get_memory_info``'s peak instead.
+
+The training step is ``fc.unroll`` under ``tf.function(jit_compile=True)``; it
+returns the loss ``reduce_sum(outputs * cotangent)`` and its gradient w.r.t. the
+cell's weights (returning the loss keeps the outputs alive, as in real training:
+a step that returned only gradients would let XLA drop them). Inputs are
+batch-major ``[B, T, D]`` or time-major ``[T, B, D]``; batch-major adds
+transposed copies of the outputs and their gradient.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+# The issue's workload: LSTM B=16, T=8192, D=64, H=256.
+FULL = dict(cell="lstm", batch=16, time=8192, input=64, units=256, chunks=[None, 1024, 256, 64],
+            layouts=["batch-major", "time-major"], repeats=3)
+QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16], layouts=["batch-major"], repeats=2)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _RssSampler:
+    """Highest RSS seen by a background thread while the ``with`` block runs (TF releases the GIL)."""
+
+    def __enter__(self):
+        self.peak, self._stop = _rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.0005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=False):
+    """Runs in the measured process; returns the result dict."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+    import tensorflow as tf
+
+    import fastcarry as fc
+
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    make = {"lstm": fc.LSTM, "gru": fc.GRU, "rnn": fc.SimpleRNN}[cell]
+    rnn = make(units, seed=0)
+    rnn.build(input_dim)
+    rng = np.random.default_rng(0)
+    lead = (time_steps, batch) if time_major else (batch, time_steps)
+    x = tf.constant(rng.standard_normal(lead + (input_dim,)), tf.float32)
+    cot = tf.constant(rng.standard_normal(lead + (units,)), tf.float32)
+    weights = rnn.trainable_variables
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(fc.unroll(rnn, x, chunk=chunk, time_major=time_major)[0] * cot)
+        return [loss, *tape.gradient(loss, weights)]
+
+    setup = _rss_bytes()
+    start = time.perf_counter()
+    [g.numpy() for g in step(x)]
+    first_s = time.perf_counter() - start
+    first_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - setup  # ru_maxrss is KiB on Linux
+    if gpu:
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    baseline = _rss_bytes()
+    samples = []
+    with _RssSampler() as sampler:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            [g.numpy() for g in step(x)]
+            samples.append(time.perf_counter() - start)
+    peak, source = sampler.peak - baseline, "sampled peak RSS of a training step above the RSS before it"
+    if gpu:
+        peak, source = tf.config.experimental.get_memory_info("GPU:0")["peak"], "GPU peak (get_memory_info)"
+    return dict(chunk=chunk, layout="time-major" if time_major else "batch-major", peak_bytes=int(peak), memory_source=source, baseline_bytes=baseline,
+                first_call_peak_bytes=int(first_peak), first_call_s=first_s,
+                median_s=statistics.median(samples), samples_s=samples)
+
+
+def run(config, out_dir, stream=sys.stderr):
+    """Runs every chunk of ``config`` in a child process; writes results.json, results.md, results.png."""
+    results = []
+    for layout, chunk in [(layout, chunk) for layout in config["layouts"] for chunk in config["chunks"]]:
+        print(f"memory bench: {layout} chunk={chunk} ...", file=stream, flush=True)
+        argv = [sys.executable, "-m", "fastcarry._memory_bench", "--child", "--cell", config["cell"],
+                "--batch", str(config["batch"]), "--time", str(config["time"]), "--input", str(config["input"]),
+                "--units", str(config["units"]), "--repeats", str(config["repeats"])]
+        if chunk is not None:
+            argv += ["--chunk", str(chunk)]
+        if layout == "time-major":
+            argv += ["--time-major"]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"memory bench child (chunk={chunk}) failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    import tensorflow as tf
+
+    report = dict(workload={k: config[k] for k in ("cell", "batch", "time", "input", "units")},
+                  repeats=config["repeats"],
+                  machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(), tensorflow=tf.__version__),
+                  results=results)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write(markdown(report))
+    _plot(report, os.path.join(out_dir, "results.png"))
+    return report
+
+
+def markdown(report):
+    w = report["workload"]
+    base = {r["layout"]: r for r in report["results"] if r["chunk"] is None}
+    first = report["results"][0]
+    lines = [f"# fastcarry memory bench: {w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}, "
+             f"one training step", "",
+             f"{report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, TensorFlow "
+             f"{report['machine']['tensorflow']}; one process per row; memory: {first['memory_source']}; "
+             f"time: median of {report['repeats']} steps after the first. The first call (XLA compilation "
+             f"included) is reported apart.", "",
+             "| layout | chunk | peak MiB | chunk=None / this | step ms | this / chunk=None | first call s | "
+             "first call peak MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        b = base[r["layout"]]
+        lines.append(f"| {r['layout']} | {r['chunk'] or 'None'} | {r['peak_bytes'] / 2**20:.0f} | "
+                     f"{b['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x | {r['median_s'] * 1e3:.0f} | "
+                     f"{r['median_s'] / b['median_s']:.2f}x | {r['first_call_s']:.1f} | "
+                     f"{r['first_call_peak_bytes'] / 2**20:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report, path):
+    from fastcarry._bench import require_matplotlib
+
+    plt = require_matplotlib()
+    rows = report["results"]
+    labels = [f"{r['layout'].split('-')[0]}\n{r['chunk'] or 'None'}" for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.bar(labels, [r["peak_bytes"] / 2**20 for r in rows], color="tab:blue")
+    left.set(xlabel="layout, chunk", ylabel="peak MiB above baseline", title="memory")
+    right.bar(labels, [r["median_s"] * 1e3 for r in rows], color="tab:orange")
+    right.set(xlabel="layout, chunk", ylabel="ms per training step", title="time")
+    w = report["workload"]
+    fig.suptitle(f"{w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="benchmarks/memory.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny workload, to check the script runs")
+    parser.add_argument("--out", default="bench-results/memory", metavar="DIR")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("batch", "time", "input", "units", "repeats", "chunk"):
+        parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cell", default="lstm", help=argparse.SUPPRESS)
+    parser.add_argument("--time-major", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.cell, args.batch, args.time, args.input, args.units, args.chunk, args.repeats,
+                               args.time_major)))
+        return 0
+    report = run(QUICK if args.quick else FULL, args.out)
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
