@@ -99,3 +99,17 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match=r"fastcarry\[bench\]"):
         _bench.require_matplotlib()
+
+
+def test_memory_bench_quick_writes_every_row(tmp_path):
+    from fastcarry import _memory_bench
+
+    report = _memory_bench.run(_memory_bench.QUICK, str(tmp_path))
+    rows = report["results"]
+    assert [(r["layout"], r["chunk"]) for r in rows] == [("batch-major", None), ("batch-major", 16)]
+    for r in rows:
+        assert r["peak_bytes"] >= 0 and r["first_call_peak_bytes"] > 0 and r["median_s"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| batch-major | 16 |" in table
+    assert (tmp_path / "results.png").stat().st_size > 0
+    assert json.loads((tmp_path / "results.json").read_text())["workload"]["time"] == 64
