@@ -40,6 +40,8 @@ def _parser():
     check.add_argument("--time-major", action="store_true")
     check.add_argument("--unroll", type=_positive, default=None, metavar="K",
                        help="steps per loop iteration (default: the cell's default)")
+    check.add_argument("--chunk", type=_positive, default=None, metavar="C",
+                       help="chunk for the chunk= and swap_memory rows (default: about T/3)")
     check.add_argument("--seed", type=int, default=0)
     _bench_parser(sub)
     return parser
@@ -155,6 +157,13 @@ def check(args, out=sys.stdout):
         ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
         ("autodiff jit vs reference(float64)", fc.unroll, dict(jit_compile=True, backward="autodiff"), want, None),
     ]
+    chunk = args.chunk or max(1, (args.time + 2) // 3)
+    if args.time > 0:
+        contenders += [
+            (f"chunk={chunk} jit vs reference(float64)", fc.unroll, dict(chunk=chunk), want, None),
+            (f"chunk={chunk} swap_memory jit vs reference(float64)", fc.unroll,
+             dict(chunk=chunk, swap_memory=True), want, None),
+        ]
     tol = _check.TOLERANCE[cell.dtype]
     print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
           f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "

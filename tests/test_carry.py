@@ -78,6 +78,15 @@ def test_two_untruncated_calls_equal_one_pass(kind, name):
     assert_all_close(got, want, tf.float32, f"{kind} {name}")
 
 
+@pytest.mark.parametrize("options", [dict(chunk=2), dict(chunk=2, swap_memory=True, jit_compile=False)],
+                         ids=["chunk", "chunk+swap+graph"])
+def test_untruncated_calls_compose_with_chunk_and_swap_memory(options):
+    cell, x, s0, cot, _ = _case("lstm", "initial_state+lengths")
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot, sequence_length=LENGTHS)
+    got = _check.evaluate(carried(truncate=False), cell, x, s0, cot, sequence_length=LENGTHS, **options)
+    assert_all_close(got, want, tf.float32, f"Carry with {options}")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_truncated_calls_equal_explicit_truncation(kind, name):

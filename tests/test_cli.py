@@ -23,8 +23,9 @@ def test_check_passes(argv):
     code, text = _run(argv)
     assert code == 0, text
     assert text.rstrip().endswith("PASS")
-    # Every tensor of all four comparisons is reported.
-    assert text.count("d_recurrent_kernel") == 4 and "vs keras 3" in text and "autodiff jit" in text
+    # Every tensor of all six comparisons is reported.
+    assert text.count("d_recurrent_kernel") == 6 and "vs keras 3" in text and "autodiff jit" in text
+    assert "chunk=2 jit" in text and "chunk=2 swap_memory jit" in text
 
 
 def test_check_fails_on_a_wrong_implementation(monkeypatch):
