@@ -102,16 +102,32 @@ def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
     return grad
 
 
-def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None):
+def _time_slice(seq, start, size):
+    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
+
+    Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
+    lowering pads the whole input to twice its size in every dimension.
+    """
+    shape = tf.shape(seq)
+    piece = tf.slice(seq, tf.stack([0, start, 0]), tf.stack([shape[0], size, shape[2]]))
+    return tf.transpose(piece, [1, 0, 2])
+
+
+def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None,
+             dys_batch_major=False):
     """The gradient of ``forward``: chunks in reverse, each recomputed from its start state.
 
     Args:
       params, x, lengths: as given to ``forward``; ``chunk`` likewise.
       state_like: any value with the state's structure.
       boundaries: ``forward``'s boundary states.
-      dys: ``[T, B, H]`` cotangent of ``ys``; dfinal: of the final state.
+      dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``dys_batch_major``, for a
+        static T with no padding); dfinal: of the final state.
       chunk_grad: ``fused_chunk_grad(...)`` or ``autodiff_chunk_grad(...)``.
       parallel_iterations: for the chunk loop (graph only).
+      dys_batch_major: read each chunk of a batch-major ``dys`` and transpose
+        only that chunk, instead of a transposed copy of all of it (128 MiB for
+        the memory benchmark's LSTM).
 
     Returns:
       ``(dx [T, B, D], dstate0, dparams)``.
@@ -119,7 +135,14 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     plan = _loop._plan(x, lengths, chunk)
     pad = plan.t_run - plan.t_true
     if not isinstance(pad, int) or pad:
+        if dys_batch_major:
+            raise ValueError("dys_batch_major needs a static T")
         dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
+
+    def dys_chunk(start, size):
+        if dys_batch_major:
+            return _time_slice(dys, start, size)
+        return dys[start:start + size] if isinstance(start, int) else dys_chunks.read(start // chunk)
     bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
     def start_state(i):
@@ -135,17 +158,17 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
         if plan.tail:
             start = plan.tail.start
             dx_tail, dstate, dp = chunk_grad(plan.x[start:], start_state(plan.n_loop), _shift(plan.lengths, start),
-                                             dys[start:], dstate)
+                                             dys_chunk(start, len(plan.tail)), dstate)
             dparams = add(dparams, dp)
         dxs = None
         if _has_loop(plan):
             dxs = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk]).concatenate(x.shape[1:]))
             chunks = _loop._chunks(plan.x, plan, chunk)
-            dys_chunks = _loop._chunks(dys, plan, chunk)
+            dys_chunks = None if dys_batch_major else _loop._chunks(dys, plan, chunk)
 
             def body(i, dstate, dparams, dxs):
                 dx_c, dstate, dp = chunk_grad(chunks.read(i), start_state(i), _shift(plan.lengths, i * chunk),
-                                              dys_chunks.read(i), dstate)
+                                              dys_chunk(i * chunk, chunk), dstate)
                 return i - 1, dstate, add(dparams, dp), dxs.write(i, dx_c)
 
             _, dstate, dparams, dxs = tf.while_loop(

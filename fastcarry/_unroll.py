@@ -69,27 +69,44 @@ def _forward_fn(core, opts, save_states):
     return forward
 
 
-def _in_processing_order(x, dys, lengths, opts, grad):
-    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout."""
+def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
+    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout.
+
+    ``convert_dys=False`` hands ``dys`` over as it came (``grad`` reads it chunk by chunk).
+    """
     with tf.GradientTape() as tape:
         tape.watch(x)
         x_proc = _to_processing_order(x, lengths, opts)
-    dx_proc, dstate, dparams = grad(x_proc, _to_processing_order(dys, lengths, opts))
+    dys_proc = _to_processing_order(dys, lengths, opts) if convert_dys else dys
+    dx_proc, dstate, dparams = grad(x_proc, dys_proc)
     return tape.gradient(x_proc, x, output_gradients=dx_proc), dstate, dparams
+
+
+def _chunk_reads_batch_major(opts, dys):
+    """Whether the chunked backward can read a batch-major ``dys`` chunk by chunk (no reversal, static T)."""
+    return opts.chunk is not None and not opts.time_major and not opts.reverse and dys.shape[1] is not None
+
+
+def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, saved, dys, dfinal):
+    """``_chunked.backward`` in the caller's layout, without a transposed copy of ``dys`` when it can."""
+    direct = _chunk_reads_batch_major(opts, dys)
+    return _in_processing_order(x, dys, lengths, opts, lambda x_proc, dys_in: _chunked.backward(
+        params, x_proc, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
+        chunk_grad(core, params, opts.unroll, opts.parallel_iterations), opts.parallel_iterations,
+        dys_batch_major=direct), convert_dys=not direct)
 
 
 def _backward_fn(core, opts):
     """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
         def grad(x_proc, dys_proc):
-            if opts.chunk is None:
-                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal,
-                                      opts.parallel_iterations)
-            return _chunked.backward(params, x_proc, lengths, opts.chunk, state_like, saved, dys_proc, dfinal,
-                                     _chunked.fused_chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
-                                     opts.parallel_iterations)
+            return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal,
+                                  opts.parallel_iterations)
 
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
+            if opts.chunk is not None:
+                return _chunked_backward(core, opts, _chunked.fused_chunk_grad, params, x, lengths, state_like,
+                                         saved, dys, dfinal)
             return _in_processing_order(x, dys, lengths, opts, grad)
     return backward
 
@@ -106,10 +123,8 @@ def _autodiff_backward_fn(core, opts):
 
     def backward(x, state, lengths, params, saved, dys, dfinal):
         if opts.chunk is not None:
-            return _in_processing_order(x, dys, lengths, opts, lambda x_proc, dys_proc: _chunked.backward(
-                params, x_proc, lengths, opts.chunk, state, saved, dys_proc, dfinal,
-                _chunked.autodiff_chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
-                opts.parallel_iterations))
+            return _chunked_backward(core, opts, _chunked.autodiff_chunk_grad, params, x, lengths, state, saved,
+                                     dys, dfinal)
         del saved  # nothing is saved: the forward is recomputed
         with tf.GradientTape() as tape:
             tape.watch([x, state, params])
