@@ -177,9 +177,9 @@ def _no_second_order(outputs, inputs):
     def guard(*flat):
         def grad(*_):
             raise NotImplementedError(
-                "fastcarry.unroll has no second-order gradient with jit_compile=True or "
-                "backward='fused' (the backward is a separately compiled loop); use "
-                "jit_compile=False, backward='autodiff', whose graph loop TF differentiates to any order")
+                "fastcarry.unroll has no second-order gradient with jit_compile=True, backward='fused' "
+                "or chunk= (the backward is a separately compiled loop); use jit_compile=False, "
+                "backward='autodiff', chunk=None, whose graph loop TF differentiates to any order")
         return list(flat[:len(outputs)]), grad
     return guard(*outputs, *inputs)
 
