@@ -38,11 +38,6 @@ def _n_chunks(plan):
     return plan.n_loop + (1 if plan.tail else 0)
 
 
-def _has_loop(plan):
-    # With T < chunk there is no loop (XLA rejects reading from an empty array).
-    return not (isinstance(plan.n_loop, int) and plan.n_loop == 0)
-
-
 def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None):
     """Runs the loop chunk by chunk, keeping the state at every chunk's start.
 
@@ -67,7 +62,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
         return i + 1, state, ys.write(i, ys_c), bounds
 
     with tf.name_scope("chunks"):
-        if _has_loop(plan):
+        if _loop.has_loop(plan):
             chunks = _loop._chunks(plan.x, plan, chunk)
             ys = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk, x.shape[1], core.output_size]))
             _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
@@ -138,11 +133,6 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
         if dys_batch_major:
             raise ValueError("dys_batch_major needs a static T")
         dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
-
-    def dys_chunk(start, size):
-        if dys_batch_major:
-            return _time_slice(dys, start, size)
-        return dys[start:start + size] if isinstance(start, int) else dys_chunks.read(start // chunk)
     bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
     def start_state(i):
@@ -157,18 +147,23 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     with tf.name_scope("chunks_grad"):
         if plan.tail:
             start = plan.tail.start
+            dys_tail = _time_slice(dys, start, len(plan.tail)) if dys_batch_major else dys[start:]
             dx_tail, dstate, dp = chunk_grad(plan.x[start:], start_state(plan.n_loop), _shift(plan.lengths, start),
-                                             dys_chunk(start, len(plan.tail)), dstate)
+                                             dys_tail, dstate)
             dparams = add(dparams, dp)
         dxs = None
-        if _has_loop(plan):
+        if _loop.has_loop(plan):
             dxs = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk]).concatenate(x.shape[1:]))
             chunks = _loop._chunks(plan.x, plan, chunk)
-            dys_chunks = None if dys_batch_major else _loop._chunks(dys, plan, chunk)
+            if dys_batch_major:
+                def dys_chunk(i):
+                    return _time_slice(dys, i * chunk, chunk)
+            else:
+                dys_chunk = _loop._chunks(dys, plan, chunk).read
 
             def body(i, dstate, dparams, dxs):
                 dx_c, dstate, dp = chunk_grad(chunks.read(i), start_state(i), _shift(plan.lengths, i * chunk),
-                                              dys_chunk(i * chunk, chunk), dstate)
+                                              dys_chunk(i), dstate)
                 return i - 1, dstate, add(dparams, dp), dxs.write(i, dx_c)
 
             _, dstate, dparams, dxs = tf.while_loop(

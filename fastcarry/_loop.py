@@ -148,6 +148,14 @@ def while_options(parallel_iterations):
     return {} if parallel_iterations is None else {"parallel_iterations": parallel_iterations}
 
 
+def has_loop(plan):
+    """False when the plan has no while-loop iteration (static T < steps per iteration).
+
+    XLA rejects reading from an empty TensorArray, so then there is no loop.
+    """
+    return not (isinstance(plan.n_loop, int) and plan.n_loop == 0)
+
+
 def _ta(dtype, size, element_shape=None):
     return tf.TensorArray(dtype, size=size, element_shape=element_shape)
 
@@ -250,8 +258,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
             state, ys, saved = run_chunk(i * unroll, chunks.read(i), unroll, state, ys, saved)
             return i + 1, state, ys, saved
 
-        # With T < unroll there is no loop (XLA rejects reading a chunk from an empty array).
-        if not (isinstance(plan.n_loop, int) and plan.n_loop == 0):
+        if has_loop(plan):
             chunks = _chunks(plan.x, plan, unroll)
             # A static trip count: XLA needs fixed-size TensorLists, and on GPU
             # it avoids a host sync per iteration.
