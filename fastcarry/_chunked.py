@@ -13,6 +13,8 @@ Everything is time-major and in processing order, like ``fastcarry._loop``:
 ``x [T, B, D]``, ``ys [T, B, H]``, ``lengths [B]`` int32 or None.
 """
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from fastcarry import _loop
@@ -38,43 +40,107 @@ def _n_chunks(plan):
     return plan.n_loop + (1 if plan.tail else 0)
 
 
-def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None):
+def _time_slice(seq, start, size):
+    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
+
+    Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
+    lowering pads the whole input to twice its size in every dimension.
+    """
+    shape = tf.shape(seq)
+    piece = tf.slice(seq, tf.stack([0, start, 0]), tf.stack([shape[0], size, shape[2]]))
+    return tf.transpose(piece, [1, 0, 2])
+
+
+def _time_put(seq, start, piece):
+    """``seq [B, T, H]`` with steps ``[start, start + size)`` set to ``piece [size, B, H]``.
+
+    A scatter, which XLA runs in place on a loop-carried buffer (TF's
+    ``TensorStridedSliceUpdate`` would too, but XLA rejects its run-time start).
+    """
+    size, batch = tf.shape(piece)[0], tf.shape(piece)[1]
+    where = tf.stack(tf.meshgrid(tf.range(batch), start + tf.range(size), indexing="ij"), -1)  # [B, size, 2]
+    return tf.tensor_scatter_nd_update(seq, where, tf.transpose(piece, [1, 0, 2]))
+
+
+class _Time(NamedTuple):
+    """How the chunk loops read and write whole sequences, one ``[C, B, ..]`` chunk at a time.
+
+    Time-major (``[T, B, ..]`` in processing order): TensorArrays of chunks.
+    Batch-major (``[B, T, ..]``, static T, not reversed): each chunk is sliced
+    out and transposed alone, and results are written into a ``[B, T, ..]``
+    buffer as they are made, so no transposed copy of a whole sequence exists
+    (for the memory benchmark's LSTM, 128 MiB of outputs and 32 MiB of inputs).
+    """
+
+    plan: _loop._Plan
+    chunk: int
+    batch_major: bool
+
+    def reader(self, seq):
+        """``(read(i) -> chunk i, tail [len(tail), B, ..] or None)``; call outside any loop."""
+        plan, chunk = self.plan, self.chunk
+        if self.batch_major:
+            return ((lambda i: _time_slice(seq, i * chunk, chunk)),
+                    _time_slice(seq, plan.tail.start, len(plan.tail)) if plan.tail else None)
+        read = _loop._chunks(seq, plan, chunk).read if _loop.has_loop(plan) else None
+        return read, seq[plan.tail.start:] if plan.tail else None
+
+    def new(self, like, width):
+        """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` chunks into."""
+        axis = 0 if self.batch_major else 1  # of B
+        if self.batch_major:
+            return tf.zeros(tf.stack([tf.shape(like)[axis], self.plan.t_true, width]), like.dtype)
+        return _loop._ta(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk, like.shape[axis], width]))
+
+    def put(self, result, i, value):
+        """Chunk ``i`` (``value [C, B, width]``) into ``result``."""
+        return _time_put(result, i * self.chunk, value) if self.batch_major else result.write(i, value)
+
+    def finish(self, result, tail_value):
+        """The whole sequence, with the tail's ``[len(tail), B, width]`` (or None) at the end."""
+        if self.batch_major:
+            return result if tail_value is None else _time_put(result, self.plan.tail.start, tail_value)
+        return _stack_chunks(result if _loop.has_loop(self.plan) else None, tail_value, self.plan.t_true)
+
+
+def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None, batch_major=False):
     """Runs the loop chunk by chunk, keeping the state at every chunk's start.
 
     Args:
       core, params, x, state, lengths, unroll: as for ``fastcarry._loop.forward``.
       chunk: static int >= 1, steps per chunk (T need not be a multiple).
       parallel_iterations: for every while loop (graph only).
+      batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
+        order), read and written a chunk at a time (see ``_Time``).
 
     Returns:
       ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
       per flattened state component, of ``[N, B, ..]`` with N the number of
       chunks (``ceil(T / chunk)``): the state each chunk starts from.
     """
-    plan = _loop._plan(x, lengths, chunk)
+    plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
+    time = _Time(plan, chunk, batch_major)
     bounds = _loop._tas_like(state, _n_chunks(plan))
-    ys = None
+    x_chunk, x_tail = time.reader(plan.x)
+    ys = time.new(x, core.output_size)
 
     def body(i, state, ys, bounds):
         bounds = _loop._write(bounds, i, state)
-        ys_c, state, _ = _loop.forward(core, params, chunks.read(i), state, _shift(plan.lengths, i * chunk), unroll,
+        ys_c, state, _ = _loop.forward(core, params, x_chunk(i), state, _shift(plan.lengths, i * chunk), unroll,
                                        parallel_iterations=parallel_iterations)
-        return i + 1, state, ys.write(i, ys_c), bounds
+        return i + 1, state, time.put(ys, i, ys_c), bounds
 
     with tf.name_scope("chunks"):
         if _loop.has_loop(plan):
-            chunks = _loop._chunks(plan.x, plan, chunk)
-            ys = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk, x.shape[1], core.output_size]))
             _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
                                                  maximum_iterations=plan.n_loop,
                                                  **_loop.while_options(parallel_iterations))
         ys_tail = None
         if plan.tail:
             bounds = _loop._write(bounds, plan.n_loop, state)
-            ys_tail, state, _ = _loop.forward(core, params, plan.x[plan.tail.start:], state,
-                                              _shift(plan.lengths, plan.tail.start), unroll,
-                                              parallel_iterations=parallel_iterations)
-    return _stack_chunks(ys, ys_tail, plan.t_true), state, [b.stack() for b in bounds]
+            ys_tail, state, _ = _loop.forward(core, params, x_tail, state, _shift(plan.lengths, plan.tail.start),
+                                              unroll, parallel_iterations=parallel_iterations)
+    return time.finish(ys, ys_tail), state, [b.stack() for b in bounds]
 
 
 def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
@@ -97,41 +163,26 @@ def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
     return grad
 
 
-def _time_slice(seq, start, size):
-    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
-
-    Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
-    lowering pads the whole input to twice its size in every dimension.
-    """
-    shape = tf.shape(seq)
-    piece = tf.slice(seq, tf.stack([0, start, 0]), tf.stack([shape[0], size, shape[2]]))
-    return tf.transpose(piece, [1, 0, 2])
-
-
 def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None,
-             dys_batch_major=False):
+             batch_major=False):
     """The gradient of ``forward``: chunks in reverse, each recomputed from its start state.
 
     Args:
-      params, x, lengths: as given to ``forward``; ``chunk`` likewise.
+      params, x, lengths: as given to ``forward``; ``chunk`` and ``batch_major`` likewise.
       state_like: any value with the state's structure.
       boundaries: ``forward``'s boundary states.
-      dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``dys_batch_major``, for a
-        static T with no padding); dfinal: of the final state.
+      dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``batch_major``);
+        dfinal: of the final state.
       chunk_grad: ``fused_chunk_grad(...)`` or ``autodiff_chunk_grad(...)``.
       parallel_iterations: for the chunk loop (graph only).
-      dys_batch_major: read each chunk of a batch-major ``dys`` and transpose
-        only that chunk, instead of a transposed copy of all of it (128 MiB for
-        the memory benchmark's LSTM).
 
     Returns:
-      ``(dx [T, B, D], dstate0, dparams)``.
+      ``(dx [T, B, D] ([B, T, D] with batch_major), dstate0, dparams)``.
     """
-    plan = _loop._plan(x, lengths, chunk)
+    plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
+    time = _Time(plan, chunk, batch_major)
     pad = plan.t_run - plan.t_true
-    if not isinstance(pad, int) or pad:
-        if dys_batch_major:
-            raise ValueError("dys_batch_major needs a static T")
+    if not isinstance(pad, int) or pad:  # dynamic T: x was padded to whole chunks; dys likewise
         dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
     bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
@@ -141,32 +192,25 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     def add(a, b):
         return tf.nest.map_structure(tf.add, a, b)
 
+    x_chunk, x_tail = time.reader(plan.x)
+    dys_chunk, dys_tail = time.reader(dys)
+    dxs = time.new(x, x.shape[-1])
     dparams = tf.nest.map_structure(tf.zeros_like, params)
     dstate = dfinal
     dx_tail = None
     with tf.name_scope("chunks_grad"):
         if plan.tail:
             start = plan.tail.start
-            dys_tail = _time_slice(dys, start, len(plan.tail)) if dys_batch_major else dys[start:]
-            dx_tail, dstate, dp = chunk_grad(plan.x[start:], start_state(plan.n_loop), _shift(plan.lengths, start),
+            dx_tail, dstate, dp = chunk_grad(x_tail, start_state(plan.n_loop), _shift(plan.lengths, start),
                                              dys_tail, dstate)
             dparams = add(dparams, dp)
-        dxs = None
         if _loop.has_loop(plan):
-            dxs = _loop._ta(x.dtype, plan.n_loop, tf.TensorShape([chunk]).concatenate(x.shape[1:]))
-            chunks = _loop._chunks(plan.x, plan, chunk)
-            if dys_batch_major:
-                def dys_chunk(i):
-                    return _time_slice(dys, i * chunk, chunk)
-            else:
-                dys_chunk = _loop._chunks(dys, plan, chunk).read
-
             def body(i, dstate, dparams, dxs):
-                dx_c, dstate, dp = chunk_grad(chunks.read(i), start_state(i), _shift(plan.lengths, i * chunk),
+                dx_c, dstate, dp = chunk_grad(x_chunk(i), start_state(i), _shift(plan.lengths, i * chunk),
                                               dys_chunk(i), dstate)
-                return i - 1, dstate, add(dparams, dp), dxs.write(i, dx_c)
+                return i - 1, dstate, add(dparams, dp), time.put(dxs, i, dx_c)
 
             _, dstate, dparams, dxs = tf.while_loop(
                 lambda i, *_: i >= 0, body, (plan.n_loop - 1, dstate, dparams, dxs),
                 maximum_iterations=plan.n_loop, **_loop.while_options(parallel_iterations))
-    return _stack_chunks(dxs, dx_tail, plan.t_true), dstate, dparams
+    return time.finish(dxs, dx_tail), dstate, dparams

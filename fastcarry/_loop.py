@@ -131,13 +131,15 @@ class _Plan(NamedTuple):
     tail: range           # time steps unrolled in Python after the loop
 
 
-def _plan(x, lengths, unroll):
-    t_static = x.shape[0]
+def _plan(x, lengths, unroll, time_axis=0):
+    """Cuts ``x``'s T steps (``x [T, B, D]``; ``[B, T, D]`` with ``time_axis=1``, static T only)."""
+    t_static = x.shape[time_axis]
     if t_static is None and unroll > 1:
+        assert time_axis == 0, "only a time-major x can be padded"
         x, lengths, t_true = _pad_to_multiple(x, lengths, unroll)
         t_run = tf.shape(x)[0]
         return _Plan(x, lengths, t_true, t_run, t_run // unroll, range(0))
-    t_run = t_static if t_static is not None else tf.shape(x)[0]
+    t_run = t_static if t_static is not None else tf.shape(x)[time_axis]
     n_loop = t_run // unroll
     tail = range(n_loop * unroll, t_static) if t_static is not None else range(0)
     return _Plan(x, lengths, t_run, t_run, n_loop, tail)

@@ -10,11 +10,17 @@ needs on top of the weights, inputs and compiled program. The first call's
 GPU the child reports ``tf.config.experimental.get_memory_info``'s peak instead.
 
 The training step is ``fc.unroll`` under ``tf.function(jit_compile=True)``; it
-returns the loss ``reduce_sum(outputs * cotangent)`` and its gradient w.r.t. the
-cell's weights (returning the loss keeps the outputs alive, as in real training:
-a step that returned only gradients would let XLA drop them). Inputs are
-batch-major ``[B, T, D]`` or time-major ``[T, B, D]``; batch-major adds
-transposed copies of the outputs and their gradient.
+returns a loss and its gradient w.r.t. the cell's weights (returning the loss
+keeps the outputs alive, as in real training: a step that returned only
+gradients would let XLA drop them). Inputs are batch-major ``[B, T, D]`` or
+time-major ``[T, B, D]``. The loss is ``<outputs, cotangent>``, a fixed random
+cotangent, written two ways:
+
+- ``dot``: ``tf.tensordot(outputs, cotangent, 3)``, one XLA dot.
+- ``sum``: ``tf.reduce_sum(outputs * cotangent)``. The same number, but
+  XLA:CPU materializes the product ``[T, B, H]`` (128 MiB in the full workload)
+  before its tree reduction, while the outputs are still live: memory of the
+  loss, not of the RNN, and the same in every row, so it caps the ratio.
 """
 
 import argparse
@@ -30,8 +36,10 @@ import time
 
 # The issue's workload: LSTM B=16, T=8192, D=64, H=256.
 FULL = dict(cell="lstm", batch=16, time=8192, input=64, units=256, chunks=[None, 1024, 256, 64],
-            layouts=["batch-major", "time-major"], repeats=3)
-QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16], layouts=["batch-major"], repeats=2)
+            layouts=["batch-major", "time-major"], repeats=3, losses=["dot", "sum"])
+QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16], layouts=["batch-major"], repeats=2,
+             losses=["dot"])
+LOSSES = ("dot", "sum")
 
 
 def _rss_bytes():
@@ -59,7 +67,7 @@ class _RssSampler:
         self.peak = max(self.peak, _rss_bytes())
 
 
-def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=False):
+def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=False, loss="dot"):
     """Runs in the measured process; returns the result dict."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -76,12 +84,13 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
     x = tf.constant(rng.standard_normal(lead + (input_dim,)), tf.float32)
     cot = tf.constant(rng.standard_normal(lead + (units,)), tf.float32)
     weights = rnn.trainable_variables
+    objective = {"dot": lambda ys: tf.tensordot(ys, cot, 3), "sum": lambda ys: tf.reduce_sum(ys * cot)}[loss]
 
     @tf.function(jit_compile=True)
     def step(x):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(fc.unroll(rnn, x, chunk=chunk, time_major=time_major)[0] * cot)
-        return [loss, *tape.gradient(loss, weights)]
+            value = objective(fc.unroll(rnn, x, chunk=chunk, time_major=time_major)[0])
+        return [value, *tape.gradient(value, weights)]
 
     setup = _rss_bytes()
     start = time.perf_counter()
@@ -100,7 +109,8 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
     peak, source = sampler.peak - baseline, "sampled peak RSS of a training step above the RSS before it"
     if gpu:
         peak, source = tf.config.experimental.get_memory_info("GPU:0")["peak"], "GPU peak (get_memory_info)"
-    return dict(chunk=chunk, layout="time-major" if time_major else "batch-major", peak_bytes=int(peak), memory_source=source, baseline_bytes=baseline,
+    return dict(chunk=chunk, layout="time-major" if time_major else "batch-major", loss=loss,
+                peak_bytes=int(peak), memory_source=source, baseline_bytes=baseline,
                 first_call_peak_bytes=int(first_peak), first_call_s=first_s,
                 median_s=statistics.median(samples), samples_s=samples)
 
@@ -108,9 +118,11 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
 def run(config, out_dir, stream=sys.stderr):
     """Runs every chunk of ``config`` in a child process; writes results.json, results.md, results.png."""
     results = []
-    for layout, chunk in [(layout, chunk) for layout in config["layouts"] for chunk in config["chunks"]]:
-        print(f"memory bench: {layout} chunk={chunk} ...", file=stream, flush=True)
-        argv = [sys.executable, "-m", "fastcarry._memory_bench", "--child", "--cell", config["cell"],
+    rows = [(loss, layout, chunk) for loss in config["losses"] for layout in config["layouts"]
+            for chunk in config["chunks"]]
+    for loss, layout, chunk in rows:
+        print(f"memory bench: loss={loss} {layout} chunk={chunk} ...", file=stream, flush=True)
+        argv = [sys.executable, "-m", "fastcarry._memory_bench", "--child", "--loss", loss, "--cell", config["cell"],
                 "--batch", str(config["batch"]), "--time", str(config["time"]), "--input", str(config["input"]),
                 "--units", str(config["units"]), "--repeats", str(config["repeats"])]
         if chunk is not None:
@@ -138,7 +150,7 @@ def run(config, out_dir, stream=sys.stderr):
 
 def markdown(report):
     w = report["workload"]
-    base = {r["layout"]: r for r in report["results"] if r["chunk"] is None}
+    base = {(r["loss"], r["layout"]): r for r in report["results"] if r["chunk"] is None}
     first = report["results"][0]
     lines = [f"# fastcarry memory bench: {w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}, "
              f"one training step", "",
@@ -146,12 +158,14 @@ def markdown(report):
              f"{report['machine']['tensorflow']}; one process per row; memory: {first['memory_source']}; "
              f"time: median of {report['repeats']} steps after the first. The first call (XLA compilation "
              f"included) is reported apart.", "",
-             "| layout | chunk | peak MiB | chunk=None / this | step ms | this / chunk=None | first call s | "
+             "Loss `dot` is `tensordot(outputs, cotangent, 3)`; `sum` is `reduce_sum(outputs * cotangent)`, "
+             "for which XLA:CPU materializes the product (see `fastcarry/_memory_bench.py`).", "",
+             "| loss | layout | chunk | peak MiB | chunk=None / this | step ms | this / chunk=None | first call s | "
              "first call peak MiB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
-        b = base[r["layout"]]
-        lines.append(f"| {r['layout']} | {r['chunk'] or 'None'} | {r['peak_bytes'] / 2**20:.0f} | "
+        b = base[(r["loss"], r["layout"])]
+        lines.append(f"| {r['loss']} | {r['layout']} | {r['chunk'] or 'None'} | {r['peak_bytes'] / 2**20:.0f} | "
                      f"{b['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x | {r['median_s'] * 1e3:.0f} | "
                      f"{r['median_s'] / b['median_s']:.2f}x | {r['first_call_s']:.1f} | "
                      f"{r['first_call_peak_bytes'] / 2**20:.0f} |")
@@ -163,12 +177,12 @@ def _plot(report, path):
 
     plt = require_matplotlib()
     rows = report["results"]
-    labels = [f"{r['layout'].split('-')[0]}\n{r['chunk'] or 'None'}" for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    labels = [f"{r['loss']}\n{r['layout'].split('-')[0]}\n{r['chunk'] or 'None'}" for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(9, 1.1 * len(rows)), 4))
     left.bar(labels, [r["peak_bytes"] / 2**20 for r in rows], color="tab:blue")
-    left.set(xlabel="layout, chunk", ylabel="peak MiB above baseline", title="memory")
+    left.set(xlabel="loss, layout, chunk", ylabel="peak MiB above baseline", title="memory")
     right.bar(labels, [r["median_s"] * 1e3 for r in rows], color="tab:orange")
-    right.set(xlabel="layout, chunk", ylabel="ms per training step", title="time")
+    right.set(xlabel="loss, layout, chunk", ylabel="ms per training step", title="time")
     w = report["workload"]
     fig.suptitle(f"{w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}")
     fig.tight_layout()
@@ -185,10 +199,11 @@ def main(argv=None):
         parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cell", default="lstm", help=argparse.SUPPRESS)
     parser.add_argument("--time-major", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loss", default="dot", choices=LOSSES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.cell, args.batch, args.time, args.input, args.units, args.chunk, args.repeats,
-                               args.time_major)))
+                               args.time_major, args.loss)))
         return 0
     report = run(QUICK if args.quick else FULL, args.out)
     print(markdown(report))

@@ -57,43 +57,43 @@ def _from_processing_order(seq, lengths, opts):
 def _forward_fn(core, opts, save_states):
     def forward(x, state, lengths, params):
         with tf.name_scope(f"fastcarry_{core.key[0]}"):
-            x_proc = _to_processing_order(x, lengths, opts)
             if save_states and opts.chunk is not None:
                 # ``saved`` is only the state at each chunk's start.
-                ys, final, saved = _chunked.forward(core, params, x_proc, state, lengths, opts.unroll, opts.chunk,
-                                                    opts.parallel_iterations)
-            else:
-                ys, final, saved = _loop.forward(core, params, x_proc, state, lengths, opts.unroll, save_states,
-                                                 opts.parallel_iterations)
+                direct = _chunk_batch_major(opts, x)
+                ys, final, saved = _chunked.forward(
+                    core, params, x if direct else _to_processing_order(x, lengths, opts), state, lengths,
+                    opts.unroll, opts.chunk, opts.parallel_iterations, batch_major=direct)
+                return ys if direct else _from_processing_order(ys, lengths, opts), final, saved
+            ys, final, saved = _loop.forward(core, params, _to_processing_order(x, lengths, opts), state, lengths,
+                                             opts.unroll, save_states, opts.parallel_iterations)
             return _from_processing_order(ys, lengths, opts), final, saved
     return forward
 
 
-def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
-    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout.
-
-    ``convert_dys=False`` hands ``dys`` over as it came (``grad`` reads it chunk by chunk).
-    """
+def _in_processing_order(x, dys, lengths, opts, grad):
+    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout."""
     with tf.GradientTape() as tape:
         tape.watch(x)
         x_proc = _to_processing_order(x, lengths, opts)
-    dys_proc = _to_processing_order(dys, lengths, opts) if convert_dys else dys
-    dx_proc, dstate, dparams = grad(x_proc, dys_proc)
+    dx_proc, dstate, dparams = grad(x_proc, _to_processing_order(dys, lengths, opts))
     return tape.gradient(x_proc, x, output_gradients=dx_proc), dstate, dparams
 
 
-def _chunk_reads_batch_major(opts, dys):
-    """Whether the chunked backward can read a batch-major ``dys`` chunk by chunk (no reversal, static T)."""
-    return opts.chunk is not None and not opts.time_major and not opts.reverse and dys.shape[1] is not None
+def _chunk_batch_major(opts, seq):
+    """Whether the chunk loops can read and write batch-major ``seq`` as it is (no reversal, static T)."""
+    return opts.chunk is not None and not opts.time_major and not opts.reverse and seq.shape[1] is not None
 
 
 def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, saved, dys, dfinal):
-    """``_chunked.backward`` in the caller's layout, without a transposed copy of ``dys`` when it can."""
-    direct = _chunk_reads_batch_major(opts, dys)
-    return _in_processing_order(x, dys, lengths, opts, lambda x_proc, dys_in: _chunked.backward(
-        params, x_proc, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
-        chunk_grad(core, params, opts.unroll, opts.parallel_iterations), opts.parallel_iterations,
-        dys_batch_major=direct), convert_dys=not direct)
+    """``_chunked.backward`` in the caller's layout, without transposed copies of whole sequences when it can."""
+    def grad(x_in, dys_in, batch_major=False):
+        return _chunked.backward(params, x_in, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
+                                 chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
+                                 opts.parallel_iterations, batch_major=batch_major)
+
+    if _chunk_batch_major(opts, x):
+        return grad(x, dys, batch_major=True)
+    return _in_processing_order(x, dys, lengths, opts, grad)
 
 
 def _backward_fn(core, opts):
