@@ -91,6 +91,35 @@ def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
     assert all(s.shape[0] == T for s in unchunked)
 
 
+def _hlo(kind, opts, make_args):
+    cell = make_cell("lstm", H, input_dim=D)
+    fn = _unroll._function(kind, cell._core(), opts, True)
+    return fn.experimental_get_compiler_ir(*make_args(cell))(stage="optimized_hlo")
+
+
+def test_batch_major_chunks_make_no_time_major_copy_of_a_sequence():
+    # What keeps batch-major memory at the time-major level: the chunk loops
+    # read and write [B, T, ..] a chunk at a time, so no [T, B, H] outputs or
+    # [T, B, D] inputs exist in the compiled forward or backward (T = 7).
+    whole = ("f32[7,3,5]", "f32[7,3,4]")
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    opts = _unroll._Options(False, False, 2, 3)
+
+    def forward_args(cell):
+        return x, cell.zero_state(B), None, cell._params()
+
+    def backward_args(cell):
+        ys, final, saved = _unroll._function("forward", cell._core(), opts, True)(*forward_args(cell))
+        return x, cell.zero_state(B), None, cell._params(), saved, tf.ones_like(ys), final
+
+    for kind, args in (("forward", forward_args), ("fused", backward_args)):
+        hlo = _hlo(kind, opts, args)
+        assert not [s for s in whole if s in hlo], kind
+    # The probe sees such copies where they are made: without chunks, or reversed.
+    assert all(s in _hlo("forward", opts._replace(chunk=None), forward_args) for s in whole)
+    assert all(s in _hlo("fused", opts._replace(reverse=True), backward_args) for s in whole)
+
+
 @pytest.mark.parametrize("outer_jit", [True, False], ids=["outer-jit", "outer-graph"])
 def test_chunked_inside_user_function_with_unknown_time(outer_jit):
     cell, x, s0, cot, options = _case("gru", dict(sequence_length=[6, 1, 7], initial=True))
