@@ -222,7 +222,7 @@ class LSTM(Cell):
     def _core(self):
         return Core(("lstm", self.forget_bias), functools.partial(_lstm.project, forget_bias=self.forget_bias),
                     _lstm.step, self.units, Split(_lstm.recurrent_input, _lstm.recurrent, _lstm.combine,
-                                                 _lstm.update))
+                                                 _lstm.update, kernel=_lstm.kernel))
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -292,10 +292,11 @@ class GRU(Cell):
             # Two dependent recurrent matmuls per step: the second is the split's inner one.
             split = Split(_gru.recurrent_input, _gru.recurrent_reset_before, _gru.combine_reset_before,
                           _gru.update_reset_before,
-                          Inner(_gru.reset_state, _gru.recurrent_candidate, _gru.add_candidate))
+                          Inner(_gru.reset_state, _gru.recurrent_candidate, _gru.add_candidate, _gru.kernel_h),
+                          kernel=_gru.kernel_zr)
             return Core(("gru", False), project, _gru.step_reset_before, self.units, split)
         split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.combine_reset_after,
-                      _gru.update_reset_after)
+                      _gru.update_reset_after, kernel=_gru.kernel)
         return Core(("gru", True), project, _gru.step_reset_after, self.units, split)
 
     @classmethod
@@ -364,7 +365,7 @@ class SimpleRNN(Cell):
     def _core(self):
         activation = _ACTIVATIONS[self.activation]
         split = Split(_simple_rnn.recurrent_input, _simple_rnn.recurrent, _simple_rnn.combine,
-                      functools.partial(_simple_rnn.update, activation=activation))
+                      functools.partial(_simple_rnn.update, activation=activation), kernel=_simple_rnn.kernel)
         return Core(("simple_rnn", self.activation), _simple_rnn.project,
                     functools.partial(_simple_rnn.step, activation=activation), self.units, split)
 

@@ -47,6 +47,11 @@ def recurrent_input(state):
     return state
 
 
+def kernel(params):
+    """``recurrent_reset_after``'s weight ``[H, 3H]`` (it adds ``bias[1]``, free of ``h``)."""
+    return params.recurrent_kernel
+
+
 def recurrent_reset_after(params, h):
     """``h [N, H] -> [N, 3H]`` = ``h @ recurrent_kernel + bias[1]`` (linear in params and h)."""
     return tf.matmul(h, params.recurrent_kernel) + params.bias[1]
@@ -91,11 +96,16 @@ class ResetBeforePreactivation(NamedTuple):
     h: tf.Tensor
 
 
+def kernel_zr(params):
+    """The first matmul's weight ``[U_z U_r] [H, 2H]``."""
+    units = params.recurrent_kernel.shape[0]
+    return params.recurrent_kernel[:, : 2 * units]
+
+
 def recurrent_reset_before(params, h):
     """The first matmul: ``h [N, H] -> [N, 2H]`` = ``h @ [U_z U_r]``."""
-    units = params.recurrent_kernel.shape[0]
     # Slicing a loop-invariant weight: XLA hoists the slice out of the loop.
-    return tf.matmul(h, params.recurrent_kernel[:, : 2 * units])
+    return tf.matmul(h, kernel_zr(params))
 
 
 def combine_reset_before(xp_t, rec_t):
@@ -110,10 +120,15 @@ def reset_state(state, a):
     return r * state
 
 
+def kernel_h(params):
+    """The second matmul's weight ``U_h [H, H]``."""
+    units = params.recurrent_kernel.shape[0]
+    return params.recurrent_kernel[:, 2 * units :]
+
+
 def recurrent_candidate(params, g):
     """The second matmul: ``g [N, H] -> [N, H]`` = ``g @ U_h``."""
-    units = params.recurrent_kernel.shape[0]
-    return tf.matmul(g, params.recurrent_kernel[:, 2 * units :])
+    return tf.matmul(g, kernel_h(params))
 
 
 def add_candidate(a, rec_t):

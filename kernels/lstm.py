@@ -49,6 +49,11 @@ def recurrent_input(state):
     return state.h
 
 
+def kernel(params):
+    """``recurrent``'s weight ``[H, 4H]``: ``recurrent(params, h) == h @ kernel(params)``."""
+    return params.recurrent_kernel
+
+
 def recurrent(params, h):
     """``h [N, H] -> [N, 4H]``: the one recurrent matmul of a step (linear in params and h)."""
     return tf.matmul(h, params.recurrent_kernel)

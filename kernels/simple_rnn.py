@@ -30,6 +30,11 @@ def recurrent_input(state):
     return state
 
 
+def kernel(params):
+    """``recurrent``'s weight ``[H, H]``: ``recurrent(params, h) == h @ kernel(params)``."""
+    return params.recurrent_kernel
+
+
 def recurrent(params, h):
     """``h [N, H] -> [N, H]``: the one recurrent matmul of a step."""
     return tf.matmul(h, params.recurrent_kernel)
