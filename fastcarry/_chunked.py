@@ -13,8 +13,6 @@ Everything is time-major and in processing order, like ``fastcarry._loop``:
 ``x [T, B, D]``, ``ys [T, B, H]``, ``lengths [B]`` int32 or None.
 """
 
-from typing import NamedTuple
-
 import tensorflow as tf
 
 from fastcarry import _loop
@@ -25,82 +23,8 @@ def _shift(lengths, start):
     return None if lengths is None else lengths - start
 
 
-def _stack_chunks(ta, tail_part, t_true):
-    """A ``[N, C, B, ..]`` TensorArray or None, then a ``[tail, B, ..]`` part or None -> ``[T, B, ..]``."""
-    parts = []
-    if ta is not None:
-        stacked = ta.stack()
-        parts.append(tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0)))
-    if tail_part is not None:
-        parts.append(tail_part)
-    return (tf.concat(parts, 0) if len(parts) > 1 else parts[0])[:t_true]
-
-
 def _n_chunks(plan):
     return plan.n_loop + (1 if plan.tail else 0)
-
-
-def _time_slice(seq, start, size):
-    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
-
-    Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
-    lowering pads the whole input to twice its size in every dimension.
-    """
-    shape = tf.shape(seq)
-    piece = tf.slice(seq, tf.stack([0, start, 0]), tf.stack([shape[0], size, shape[2]]))
-    return tf.transpose(piece, [1, 0, 2])
-
-
-def _time_put(seq, start, piece):
-    """``seq [B, T, H]`` with steps ``[start, start + size)`` set to ``piece [size, B, H]``.
-
-    A scatter, which XLA runs in place on a loop-carried buffer (TF's
-    ``TensorStridedSliceUpdate`` would too, but XLA rejects its run-time start).
-    """
-    size, batch = tf.shape(piece)[0], tf.shape(piece)[1]
-    where = tf.stack(tf.meshgrid(tf.range(batch), start + tf.range(size), indexing="ij"), -1)  # [B, size, 2]
-    return tf.tensor_scatter_nd_update(seq, where, tf.transpose(piece, [1, 0, 2]))
-
-
-class _Time(NamedTuple):
-    """How the chunk loops read and write whole sequences, one ``[C, B, ..]`` chunk at a time.
-
-    Time-major (``[T, B, ..]`` in processing order): TensorArrays of chunks.
-    Batch-major (``[B, T, ..]``, static T, not reversed): each chunk is sliced
-    out and transposed alone, and results are written into a ``[B, T, ..]``
-    buffer as they are made, so no transposed copy of a whole sequence exists
-    (for the memory benchmark's LSTM, 128 MiB of outputs and 32 MiB of inputs).
-    """
-
-    plan: _loop._Plan
-    chunk: int
-    batch_major: bool
-
-    def reader(self, seq):
-        """``(read(i) -> chunk i, tail [len(tail), B, ..] or None)``; call outside any loop."""
-        plan, chunk = self.plan, self.chunk
-        if self.batch_major:
-            return ((lambda i: _time_slice(seq, i * chunk, chunk)),
-                    _time_slice(seq, plan.tail.start, len(plan.tail)) if plan.tail else None)
-        read = _loop._chunks(seq, plan, chunk).read if _loop.has_loop(plan) else None
-        return read, seq[plan.tail.start:] if plan.tail else None
-
-    def new(self, like, width):
-        """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` chunks into."""
-        axis = 0 if self.batch_major else 1  # of B
-        if self.batch_major:
-            return tf.zeros(tf.stack([tf.shape(like)[axis], self.plan.t_true, width]), like.dtype)
-        return _loop._ta(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk, like.shape[axis], width]))
-
-    def put(self, result, i, value):
-        """Chunk ``i`` (``value [C, B, width]``) into ``result``."""
-        return _time_put(result, i * self.chunk, value) if self.batch_major else result.write(i, value)
-
-    def finish(self, result, tail_value):
-        """The whole sequence, with the tail's ``[len(tail), B, width]`` (or None) at the end."""
-        if self.batch_major:
-            return result if tail_value is None else _time_put(result, self.plan.tail.start, tail_value)
-        return _stack_chunks(result if _loop.has_loop(self.plan) else None, tail_value, self.plan.t_true)
 
 
 def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None, batch_major=False):
@@ -111,7 +35,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
       chunk: static int >= 1, steps per chunk (T need not be a multiple).
       parallel_iterations: for every while loop (graph only).
       batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
-        order), read and written a chunk at a time (see ``_Time``).
+        order), read and written a chunk at a time (see ``fastcarry._loop.Time``).
 
     Returns:
       ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
@@ -119,7 +43,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
       chunks (``ceil(T / chunk)``): the state each chunk starts from.
     """
     plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
-    time = _Time(plan, chunk, batch_major)
+    time = _loop.Time(plan, chunk, batch_major)
     bounds = _loop._tas_like(state, _n_chunks(plan))
     x_chunk, x_tail = time.reader(plan.x)
     ys = time.new(x, core.output_size)
@@ -180,7 +104,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
       ``(dx [T, B, D] ([B, T, D] with batch_major), dstate0, dparams)``.
     """
     plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
-    time = _Time(plan, chunk, batch_major)
+    time = _loop.Time(plan, chunk, batch_major)
     pad = plan.t_run - plan.t_true
     if not isinstance(pad, int) or pad:  # dynamic T: x was padded to whole chunks; dys likewise
         dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])

@@ -16,6 +16,8 @@ the state saved by ``forward``, and carries only the state gradient.
 from typing import Callable, Hashable, NamedTuple, Optional
 
 import tensorflow as tf
+# Private but stable (jax2tf builds on it): XLA's own ops, for ``_time_put``.
+from tensorflow.compiler.tf2xla.python import xla as _xla
 
 
 class Inner(NamedTuple):
@@ -176,6 +178,97 @@ def _chunks(x, plan, unroll):
         tf.reshape(main, shape))
 
 
+def _stack_chunks(ta, tail_part, t_true):
+    """A ``[N, C, B, ..]`` TensorArray or None, then a ``[tail, B, ..]`` part or None -> ``[T, B, ..]``."""
+    parts = []
+    if ta is not None:
+        stacked = ta.stack()
+        parts.append(tf.reshape(stacked, tf.concat([[-1], tf.shape(stacked)[2:]], 0)))
+    if tail_part is not None:
+        parts.append(tail_part)
+    return (tf.concat(parts, 0) if len(parts) > 1 else parts[0])[:t_true]
+
+
+def _time_slice(seq, start, size):
+    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
+
+    Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
+    lowering pads the whole input to twice its size in every dimension.
+    """
+    shape = tf.shape(seq)
+    piece = tf.slice(seq, tf.stack([0, start, 0]), tf.stack([shape[0], size, shape[2]]))
+    return tf.transpose(piece, [1, 0, 2])
+
+
+def _time_put(seq, start, piece):
+    """``seq [B, T, H]`` with steps ``[start, start + size)`` set to ``piece [size, B, H]``.
+
+    XLA only (``Time`` is batch-major only under XLA): a dynamic-update-slice,
+    which XLA runs in place on a loop-carried buffer. (A scatter runs in place
+    too but is slower; TF's ``TensorStridedSliceUpdate`` is refused by XLA at a
+    run-time start.)
+    """
+    return _xla.dynamic_update_slice(seq, tf.transpose(piece, [1, 0, 2]), tf.stack([0, start, 0]))
+
+
+class Time(NamedTuple):
+    """How a loop reads and writes whole sequences, one ``[C, B, ..]`` chunk per iteration.
+
+    Time-major (``[T, B, ..]`` in processing order): TensorArrays, of chunks, or
+    of steps with ``per_step`` (small C: the tail's steps then go into the same
+    array instead of a concatenated copy of the whole result).
+    Batch-major (``[B, T, ..]``, static T, not reversed; XLA only): each chunk is sliced
+    out and transposed alone, and results are written into a ``[B, T, ..]``
+    buffer as they are made, so no transposed copy of a whole sequence exists
+    (for the memory benchmark's LSTM, 128 MiB of outputs and 32 MiB of inputs;
+    on CPU every such buffer also costs page faults on each call).
+    """
+
+    plan: _Plan
+    chunk: int
+    batch_major: bool
+    per_step: bool = False
+
+    def reader(self, seq):
+        """``(read(i) -> chunk i, tail [len(tail), B, ..] or None)``; call outside any loop."""
+        plan, chunk = self.plan, self.chunk
+        if self.batch_major:
+            return ((lambda i: _time_slice(seq, i * chunk, chunk)),
+                    _time_slice(seq, plan.tail.start, len(plan.tail)) if plan.tail else None)
+        read = _chunks(seq, plan, chunk).read if has_loop(plan) else None
+        return read, seq[plan.tail.start:] if plan.tail else None
+
+    def new(self, like, width):
+        """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` chunks into."""
+        axis = 0 if self.batch_major else 1  # of B
+        if self.batch_major:
+            return tf.zeros(tf.stack([tf.shape(like)[axis], self.plan.t_true, width]), like.dtype)
+        if self.per_step:
+            return _ta(like.dtype, self.plan.t_run, tf.TensorShape([like.shape[axis], width]))
+        return _ta(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk, like.shape[axis], width]))
+
+    def put(self, result, i, value, start=None):
+        """Chunk ``i`` into ``result``: ``value [C, B, width]``, or with ``per_step`` a list of C ``[B, width]``.
+
+        ``start`` (a step) replaces ``i`` for the tail.
+        """
+        start = i * self.chunk if start is None else start
+        if not self.per_step:
+            return _time_put(result, start, value) if self.batch_major else result.write(i, value)
+        # One write per step, which XLA fuses into the step's last fusion.
+        for j, row in enumerate(value):
+            result = _time_put(result, start + j, row[None]) if self.batch_major else result.write(start + j, row)
+        return result
+
+    def finish(self, result, tail_value):
+        """The whole sequence, with the tail's ``[len(tail), B, width]`` (or None) at the end."""
+        if self.batch_major or self.per_step:
+            if tail_value is not None:
+                result = self.put(result, None, tail_value, start=self.plan.tail.start)
+            return result if self.batch_major else result.stack()[: self.plan.t_true]
+        return _stack_chunks(result if has_loop(self.plan) else None, tail_value, self.plan.t_true)
+
+
 class _Like(NamedTuple):
     """Zeros shaped like one step's pieces (``[B, ..]``); dead code once traced."""
 
@@ -185,10 +278,11 @@ class _Like(NamedTuple):
     rec2: object      # [B, G2], or None without an inner matmul
 
 
-def _shapes_of_step(core, params, state, x):
+def _shapes_of_step(core, params, state, x, time_axis=0):
     split = core.split
     # A sum, not ``[0]``: T may be 0.
-    xp = tf.zeros_like(tf.reduce_sum(core.project(params, x[:1]), 0))
+    first = x[:1] if time_axis == 0 else x[:, :1]
+    xp = tf.zeros_like(tf.reduce_sum(core.project(params, first), time_axis))
     rec = tf.zeros_like(split.recurrent(params, split.recurrent_input(state)))
     a = split.combine(xp, rec)
     rec2 = None
@@ -207,7 +301,8 @@ def _write(tas, t, structure):
     return [ta.write(t, s) for ta, s in zip(tas, tf.nest.flatten(structure))]
 
 
-def forward(core, params, x, state, lengths, unroll, save_states=False, parallel_iterations=None):
+def forward(core, params, x, state, lengths, unroll, save_states=False, parallel_iterations=None,
+            batch_major=False):
     """Runs the loop.
 
     The input projection runs per loop iteration, for its ``unroll`` steps at
@@ -227,6 +322,9 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
       save_states: also return what ``backward`` needs.
       parallel_iterations: the while loop's, or None for TF's default; only a
         graph loop uses it (XLA runs iterations in order).
+      batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
+        order), read and written an iteration at a time (see ``Time``);
+        ``saved`` stays time-major.
 
     Returns:
       ``(ys [T, B, H], final_state, saved)`` where ``saved`` is a list of
@@ -234,51 +332,54 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
       state component, then (for a core with a ``split``) the flattened
       ``combine`` result ``a`` of every step; ``[]`` when ``save_states`` is False.
     """
-    plan = _plan(x, lengths, unroll)
+    plan = _plan(x, lengths, unroll, time_axis=1 if batch_major else 0)
+    time = Time(plan, unroll, batch_major, per_step=True)
     split = core.split if save_states else None
-    ys = _ta(x.dtype, plan.t_run, tf.TensorShape([x.shape[1], core.output_size]))
     saved = _tas_like(state, plan.t_run) if save_states else []
     n_state = len(saved)
 
-    def one_step(t, state, xp_t, ys, saved):
+    def one_step(t, state, xp_t, saved):
         valid = _valid(t, plan.lengths)
         if split is None:
             saved = _write(saved, t, state)
             state, y = _masked_step(core, params, state, xp_t, valid)
-            return state, ys.write(t, y), saved
+            return state, y, saved
         a_t = _preactivation(split, params, state, xp_t)
         saved = _write(saved[:n_state], t, state) + _write(saved[n_state:], t, a_t)
         state, y = _masked_update(split, state, a_t, valid)
-        return state, ys.write(t, y), saved
+        return state, y, saved
 
-    def run_chunk(t0, x_chunk, steps, state, ys, saved):
+    def run_chunk(t0, x_chunk, steps, state, saved):
+        """``steps`` steps from ``t0``: ``x_chunk [steps, B, D]`` -> ``steps`` outputs ``[B, H]``."""
         with tf.name_scope("project"):
             xp = core.project(params, x_chunk)
+        ys = []
         for j in range(steps):
-            state, ys, saved = one_step(t0 + j, state, xp[j], ys, saved)
+            state, y, saved = one_step(t0 + j, state, xp[j], saved)
+            ys.append(y)
         return state, ys, saved
 
     if split is not None:
         # The arrays for ``a`` must exist before the loop.
-        saved = saved + _tas_like(_shapes_of_step(core, params, state, plan.x).a, plan.t_run)
+        saved = saved + _tas_like(_shapes_of_step(core, params, state, plan.x, 1 if batch_major else 0).a,
+                                  plan.t_run)
+    x_chunk, x_tail = time.reader(plan.x)
+    ys = time.new(x, core.output_size)
     with tf.name_scope("recurrence"):
         def body(i, state, ys, saved):
-            state, ys, saved = run_chunk(i * unroll, chunks.read(i), unroll, state, ys, saved)
-            return i + 1, state, ys, saved
+            state, ys_c, saved = run_chunk(i * unroll, x_chunk(i), unroll, state, saved)
+            return i + 1, state, time.put(ys, i, ys_c), saved
 
         if has_loop(plan):
-            chunks = _chunks(plan.x, plan, unroll)
             # A static trip count: XLA needs fixed-size TensorLists, and on GPU
             # it avoids a host sync per iteration.
             _, state, ys, saved = tf.while_loop(
                 lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved),
                 maximum_iterations=plan.n_loop, **while_options(parallel_iterations))
+        ys_tail = None
         if plan.tail:
-            state, ys, saved = run_chunk(plan.tail.start, plan.x[plan.tail.start:], len(plan.tail),
-                                         state, ys, saved)
-
-    ys = ys.stack()[: plan.t_true]
-    return ys, state, [ta.stack()[: plan.t_true] for ta in saved]
+            state, ys_tail, saved = run_chunk(plan.tail.start, x_tail, len(plan.tail), state, saved)
+    return time.finish(ys, ys_tail), state, [ta.stack()[: plan.t_true] for ta in saved]
 
 
 def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
@@ -295,7 +396,8 @@ def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
                          **while_options(parallel_iterations))[1:]
 
 
-def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, parallel_iterations=None):
+def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, parallel_iterations=None,
+             dys_batch_major=False):
     """The gradient of ``forward`` by a reverse loop over time.
 
     Args:
@@ -305,6 +407,8 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
       dys: ``[T, B, H]`` cotangent of ``ys``.
       dfinal: cotangent of the final state (the state's structure).
       parallel_iterations: as for ``forward``.
+      dys_batch_major: ``dys`` is ``[B, T, H]`` (static T, processing order),
+        read one step at a time instead of as a transposed copy.
 
     Returns:
       ``(dx [T, B, D], dstate0, dparams)``, the last two in the structures of
@@ -328,7 +432,11 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
         dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
         padded = [tf.pad(s, [[0, pad]] + [[0, 0]] * (s.shape.rank - 1)) for s in saved]
     n_state = len(tf.nest.flatten(state_like))
-    dys_ta = _ta(dys.dtype, plan.t_run, dys.shape[1:]).unstack(dys)
+    if dys_batch_major:
+        def dys_at(t):
+            return _time_slice(dys, t, 1)[0]
+    else:
+        dys_at = _ta(dys.dtype, plan.t_run, dys.shape[1:]).unstack(dys).read
     saved_tas = [_ta(s.dtype, plan.t_run, s.shape[1:]).unstack(s) for s in padded]
 
     def read_state(t):
@@ -336,12 +444,12 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
 
     with tf.name_scope("recurrence_grad"):
         if core.split is None:
-            return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal, parallel_iterations)
+            return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations)
         return _fused_vjps(core, params, x, plan, unroll, read_state, saved_tas[n_state:],
-                           saved[:n_state], saved[n_state:], state_like, dys_ta, dfinal, parallel_iterations)
+                           saved[:n_state], saved[n_state:], state_like, dys_at, dfinal, parallel_iterations)
 
 
-def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal, parallel_iterations):
+def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations):
     with tf.GradientTape() as tape:
         tape.watch([x, params])
         with tf.name_scope("project"):
@@ -355,7 +463,7 @@ def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_ta, dfinal, pa
             step_tape.watch([state, xp_t, params])
             new_state, y = _masked_step(core, params, state, xp_t, _valid(t, plan.lengths))
         dstate, dxp_t, dparams_t = step_tape.gradient(
-            [new_state, y], [state, xp_t, params], output_gradients=[dstate, dys_ta.read(t)],
+            [new_state, y], [state, xp_t, params], output_gradients=[dstate, dys_at(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return dstate, tf.nest.map_structure(tf.add, dparams, dparams_t), dxs.write(t, dxp_t)
 
@@ -404,7 +512,7 @@ def _flat(rows):
 
 
 def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, saved_a, state_like,
-                dys_ta, dfinal, parallel_iterations):
+                dys_at, dfinal, parallel_iterations):
     split, inner = core.split, core.split.inner
     like = _shapes_of_step(core, params, state_like, x)
 
@@ -430,7 +538,7 @@ def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, 
             step_tape.watch([state, a_t])
             new_state, y = _masked_update(split, state, a_t, _valid(t, plan.lengths))
         dstate_direct, da_t = step_tape.gradient(
-            [new_state, y], [state, a_t], output_gradients=[dstate, dys_ta.read(t)],
+            [new_state, y], [state, a_t], output_gradients=[dstate, dys_at(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if inner is not None:
             dstate_inner, da_t = inner_vjp(state, a_t, da_t)

@@ -27,6 +27,7 @@ class _Options(NamedTuple):
     unroll: int
     chunk: object = None  # int: exact BPTT in chunks of this many steps (only the saving forward and backward)
     parallel_iterations: object = None  # int: the graph while loops'; None: TF's default
+    xla: bool = False  # compiled with XLA (set by ``_function`` from jit_compile)
 
 
 def _to_processing_order(seq, lengths, opts):
@@ -54,34 +55,43 @@ def _from_processing_order(seq, lengths, opts):
     return seq
 
 
+def _direct(opts, seq):
+    """Whether the loops read and write batch-major ``seq [B, T, ..]`` as it is (no reversal, static T).
+
+    Then no transposed copy of a whole sequence is made (see ``fastcarry._loop.Time``).
+    Only under XLA, which updates the ``[B, T, ..]`` result in place: TF's graph
+    executor copies it on every loop iteration (6x slower inference at B16 T500).
+    """
+    return opts.xla and not opts.time_major and not opts.reverse and seq.shape[1] is not None
+
+
 def _forward_fn(core, opts, save_states):
     def forward(x, state, lengths, params):
         with tf.name_scope(f"fastcarry_{core.key[0]}"):
+            direct = _direct(opts, x)
+            x_in = x if direct else _to_processing_order(x, lengths, opts)
             if save_states and opts.chunk is not None:
                 # ``saved`` is only the state at each chunk's start.
-                direct = _chunk_batch_major(opts, x)
-                ys, final, saved = _chunked.forward(
-                    core, params, x if direct else _to_processing_order(x, lengths, opts), state, lengths,
-                    opts.unroll, opts.chunk, opts.parallel_iterations, batch_major=direct)
-                return ys if direct else _from_processing_order(ys, lengths, opts), final, saved
-            ys, final, saved = _loop.forward(core, params, _to_processing_order(x, lengths, opts), state, lengths,
-                                             opts.unroll, save_states, opts.parallel_iterations)
-            return _from_processing_order(ys, lengths, opts), final, saved
+                ys, final, saved = _chunked.forward(core, params, x_in, state, lengths, opts.unroll, opts.chunk,
+                                                    opts.parallel_iterations, batch_major=direct)
+            else:
+                ys, final, saved = _loop.forward(core, params, x_in, state, lengths, opts.unroll, save_states,
+                                                 opts.parallel_iterations, batch_major=direct)
+            return ys if direct else _from_processing_order(ys, lengths, opts), final, saved
     return forward
 
 
-def _in_processing_order(x, dys, lengths, opts, grad):
-    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout."""
+def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
+    """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout.
+
+    ``convert_dys=False`` hands ``dys`` over as it came (``grad`` reads it a step at a time).
+    """
     with tf.GradientTape() as tape:
         tape.watch(x)
         x_proc = _to_processing_order(x, lengths, opts)
-    dx_proc, dstate, dparams = grad(x_proc, _to_processing_order(dys, lengths, opts))
+    dys_proc = _to_processing_order(dys, lengths, opts) if convert_dys else dys
+    dx_proc, dstate, dparams = grad(x_proc, dys_proc)
     return tape.gradient(x_proc, x, output_gradients=dx_proc), dstate, dparams
-
-
-def _chunk_batch_major(opts, seq):
-    """Whether the chunk loops can read and write batch-major ``seq`` as it is (no reversal, static T)."""
-    return opts.chunk is not None and not opts.time_major and not opts.reverse and seq.shape[1] is not None
 
 
 def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, saved, dys, dfinal):
@@ -91,7 +101,7 @@ def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, sa
                                  chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
                                  opts.parallel_iterations, batch_major=batch_major)
 
-    if _chunk_batch_major(opts, x):
+    if _direct(opts, x):
         return grad(x, dys, batch_major=True)
     return _in_processing_order(x, dys, lengths, opts, grad)
 
@@ -99,15 +109,19 @@ def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, sa
 def _backward_fn(core, opts):
     """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
-        def grad(x_proc, dys_proc):
-            return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_proc, dfinal,
-                                  opts.parallel_iterations)
+        # A batch-major dys is read a step at a time; x is transposed all the
+        # same, for the large matmuls after the loop.
+        direct = _direct(opts, dys)
+
+        def grad(x_proc, dys_in):
+            return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
+                                  opts.parallel_iterations, dys_batch_major=direct)
 
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
             if opts.chunk is not None:
                 return _chunked_backward(core, opts, _chunked.fused_chunk_grad, params, x, lengths, state_like,
                                          saved, dys, dfinal)
-            return _in_processing_order(x, dys, lengths, opts, grad)
+            return _in_processing_order(x, dys, lengths, opts, grad, convert_dys=not direct)
     return backward
 
 
@@ -119,7 +133,9 @@ def _autodiff_backward_fn(core, opts):
     function as its gradient. With ``chunk`` it is run again one chunk at a
     time, from the chunk start states the forward saved.
     """
-    forward = _forward_fn(core, opts, save_states=False)
+    # xla=False: the time-major loop, whose ops all have TF gradients (the
+    # batch-major one writes with XLA's dynamic-update-slice, which has none).
+    forward = _forward_fn(core, opts._replace(xla=False), save_states=False)
 
     def backward(x, state, lengths, params, saved, dys, dfinal):
         if opts.chunk is not None:
@@ -152,6 +168,7 @@ def _function(kind, core, opts, jit_compile):
     # (core.key), the output width baked into its TensorArrays, the options.
     if kind == "infer":
         opts = opts._replace(chunk=None)  # inference saves nothing: chunking changes nothing there
+    opts = opts._replace(xla=bool(jit_compile))
     key = (kind, core.key, core.output_size, opts, jit_compile)
     if key not in _FUNCTIONS:
         _FUNCTIONS[key] = tf.function(_BUILDERS[kind](core, opts), jit_compile=jit_compile, autograph=False)

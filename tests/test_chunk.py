@@ -97,10 +97,12 @@ def _hlo(kind, opts, make_args):
     return fn.experimental_get_compiler_ir(*make_args(cell))(stage="optimized_hlo")
 
 
-def test_batch_major_chunks_make_no_time_major_copy_of_a_sequence():
-    # What keeps batch-major memory at the time-major level: the chunk loops
-    # read and write [B, T, ..] a chunk at a time, so no [T, B, H] outputs or
-    # [T, B, D] inputs exist in the compiled forward or backward (T = 7).
+def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
+    # What keeps batch-major memory at the time-major level: the loops read and
+    # write [B, T, ..] a chunk (or an unroll) at a time, so no [T, B, H]
+    # outputs or [T, B, D] inputs exist in the compiled chunked forward and
+    # backward or in inference (T = 7; the unchunked backward's saved states
+    # are [T, B, H] by design).
     whole = ("f32[7,3,5]", "f32[7,3,4]")
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     opts = _unroll._Options(False, False, 2, 3)
@@ -112,11 +114,12 @@ def test_batch_major_chunks_make_no_time_major_copy_of_a_sequence():
         ys, final, saved = _unroll._function("forward", cell._core(), opts, True)(*forward_args(cell))
         return x, cell.zero_state(B), None, cell._params(), saved, tf.ones_like(ys), final
 
-    for kind, args in (("forward", forward_args), ("fused", backward_args)):
+    for kind, args in (("forward", forward_args), ("fused", backward_args), ("infer", forward_args)):
         hlo = _hlo(kind, opts, args)
         assert not [s for s in whole if s in hlo], kind
-    # The probe sees such copies where they are made: without chunks, or reversed.
-    assert all(s in _hlo("forward", opts._replace(chunk=None), forward_args) for s in whole)
+    # The probe sees such copies where they are made: reversed, the steps run
+    # in another order than they are stored.
+    assert all(s in _hlo("infer", opts._replace(reverse=True), forward_args) for s in whole)
     assert all(s in _hlo("fused", opts._replace(reverse=True), backward_args) for s in whole)
 
 
