@@ -1,9 +1,11 @@
 """The time loop: runs a cell's pure ``step`` over time; knows no cell math.
 
-Everything here is time-major and in *processing order* (the order the steps
-run in); reversing and batch-major layouts are handled by the caller
-(``fastcarry._unroll``). Shapes: ``x [T, B, D]``, ``xp [T, B, G]``,
-``ys [T, B, H]``, ``lengths [B]`` int32 or None.
+Everything here is in *processing order* (the order the steps run in) and
+time-major: ``x [T, B, D]``, ``xp [T, B, G]``, ``ys [T, B, H]``, ``lengths [B]``
+int32 or None. Reversal is the caller's (``fastcarry._unroll``); so is a
+batch-major layout, except that under XLA ``x``, ``ys`` and ``dys`` may stay
+``[B, T, ..]`` and are then read and written a step at a time (``Time``),
+instead of as transposed copies.
 
 ``forward`` runs the loop once. ``backward`` is its gradient, written by hand
 because TF cannot differentiate a loop compiled by XLA from outside the compiled

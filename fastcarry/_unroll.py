@@ -349,6 +349,9 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       gradients (``jit_compile=False`` only). The numbers agree to rounding.
     - ``unroll=k`` runs ``k`` steps per loop iteration (T need not be a multiple
       of k); it changes speed, never results.
+    - batch-major inputs under XLA (static T, no ``reverse``) are read, and the
+      outputs written, one step at a time in the caller's layout: no
+      transposed copy of the whole sequence is made, in either pass.
     - ``chunk=C`` is exact BPTT in bounded memory: the forward keeps only the
       state at the start of every C-step chunk, and the backward re-runs each
       chunk's forward (in reverse chunk order) before its backward, carrying
