@@ -350,8 +350,10 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     - ``unroll=k`` runs ``k`` steps per loop iteration (T need not be a multiple
       of k); it changes speed, never results.
     - batch-major inputs under XLA (static T, no ``reverse``) are read, and the
-      outputs written, one step at a time in the caller's layout: no
-      transposed copy of the whole sequence is made, in either pass.
+      outputs written, one step at a time in the caller's layout, and the
+      backward reads the outputs' cotangent the same way: no transposed copy
+      of those whole sequences is made (the backward still transposes ``x``
+      once, for its large matmuls; with ``chunk`` not even that).
     - ``chunk=C`` is exact BPTT in bounded memory: the forward keeps only the
       state at the start of every C-step chunk, and the backward re-runs each
       chunk's forward (in reverse chunk order) before its backward, carrying
