@@ -78,6 +78,9 @@ class Carry(tf.Module):
         """The carried state: the cell's structure of ``[batch_size, H]`` tensors (``fc.LSTMState(h, c)`` for LSTM)."""
         if self._live_is_current():
             return self._live[1]
+        return self._read()
+
+    def _read(self):
         return tf.nest.map_structure(lambda v: v.read_value(), self._variables)
 
     def _live_is_current(self):
@@ -135,9 +138,9 @@ class Carry(tf.Module):
         if shape is not None and len(shape) == 3 and shape[batch_axis] not in (None, self.batch_size):
             raise ValueError(f"inputs have batch size {shape[batch_axis]} (shape {list(shape)}), expected "
                              f"batch_size={self.batch_size} (the Carry's)")
-        state = self.state
-        if self.truncate:
-            state = tf.nest.map_structure(tf.stop_gradient, state)
+        # Truncated: the stored value is all it needs (no eager compare with the
+        # live tensor, which costs a host sync per call under a tape).
+        state = tf.nest.map_structure(tf.stop_gradient, self._read()) if self.truncate else self.state
         outputs, final = _unroll(self.cell, inputs, state, sequence_length=sequence_length, **unroll_options)
         self._store(final)
         return outputs

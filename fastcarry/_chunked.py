@@ -9,8 +9,9 @@ chunk only), and carries dL/dstate from one chunk into the one before.
 Memory for the backward pass: ``ceil(T / C)`` boundary states plus one chunk's
 activations, instead of T steps' worth; the price is one more forward pass.
 
-Everything is time-major and in processing order, like ``fastcarry._loop``:
-``x [T, B, D]``, ``ys [T, B, H]``, ``lengths [B]`` int32 or None.
+Everything is in processing order, like ``fastcarry._loop``: time-major
+(``x [T, B, D]``, ``ys [T, B, H]``), or with ``batch_major`` (XLA only)
+``[B, T, ..]`` read and written a chunk at a time; ``lengths [B]`` int32 or None.
 """
 
 import tensorflow as tf
@@ -105,9 +106,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     """
     plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
     time = _loop.Time(plan, chunk, batch_major)
-    pad = plan.t_run - plan.t_true
-    if not isinstance(pad, int) or pad:  # dynamic T: x was padded to whole chunks; dys likewise
-        dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
+    dys = _loop._pad_time(plan, dys)  # dynamic T: x was padded to whole chunks; dys likewise
     bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
     def start_state(i):

@@ -130,6 +130,14 @@ def _pad_to_multiple(x, lengths, unroll):
     return x, lengths, t
 
 
+def _pad_time(plan, seq):
+    """``seq [T, B, ..]`` padded to ``[T_run, B, ..]`` like ``plan.x`` (a no-op for a static T)."""
+    pad = plan.t_run - plan.t_true
+    if isinstance(pad, int) and not pad:
+        return seq
+    return tf.pad(seq, [[0, pad]] + [[0, 0]] * (seq.shape.rank - 1))
+
+
 class _Plan(NamedTuple):
     """How T steps are cut: ``[0, n_loop * unroll)`` in the while loop, ``tail`` (static) after it."""
 
@@ -242,12 +250,12 @@ class Time(NamedTuple):
 
     def new(self, like, width):
         """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` chunks into."""
-        axis = 0 if self.batch_major else 1  # of B
         if self.batch_major:
-            return tf.zeros(tf.stack([tf.shape(like)[axis], self.plan.t_true, width]), like.dtype)
+            return tf.zeros(tf.stack([tf.shape(like)[0], self.plan.t_true, width]), like.dtype)
+        step = tf.TensorShape([like.shape[1], width])
         if self.per_step:
-            return _ta(like.dtype, self.plan.t_run, tf.TensorShape([like.shape[axis], width]))
-        return _ta(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk, like.shape[axis], width]))
+            return _ta(like.dtype, self.plan.t_run, step)
+        return _ta(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk]).concatenate(step))
 
     def put(self, result, i, value, start=None):
         """Chunk ``i`` into ``result``: ``value [C, B, width]``, or with ``per_step`` a list of C ``[B, width]``.
@@ -428,11 +436,7 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
     gradients step by step.
     """
     plan = _plan(x, lengths, unroll)
-    pad = plan.t_run - plan.t_true
-    padded = saved
-    if not isinstance(pad, int) or pad:
-        dys = tf.pad(dys, [[0, pad], [0, 0], [0, 0]])
-        padded = [tf.pad(s, [[0, pad]] + [[0, 0]] * (s.shape.rank - 1)) for s in saved]
+    dys, padded = _pad_time(plan, dys), [_pad_time(plan, s) for s in saved]
     n_state = len(tf.nest.flatten(state_like))
     if dys_batch_major:
         def dys_at(t):

@@ -109,18 +109,18 @@ def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, sa
 def _backward_fn(core, opts):
     """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
-        # A batch-major dys is read a step at a time; x is transposed all the
-        # same, for the large matmuls after the loop.
-        direct = _direct(opts, dys)
-
-        def grad(x_proc, dys_in):
-            return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
-                                  opts.parallel_iterations, dys_batch_major=direct)
-
         with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
             if opts.chunk is not None:
                 return _chunked_backward(core, opts, _chunked.fused_chunk_grad, params, x, lengths, state_like,
                                          saved, dys, dfinal)
+            # A batch-major dys is read a step at a time; x is transposed all
+            # the same, for the large matmuls after the loop.
+            direct = _direct(opts, dys)
+
+            def grad(x_proc, dys_in):
+                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
+                                      opts.parallel_iterations, dys_batch_major=direct)
+
             return _in_processing_order(x, dys, lengths, opts, grad, convert_dys=not direct)
     return backward
 
