@@ -3,21 +3,54 @@
 Public surface::
 
     import fastcarry as fc
-    cell = fc.LSTM(units)            # or fc.GRU(units, reset_after=True), fc.SimpleRNN(units)
+    cell = fc.LSTM(units, input_size=D)  # or fc.GRU(units, reset_after=True), fc.SimpleRNN(units)
     outputs, state = fc.unroll(cell, inputs)        # inputs [B, T, D] -> outputs [B, T, H]
     fc.reference.unroll(cell, inputs)               # the plain specification, same signature
     carry = fc.Carry(cell, batch_size=B)            # state carried across calls: y = carry(x_chunk)
+
+The names are imported on first use, not by ``import fastcarry``: the command
+line (``fastcarry --help``) must not wait seconds for TensorFlow to start.
 """
 
-from fastcarry import reference as reference
-from fastcarry._carry import Carry as Carry
-from fastcarry._cells import GRU as GRU
-from fastcarry._cells import LSTM as LSTM
-from fastcarry._cells import Cell as Cell
-from fastcarry._cells import SimpleRNN as SimpleRNN
-from fastcarry._unroll import unroll as unroll
-from fastcarry.kernels.lstm import LSTMState as LSTMState
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["Carry", "Cell", "GRU", "LSTM", "LSTMState", "SimpleRNN", "reference", "unroll"]
+# name -> (module, attribute; None for the module itself)
+_EXPORTS = {
+    "Carry": ("fastcarry._carry", "Carry"),
+    "Cell": ("fastcarry._cells", "Cell"),
+    "GRU": ("fastcarry._cells", "GRU"),
+    "LSTM": ("fastcarry._cells", "LSTM"),
+    "LSTMState": ("fastcarry.kernels.lstm", "LSTMState"),
+    "SimpleRNN": ("fastcarry._cells", "SimpleRNN"),
+    "reference": ("fastcarry.reference", None),
+    "unroll": ("fastcarry._unroll", "unroll"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
+    from fastcarry import reference as reference
+    from fastcarry._carry import Carry as Carry
+    from fastcarry._cells import GRU as GRU
+    from fastcarry._cells import LSTM as LSTM
+    from fastcarry._cells import Cell as Cell
+    from fastcarry._cells import SimpleRNN as SimpleRNN
+    from fastcarry._unroll import unroll as unroll
+    from fastcarry.kernels.lstm import LSTMState as LSTMState
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fastcarry' has no attribute {name!r}")
+    module_name, attribute = _EXPORTS[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -23,6 +23,7 @@ Outputs (``run``): ``results.json`` (every sample + machine info),
 ``results.md`` (speedup table) and ``results.png`` (speedup vs Keras plot).
 """
 
+import functools
 import json
 import os
 import platform
@@ -121,7 +122,10 @@ def _step(run, variables, mode, cotangent, jit_compile):
                 outputs = run(x)
                 loss = tf.reduce_sum(outputs * cotangent)
             return tape.gradient(loss, variables)
-    return tf.function(fn, jit_compile=jit_compile)
+    # Each contender is its own compiled function, traced once: a partial gives
+    # it its own retracing counter (TF keys the counter by code object, which
+    # every closure made here shares; see fastcarry._unroll._Named).
+    return tf.function(functools.partial(fn), jit_compile=jit_compile)
 
 
 def _fastcarry(workload, mode, x, cotangent):

@@ -74,6 +74,18 @@ class Carry(tf.Module):
         self._live = None
 
     @property
+    def variables(self):
+        """The state variables and the cell's; warns while the cell is unbuilt (see ``fc.Cell``)."""
+        self.cell._warn_if_unbuilt("variables", owner="carry")
+        return super().variables
+
+    @property
+    def trainable_variables(self):
+        """The cell's variables (the state is not trainable); warns while the cell is unbuilt."""
+        self.cell._warn_if_unbuilt("trainable_variables", owner="carry")
+        return super().trainable_variables
+
+    @property
     def state(self):
         """The carried state: the cell's structure of ``[batch_size, H]`` tensors (``fc.LSTMState(h, c)`` for LSTM)."""
         if self._live_is_current():

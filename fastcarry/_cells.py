@@ -36,9 +36,15 @@ class Cell(tf.Module):
     """Base of fastcarry's cells: the TF1 ``RNNCell`` contract on a ``tf.Module``.
 
     Subclasses define ``_weight_shapes(input_dim)``, ``_initial_values`` and
-    ``_core()``. Variables are created on first use (by ``fastcarry.unroll``) or by
-    ``build(input_dim)``; they are plain ``tf.Variable``s, so ``trainable_variables``
-    lists them and ``tf.train.Checkpoint(cell=cell)`` saves and restores them.
+    ``_core()``, and end their ``__init__`` with ``self._build_now(input_size)``.
+    Variables are created at construction when ``input_size`` (D) is given, else
+    by ``build(D)`` or on first use (by ``fastcarry.unroll``). They are plain
+    ``tf.Variable`` objects, so ``trainable_variables`` lists them and
+    ``tf.train.Checkpoint(cell=cell)`` saves and restores them.
+
+    Reading ``variables`` or ``trainable_variables`` of a cell that has none yet
+    warns (once per cell): a training loop that collects its parameters before
+    the first call would otherwise hold an empty list and never train the cell.
     """
 
     def __init__(self, units, *, dtype=tf.float32, seed=None, name=None):
@@ -53,6 +59,36 @@ class Cell(tf.Module):
         self.seed = seed
         self.input_dim = None
         self.kernel = self.recurrent_kernel = self.bias = None
+        self._warned_unbuilt = False
+
+    def _build_now(self, input_size):
+        """Builds the cell for ``input_size`` features unless it is None (the end of every ``__init__``)."""
+        if input_size is not None:
+            self.build(input_size, name="input_size")
+
+    # -- variables: loud while there are none -----------------------------------
+    @property
+    def variables(self):
+        """The cell's variables (``kernel``, ``recurrent_kernel``, ``bias``); warns while unbuilt."""
+        self._warn_if_unbuilt("variables")
+        return super().variables
+
+    @property
+    def trainable_variables(self):
+        """The cell's trainable variables (all three); warns while unbuilt."""
+        self._warn_if_unbuilt("trainable_variables")
+        return super().trainable_variables
+
+    def _warn_if_unbuilt(self, what, owner=None):
+        if self.built or self._warned_unbuilt:
+            return
+        self._warned_unbuilt = True
+        kind = type(self).__name__
+        warnings.warn(
+            f"{owner or 'cell'}.{what} holds none of the {kind} cell {self.name!r}'s weights: it has no variables "
+            f"until it is built, so a parameter list collected now never trains it. Make it with the input size, "
+            f"fc.{kind}({self.units}, input_size=D), or call cell.build(D) first "
+            f"(fc.unroll builds it on first use)", UserWarning, stacklevel=3)  # the caller of the property
 
     # -- the RNNCell contract -------------------------------------------------
     @property
@@ -74,10 +110,10 @@ class Cell(tf.Module):
         dtype = self.dtype if dtype is None else tf.as_dtype(dtype)
         return tf.nest.map_structure(lambda size: tf.zeros(tf.stack([batch_size, size]), dtype), self.state_size)
 
-    def build(self, input_dim):
-        """Creates the variables for inputs of feature size ``input_dim`` (D)."""
+    def build(self, input_dim, *, name="input_dim"):
+        """Creates the variables for inputs of feature size ``input_dim`` (D); ``name`` is the argument errors name."""
         if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
-            raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+            raise ValueError(f"{name} must be a positive int, got {input_dim!r}")
         if self.built:
             if input_dim != self.input_dim:
                 raise ValueError(
@@ -194,15 +230,20 @@ class LSTM(Cell):
     constant added to the forget gate's pre-activation at run time (TF1's
     ``BasicLSTMCell`` uses 1.0; Keras uses 0.0 and initialises the f bias to 1
     instead, as this cell does).
+
+    ``fc.LSTM(H, input_size=D)`` creates the variables at once (so
+    ``trainable_variables`` can be collected before the first call); without
+    ``input_size`` they are made by ``build(D)`` or on first use.
     """
 
     _params_type = _lstm.Params
 
-    def __init__(self, units, *, forget_bias=0.0, dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units, *, input_size=None, forget_bias=0.0, dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
             raise TypeError(f"forget_bias must be a number, got {forget_bias!r}")
         self.forget_bias = float(forget_bias)
+        self._build_now(input_size)
 
     @property
     def state_size(self):
@@ -268,16 +309,18 @@ class GRU(Cell):
     (input bias, recurrent bias) with ``reset_after=True`` (Keras' default, the
     cuDNN form: the reset gate multiplies ``h @ U_h + b``) or ``bias [3H]`` with
     ``reset_after=False`` (TF1 ``GRUCell``: the reset gate multiplies ``h`` before
-    ``U_h``). State and output: ``h [B, H]``.
+    ``U_h``). State and output: ``h [B, H]``. ``input_size=D`` creates the
+    variables at once (else ``build(D)`` or first use).
     """
 
     _params_type = _gru.Params
 
-    def __init__(self, units, *, reset_after=True, dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units, *, input_size=None, reset_after=True, dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
         self.reset_after = reset_after
+        self._build_now(input_size)
 
     def _config(self):
         return {"seed": self.seed, "reset_after": self.reset_after}
@@ -345,16 +388,18 @@ class SimpleRNN(Cell):
 
     Weights: ``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``. State and
     output: ``h [B, H]``. ``activation`` is one of ``"tanh"``, ``"relu"``,
-    ``"sigmoid"``, ``"linear"``.
+    ``"sigmoid"``, ``"linear"``. ``input_size=D`` creates the variables at once
+    (else ``build(D)`` or first use).
     """
 
     _params_type = _simple_rnn.Params
 
-    def __init__(self, units, *, activation="tanh", dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units, *, input_size=None, activation="tanh", dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
+        self._build_now(input_size)
 
     def _config(self):
         return {"seed": self.seed, "activation": self.activation}

@@ -1,8 +1,14 @@
-"""The ``fastcarry`` command line: ``fastcarry check`` and ``fastcarry bench``."""
+"""The ``fastcarry`` command line: ``fastcarry check`` and ``fastcarry bench``.
+
+Arguments are parsed before TensorFlow is imported (``--help`` and usage errors
+answer at once), and TensorFlow is started quietly (``_start_tensorflow``).
+"""
 
 import argparse
 import os
+import re
 import sys
+import tempfile
 
 CELLS = ("lstm", "gru", "gru-reset-before", "rnn")
 
@@ -190,15 +196,57 @@ def _report(title, rows, tol, out):
     return failed
 
 
+# What TensorFlow's C++ runtime prints while it starts: absl logs everything to
+# stderr until it is initialised (TF_CPP_MIN_LOG_LEVEL does not apply yet), and
+# a CPU-only machine hears about the GPU it does not have. Nothing else is
+# dropped: any other line said during the start is passed on.
+_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog"
+    r"|\] oneDNN custom operations are on"
+    r"|cudart_stub\.cc:\d+\] Could not find cuda drivers"
+    r"|cuda_platform\.cc:\d+\] failed call to cuInit"
+    r"|cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
+    r"|^To enable the following instructions:")
+
+
+def _start_tensorflow():
+    """Imports TensorFlow quietly: log level 2 (errors only) unless the user set one, and no start-up lines.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` must be set before TensorFlow loads. If the user
+    set it, nothing is filtered. Otherwise file descriptor 2 is pointed at a
+    temporary file while TensorFlow loads and finds its devices, and every line
+    said then that is not ``_START_UP_NOISE`` is written to stderr afterwards.
+    """
+    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        import tensorflow as tf
+
+        return tf
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as said:
+        os.dup2(said.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # where the CUDA probe speaks
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            said.seek(0)
+            for line in said.read().decode(errors="replace").splitlines():
+                if not _START_UP_NOISE.search(line):
+                    print(line, file=sys.stderr)
+    return tf
+
+
 def main(argv=None):
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _start_tensorflow()
     if args.command == "check":
         return check(args)
     if args.command == "bench":
-        import tensorflow as tf
-
-        tf.get_logger().setLevel("ERROR")  # retracing notices from the many small step functions
         return bench(args)
     return 2
 

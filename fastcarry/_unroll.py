@@ -1,5 +1,6 @@
 """``fastcarry.unroll``: layouts, the compiled functions, and the gradient boundary."""
 
+import functools
 import os
 import sys
 import warnings
@@ -150,6 +151,22 @@ def _autodiff_backward_fn(core, opts):
     return backward
 
 
+class _Named(functools.partial):
+    """A function under the name ``__name__``, with no ``__code__`` of its own.
+
+    TF's "N out of the last N calls ... triggered tf.function retracing"
+    detector counts traces per Python code object
+    (``Function._get_key_for_call_stats``), and every configuration's function
+    is a closure of the same code: five configurations traced once each read as
+    five retraces of one function. TF keys a partial by the object itself, so
+    each compiled function has its own counter and the warning appears only
+    when that function really retraces (a new shape), naming it.
+    """
+
+    def __repr__(self):
+        return self.__name__
+
+
 # Compiled functions, shared by every cell whose math (core.key) and options
 # match: a second cell of the same kind reuses the traces and XLA executables.
 _FUNCTIONS = {}
@@ -171,7 +188,9 @@ def _function(kind, core, opts, jit_compile):
     opts = opts._replace(xla=bool(jit_compile))
     key = (kind, core.key, core.output_size, opts, jit_compile)
     if key not in _FUNCTIONS:
-        _FUNCTIONS[key] = tf.function(_BUILDERS[kind](core, opts), jit_compile=jit_compile, autograph=False)
+        fn = _Named(_BUILDERS[kind](core, opts))
+        fn.__name__ = f"fastcarry_{core.key[0]}_{kind}"  # the name traces and HLO modules show
+        _FUNCTIONS[key] = tf.function(fn, jit_compile=jit_compile, autograph=False)
     return _FUNCTIONS[key]
 
 

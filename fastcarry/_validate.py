@@ -13,7 +13,8 @@ from fastcarry._cells import Cell
 
 class Args(NamedTuple):
     """Normalised arguments. ``inputs`` as given (layout unchanged); ``batch``/``time``
-    are ints when static, else scalar tensors; ``lengths`` ``[B]`` int32 or None."""
+    are ints when static, else scalar tensors; ``lengths`` ``[B]`` int32 clipped to
+    ``[0, T]``, or None."""
 
     inputs: tf.Tensor
     initial_state: object
@@ -144,17 +145,10 @@ def _lengths(sequence_length, batch, time):
         raise TypeError(f"sequence_length must be an integer tensor [B], got dtype {lengths.dtype.name}")
     if not lengths.shape.is_compatible_with([batch]):
         raise ValueError(f"sequence_length must have shape [B] = {[batch]}, got {lengths.shape}")
-    lengths = tf.cast(lengths, tf.int32)
-    if tf.executing_eagerly() and isinstance(time, int):
-        values = lengths.numpy()
-        bad = values[(values < 0) | (values > time)]
-        if bad.size:
-            raise ValueError(f"sequence_length values must be in [0, T={time}], got {bad.tolist()}")
-    else:
-        # In a graph the values are unknown until run time (XLA drops Asserts).
-        with tf.control_dependencies([
-                tf.debugging.assert_non_negative(lengths, message="sequence_length values must be in [0, T]"),
-                tf.debugging.assert_less_equal(lengths, tf.cast(time, tf.int32),
-                                               message="sequence_length values must be in [0, T]")]):
-            lengths = tf.identity(lengths)
-    return lengths
+    # Clipped to [0, T], always: a length above T runs all T steps and a
+    # negative one none, which is what dynamic_rnn does with them (its step
+    # tests ``t >= sequence_length``). One behaviour in every mode: under a
+    # caller's XLA compilation an out-of-range value cannot be reported (XLA
+    # drops Assert ops), and checking eager values would cost a device-to-host
+    # copy of the lengths on every call.
+    return tf.clip_by_value(tf.cast(lengths, tf.int32), 0, tf.cast(time, tf.int32))

@@ -2,6 +2,8 @@
 tf.function and XLA training use, copy, initialisation, and one equivalence case per cell.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,15 +77,63 @@ def _check_variables(cell, kind):
 def test_build_creates_keras_layout_variables(kind):
     cell = make_cell(kind, H)
     assert not cell.built
-    assert len(cell.trainable_variables) == 0
+    with pytest.warns(UserWarning, match="input_size"):
+        assert len(cell.trainable_variables) == 0
     cell.build(D)
     _check_variables(cell, kind)
 
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
+def test_input_size_builds_at_construction(kind):
+    extra = {"gru": dict(reset_after=True), "gru-reset-before": dict(reset_after=False)}.get(kind, {})
+    cls = {"lstm": fc.LSTM, "gru": fc.GRU, "gru-reset-before": fc.GRU, "rnn": fc.SimpleRNN}[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a built cell's variables are read without a word
+        cell = cls(H, input_size=D, seed=0, **extra)
+        _check_variables(cell, kind)
+        assert len(cell.variables) == 3
+    same = cls(H, seed=0, **extra)
+    same.build(D)
+    for a, b in zip(cell.get_weights(), same.get_weights()):  # the same initialisation as build(D)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "4"])
+def test_input_size_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match=f"input_size must be a positive int, got {bad!r}"):
+        fc.LSTM(H, input_size=bad)
+
+
+@pytest.mark.parametrize("what", ["trainable_variables", "variables"])
+def test_reading_an_unbuilt_cells_variables_warns_once(what):
+    cell = fc.GRU(H, name="enc")
+    with pytest.warns(UserWarning) as record:
+        assert getattr(cell, what) == ()
+    message = str(record[0].message)
+    assert record[0].filename == __file__  # attributed to the line that read it
+    for piece in (f"cell.{what}", "GRU cell 'enc'", "never trains it", f"fc.GRU({H}, input_size=D)", "cell.build(D)"):
+        assert piece in message, (piece, message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        getattr(cell, what)  # once per cell
+        cell.build(D)
+        assert len(getattr(cell, what)) == 3
+
+
+def test_reading_a_carrys_variables_warns_while_its_cell_is_unbuilt():
+    carry = fc.Carry(fc.LSTM(H), batch_size=B)
+    with pytest.warns(UserWarning, match=r"carry\.trainable_variables holds none of the LSTM cell"):
+        assert carry.trainable_variables == ()
+    built = fc.Carry(fc.LSTM(H, input_size=D), batch_size=B)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(built.trainable_variables) == 3 and len(built.variables) == 5
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
 def test_first_use_creates_keras_layout_variables(kind):
     cell = make_cell(kind, H)
-    assert len(cell.trainable_variables) == 0
+    assert not cell.built
     outputs, _ = fc.unroll(cell, tf.zeros([B, T, D]), jit_compile=False)
     assert tuple(outputs.shape) == (B, T, H)
     _check_variables(cell, kind)

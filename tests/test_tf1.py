@@ -31,6 +31,9 @@ CASES = {
     "sequence_length": dict(sequence_length=LENGTHS),
     "reverse": dict(sequence_length=LENGTHS, reverse=True),
     "time_major_reverse": dict(sequence_length=LENGTHS, reverse=True, time_major=True),
+    # Out of [0, T]: dynamic_rnn runs all T steps for a length above T and none
+    # for a negative one; fastcarry clips to [0, T], which is the same thing.
+    "out_of_range_lengths": dict(sequence_length=[T + 4, -2, 3]),
 }
 
 
