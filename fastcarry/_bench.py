@@ -147,6 +147,7 @@ def _keras(workload, mode, x, cotangent, jit_compile):
 
 def _tf1(workload, mode, x, cotangent):
     import tensorflow as tf
+    from tensorflow.python.util import deprecation as _tf_deprecation  # private; has silence() since TF 2.2
     from tf_keras.src.layers.rnn import legacy_cells
 
     units = workload.units
@@ -160,7 +161,11 @@ def _tf1(workload, mode, x, cotangent):
     cell.build(tf.TensorShape([None, workload.input]))
 
     def run(x):
-        return tf.compat.v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0]
+        # TF1's API is deprecated and says so when traced (dynamic_rnn, the
+        # legacy layer's ``updates``): known, and not the user's business here.
+        with warnings.catch_warnings(), _tf_deprecation.silence():
+            warnings.simplefilter("ignore")
+            return tf.compat.v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0]
 
     fn = _step(run, cell.trainable_variables, mode, cotangent, False)
     return lambda: fn(x)

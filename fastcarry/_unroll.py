@@ -389,7 +389,11 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         cell's dtype.
       initial_state: the cell's state structure, ``[B, H]`` per component
         (``fc.LSTMState(h, c)`` for LSTM); None means zeros.
-      sequence_length: ``[B]`` integers in ``[0, T]``, or None (all T steps).
+      sequence_length: ``[B]`` integers, or None (all T steps). Values are
+        clipped to ``[0, T]`` in every mode, as ``dynamic_rnn`` treats them:
+        a length above T runs all T steps, a negative one none. (Not an error:
+        XLA drops ``Assert`` ops, and checking eager values would copy them to
+        the host on every call.)
       time_major: layout of ``inputs`` and outputs.
       reverse: run time backwards (see above).
       unroll: int >= 1, time steps per loop iteration (and the input

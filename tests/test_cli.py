@@ -52,3 +52,23 @@ def test_check_default_workload_is_float32_with_the_issue_tolerance():
     code, text = _run([])
     assert code == 0, text
     assert "cell=lstm" in text and "float32, tolerance 2e-05" in text
+
+
+# What TensorFlow 2.21 printed on this project's CPU machine while it started,
+# before its log level applied (and the CUDA probe's error): all of it dropped.
+START_UP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1795701036.596684    2295 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
+I0000 00:00:1795701036.597140    2295 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1795701036.672014    2295 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU instructions in performance-critical operations.
+To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.
+E0000 00:00:1795701040.380983    2295 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
+"""
+
+
+def test_start_up_noise_is_dropped_and_nothing_else():
+    assert [line for line in START_UP.splitlines() if not _cli._START_UP_NOISE.search(line)] == []
+    kept = ["E0000 00:00:1795701040.380983    2295 some_op.cc:52] a real error",
+            "Traceback (most recent call last):",
+            "W0000 00:00:1795701040.3 cuda_executor.cc:1] could not open file to read NUMA node"]
+    assert [line for line in kept if _cli._START_UP_NOISE.search(line)] == []

@@ -71,10 +71,13 @@ def test_regular_install_has_only_the_fastcarry_package(tmp_path):
     assert found["has_lstm_kernels"], found
 
 
-def test_check_command_passes(tmp_path):
+def test_check_command_passes_and_keeps_stderr_clean(tmp_path):
+    """As a user runs it: no TF_CPP_MIN_LOG_LEVEL set, and nothing but our output (TF's start-up lines neither)."""
+    env = {k: v for k, v in _env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     run = _run([sys.executable, "-m", "fastcarry", "check", "--cell", "rnn", "--batch", "2", "--time", "3",
-                "--input", "2", "--units", "3"], cwd=tmp_path)
+                "--input", "2", "--units", "3"], cwd=tmp_path, env=env)
     assert run.returncode == 0, f"exit {run.returncode}:\n{run.stdout}\n{run.stderr}"
+    assert run.stderr == "", run.stderr
     lines = run.stdout.strip().splitlines()
     assert lines and lines[-1] == "PASS", run.stdout
     assert "FAIL" not in run.stdout
@@ -89,3 +92,24 @@ def test_check_command_rejects_out_of_range_seq_lengths(tmp_path):
     message = run.stderr + run.stdout
     assert "--seq-lengths" in message and "9" in message and "T=3" in message, message
     assert "PASS" not in run.stdout
+
+
+def test_help_and_import_do_not_start_tensorflow(tmp_path):
+    """``fastcarry --help`` answers before TensorFlow loads (it took ~3 s when TF came first)."""
+    probe = textwrap.dedent("""
+        import contextlib, io, sys
+        import fastcarry
+        after_import = "tensorflow" in sys.modules
+        from fastcarry import _cli
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            for argv in (["--help"], ["check", "--help"], ["bench", "--help"]):
+                try:
+                    _cli.main(argv)
+                except SystemExit as stop:
+                    assert stop.code == 0, (argv, stop.code)
+        print(after_import, "tensorflow" in sys.modules, "usage: fastcarry" in out.getvalue())
+    """)
+    run = _run([sys.executable, "-c", probe], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "False", "True"], run.stdout
