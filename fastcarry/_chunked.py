@@ -71,7 +71,8 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
 def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
     """One chunk's ``(x, s0, lengths, dys, dfinal) -> (dx, ds0, dparams)`` by the fused backward."""
     def grad(x, state, lengths, dys, dfinal):
-        _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations)
+        with tf.name_scope("recompute"):  # a phase of its own in fastcarry.profiling
+            _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations)
         return _loop.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal, parallel_iterations)
     return grad
 
@@ -79,7 +80,7 @@ def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
 def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
     """One chunk's gradient by TF's autodiff of its forward loop (``backward="autodiff"``)."""
     def grad(x, state, lengths, dys, dfinal):
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, tf.name_scope("recompute"):
             tape.watch([x, state, params])
             ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll,
                                          parallel_iterations=parallel_iterations)

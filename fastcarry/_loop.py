@@ -350,13 +350,17 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
 
     def one_step(t, state, xp_t, saved):
         valid = _valid(t, plan.lengths)
+        # Scopes name the phases a trace shows (fastcarry.profiling).
         if split is None:
             saved = _write(saved, t, state)
-            state, y = _masked_step(core, params, state, xp_t, valid)
+            with tf.name_scope("step"):
+                state, y = _masked_step(core, params, state, xp_t, valid)
             return state, y, saved
-        a_t = _preactivation(split, params, state, xp_t)
+        with tf.name_scope("recurrent_matmul"):
+            a_t = _preactivation(split, params, state, xp_t)
         saved = _write(saved[:n_state], t, state) + _write(saved[n_state:], t, a_t)
-        state, y = _masked_update(split, state, a_t, valid)
+        with tf.name_scope("gates"):
+            state, y = _masked_update(split, state, a_t, valid)
         return state, y, saved
 
     def run_chunk(t0, x_chunk, steps, state, saved):

@@ -36,6 +36,11 @@ def _to_processing_order(seq, lengths, opts):
 
     A permutation of time steps, so its adjoint is ``_from_processing_order``.
     """
+    with tf.name_scope("layout"):
+        return _permute_to(seq, lengths, opts)
+
+
+def _permute_to(seq, lengths, opts):
     if not opts.time_major:
         seq = tf.transpose(seq, [1, 0] + list(range(2, seq.shape.rank)))
     if opts.reverse:
@@ -48,6 +53,11 @@ def _to_processing_order(seq, lengths, opts):
 
 def _from_processing_order(seq, lengths, opts):
     """The inverse of ``_to_processing_order`` (reversal is its own inverse)."""
+    with tf.name_scope("layout"):
+        return _permute_from(seq, lengths, opts)
+
+
+def _permute_from(seq, lengths, opts):
     if opts.reverse:
         seq = (tf.reverse(seq, [0]) if lengths is None
                else tf.reverse_sequence(seq, lengths, seq_axis=0, batch_axis=1))
@@ -226,7 +236,7 @@ HOST = "/device:CPU:0"
 
 def _to_host(tensors):
     """Copies of ``tensors`` in host memory (a no-op copy on a CPU-only machine)."""
-    with tf.device(HOST):
+    with tf.device(HOST), tf.name_scope("fastcarry_swap/to_host"):
         return [tf.identity(t) for t in tensors]
 
 
@@ -252,7 +262,7 @@ def _swapped_backward(core, opts, jit_compile):
         dstate, dparams, dxs = dfinal, None, []
         for start in reversed(starts):
             stop = min(start + step, time) if isinstance(time, int) else time
-            with tf.device(HOST):
+            with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
                 piece = [s[start:stop] for s in saved]
             shifted = None if lengths is None else lengths - start
             dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, shifted, params, piece,

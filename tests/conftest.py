@@ -13,6 +13,10 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import fastcarry as fc  # noqa: E402
+# Before the tests compile anything: it adds --xla_cpu_enable_xprof_traceme to
+# XLA_FLAGS, and only programs compiled with it record op events (test_profiling;
+# the compiled functions are shared across test files).
+import fastcarry.profiling  # noqa: E402,F401
 from fastcarry import _check  # noqa: E402
 
 CELL_KINDS = ("lstm", "gru", "gru-reset-before", "rnn")

@@ -1,0 +1,187 @@
+"""Reading a captured ``.xplane.pb``: the op executions of each step, with their TF op names.
+
+xprof's op-level tools (``hlo_stats``, ``op_profile``) read device planes
+only: on a CPU-only machine they come back empty, although the trace holds
+every XLA op (with ``--xla_cpu_enable_xprof_traceme``) and every TF op the
+executor ran. So this module reads the XSpace protobuf itself, with the
+message classes TensorFlow ships (``tensorflow.tsl.profiler.protobuf``):
+
+- **XLA ops** are events with a ``program_id`` stat. Their TF op name (the
+  name scopes that say which phase they belong to) is the ``op_name`` of the
+  HLO instruction's metadata, from the HLO protos the profiler stores in the
+  ``/host:metadata`` plane. Instructions XLA added (copies of loop state) have
+  no metadata; they take the name of the instruction that calls their
+  computation (a ``while`` loop's body ops the loop's name). On a GPU the same
+  events sit on ``/device:GPU:N`` planes (CUPTI kernels carry ``hlo_op`` and
+  ``program_id``); nothing here assumes the host is the device.
+- **TF ops** run by TF's executor (a graph ``tf.function`` without XLA) are
+  host events named ``"<op name>:<OpType>"``.
+- **Copies** between host and device (``MemcpyH2D``/``MemcpyD2H`` on a GPU,
+  ``EagerCopyToDevice`` eagerly) are kept as such.
+- **Steps** are the ``tf.profiler.experimental.Trace(name, step_num=i)``
+  events on the host's Python thread.
+
+Shapes of the result: ``Space.runs`` is a list of ``OpRun`` (one op execution),
+``Space.steps`` a list of ``(step_num, start_ps, end_ps)``.
+"""
+
+import re
+from typing import NamedTuple
+
+from tensorflow.compiler.xla.service import hlo_pb2
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+# "<op name>:<OpType>", the TraceMe name TF's executor gives a kernel run.
+_TF_OP = re.compile(r"^(?P<name>[A-Za-z0-9_.][A-Za-z0-9_.\-/>]*):(?P<type>_?[A-Z][A-Za-z0-9_]*)$")
+_COPIES = ("MemcpyH2D", "MemcpyD2H", "MemcpyD2D", "EagerCopyToDevice")
+
+
+class OpRun(NamedTuple):
+    """One execution of one op: ``[start_ps, end_ps)`` on ``plane``/``line``."""
+
+    start_ps: int
+    end_ps: int
+    name: str  # the TF op name with its scopes ("fastcarry_lstm/recurrence/while/MatMul"), or the copy's kind
+    kind: str  # "xla", "tf" or "copy"
+    opcode: str  # the HLO opcode ("dot", "fusion", ...) for XLA ops, the op type for TF ops
+    flops: int  # the HLO dot FLOPs of one execution (0 for everything else)
+    plane: str
+    line: int
+
+
+# Tracing a tf.function and XLA compiling it (CPU and GPU compilers).
+_COMPILE = re.compile(r"^(tf\.function-graph_building|\w*Compiler::(Compile\w*|RunBackend|RunHloPasses))$")
+
+
+class Space(NamedTuple):
+    runs: list
+    steps: list  # (step_num, start_ps, end_ps), in time order
+    compile_intervals: list  # (start_ps, end_ps) of tracing and compilation
+    xla_programs: int  # HLO modules the trace knows
+    xla_executions: int  # whole-program executions seen (a program run without op events: no traceme)
+    device_planes: list  # names of the planes that ran ops
+
+
+def load(path):
+    """The ``XSpace`` message stored at ``path``."""
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    return space
+
+
+def _stat_value(plane, stat):
+    which = stat.WhichOneof("value")
+    if which == "ref_value":
+        return plane.stat_metadata[stat.ref_value].name
+    return getattr(stat, which) if which else None
+
+
+def _stats(plane, stats):
+    return {plane.stat_metadata[s.metadata_id].name: _stat_value(plane, s) for s in stats}
+
+
+def _dot_flops(ins, by_id):
+    out = 1
+    for d in ins.shape.dimensions:
+        out *= d
+    lhs = by_id.get(ins.operand_ids[0]) if ins.operand_ids else None
+    k = 1
+    if lhs is not None:
+        for d in ins.dot_dimension_numbers.lhs_contracting_dimensions:
+            k *= lhs.shape.dimensions[d]
+    return 2 * out * k
+
+
+def hlo_ops(module):
+    """``{instruction name: (op_name, opcode, dot flops)}`` for one ``HloModuleProto``.
+
+    Instructions without an ``op_name`` take the name of the instruction that
+    calls their computation; a fusion's FLOPs are those of the dots inside it.
+    """
+    computations = {c.id: c for c in module.computations}
+    callers = {}  # computation id -> the calling instruction
+    by_id = {}
+    for comp in module.computations:
+        for ins in comp.instructions:
+            by_id[ins.id] = ins
+            for called in ins.called_computation_ids:
+                callers.setdefault(called, ins)
+    owner = {ins.id: comp.id for comp in module.computations for ins in comp.instructions}
+
+    def name_of(ins, depth=0):
+        if ins.metadata.op_name or depth > 50:
+            return ins.metadata.op_name
+        caller = callers.get(owner.get(ins.id))
+        return name_of(caller, depth + 1) if caller is not None else ""
+
+    def flops_of(ins, depth=0):
+        if ins.opcode == "dot":
+            return _dot_flops(ins, by_id)
+        if ins.opcode == "fusion" and depth < 5:
+            return sum(flops_of(i, depth + 1) for c in ins.called_computation_ids
+                       for i in computations[c].instructions)
+        return 0
+
+    return {ins.name: (name_of(ins), ins.opcode, flops_of(ins)) for ins in by_id.values()}
+
+
+def _programs(space):
+    """``{program_id: {instruction name: (op_name, opcode, flops)}}`` from the metadata plane."""
+    programs = {}
+    for plane in space.planes:
+        if plane.name != "/host:metadata":
+            continue
+        for program_id, meta in plane.event_metadata.items():
+            for stat in meta.stats:
+                if plane.stat_metadata[stat.metadata_id].name == "Hlo Proto" and stat.bytes_value:
+                    proto = hlo_pb2.HloProto()
+                    proto.ParseFromString(stat.bytes_value)
+                    programs[program_id] = hlo_ops(proto.hlo_module)
+    return programs
+
+
+def read(path, step_name="train"):
+    """The ``Space`` of the ``.xplane.pb`` at ``path``; steps are the ``step_name`` trace events."""
+    space = load(path)
+    programs = _programs(space)
+    runs, steps, compiles, executions, planes = [], [], [], 0, []
+    for plane in space.planes:
+        if not (plane.name.startswith("/host:CPU") or plane.name.startswith("/device:")):
+            continue
+        before = len(runs)
+        for line in plane.lines:
+            base_ps = line.timestamp_ns * 1000
+            for event in line.events:
+                meta = plane.event_metadata[event.metadata_id]
+                name = meta.name
+                start = base_ps + event.offset_ps
+                end = start + event.duration_ps
+                if name == step_name or name.startswith(step_name + " "):
+                    stats = _stats(plane, event.stats)
+                    if "step_num" in stats:
+                        steps.append((int(stats["step_num"]), start, end))
+                    continue
+                if _COMPILE.match(name):
+                    compiles.append((start, end))
+                    continue
+                if name == "CpuExecutable::ExecuteAsyncOnStream":
+                    executions += 1
+                    continue
+                if name in _COPIES or name.startswith("Memcpy"):
+                    runs.append(OpRun(start, end, name, "copy", name, 0, plane.name, line.id))
+                    continue
+                stats = _stats(plane, event.stats)
+                if "program_id" in stats:
+                    ops = programs.get(int(stats["program_id"]), {})
+                    hlo_name = stats.get("hlo_op") if isinstance(stats.get("hlo_op"), str) else name
+                    op_name, opcode, flops = ops.get(hlo_name, ops.get(name, (stats.get("tf_op", ""), "", 0)))
+                    runs.append(OpRun(start, end, op_name or hlo_name, "xla", opcode, flops, plane.name, line.id))
+                    continue
+                match = _TF_OP.match(name)
+                if match and not name.startswith("__inference"):
+                    runs.append(OpRun(start, end, match["name"], "tf", match["type"], 0, plane.name, line.id))
+        if len(runs) > before:
+            planes.append(plane.name)
+    steps.sort(key=lambda s: s[1])
+    return Space(runs, steps, compiles, len(programs), executions, planes)
