@@ -1,4 +1,4 @@
-"""The ``fastcarry`` command line: ``fastcarry check`` and ``fastcarry bench``.
+"""The ``fastcarry`` command line: ``fastcarry check``, ``fastcarry bench`` and ``fastcarry profile``.
 
 Arguments are parsed before TensorFlow is imported (``--help`` and usage errors
 answer at once), and TensorFlow is started quietly (``_start_tensorflow``).
@@ -27,6 +27,15 @@ def _non_negative(text):
     return value
 
 
+def _workload_arguments(parser, *, batch, time, input, units, time_type=_positive):
+    """``--cell --batch --time --input --units`` with these defaults."""
+    parser.add_argument("--cell", choices=CELLS, default="lstm")
+    parser.add_argument("--batch", type=_positive, default=batch, metavar="B")
+    parser.add_argument("--time", type=time_type, default=time, metavar="T")
+    parser.add_argument("--input", type=_positive, default=input, metavar="D")
+    parser.add_argument("--units", type=_positive, default=units, metavar="H")
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="fastcarry", description="Fast, exact RNNs under XLA.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -35,11 +44,7 @@ def _parser():
         description="Builds random weights and inputs, runs fastcarry.unroll (XLA and graph), the float64 "
                     "reference and the Keras 3 layer with the same weights, and compares outputs, final state "
                     "and every gradient under a random cotangent. Exits 1 on any FAIL.")
-    check.add_argument("--cell", choices=CELLS, default="lstm")
-    check.add_argument("--batch", type=_positive, default=4, metavar="B")
-    check.add_argument("--time", type=_non_negative, default=16, metavar="T")
-    check.add_argument("--input", type=_positive, default=8, metavar="D")
-    check.add_argument("--units", type=_positive, default=16, metavar="H")
+    _workload_arguments(check, batch=4, time=16, input=8, units=16, time_type=_non_negative)
     check.add_argument("--seq-lengths", type=_non_negative, nargs="+", metavar="L",
                        help="one length per batch row, each in [0, T]")
     check.add_argument("--reverse", action="store_true")
@@ -50,7 +55,41 @@ def _parser():
                        help="chunk for the chunk= and swap_memory rows (default: about T/3)")
     check.add_argument("--seed", type=int, default=0)
     _bench_parser(sub)
+    _profile_parser(sub)
     return parser
+
+
+def _profile_parser(sub):
+    prof = sub.add_parser(
+        "profile", help="trace fastcarry (and the Keras 3 layer) with TensorBoard's profiler; time by phase",
+        description="Traces a compiled training (or inference) step of one workload with TensorFlow's profiler, "
+                    "one TensorBoard run per contender under --out, and prints where each step's time goes by "
+                    "phase (input projection, recurrent matmul, gates, backward loop, weight gradients, ...), "
+                    "side by side. Writes summary.json, summary.md and summary.png to --out, and prints the "
+                    "tensorboard command that opens the runs. Needs matplotlib: pip install 'fastcarry[bench]'.")
+    _workload_arguments(prof, batch=32, time=100, input=128, units=256)
+    prof.add_argument("--mode", choices=("train", "infer"), default="train")
+    prof.add_argument("--against", choices=("keras",), action="append", default=[],
+                      help="also trace the Keras 3 layer holding the same weights")
+    prof.add_argument("--steps", type=_positive, default=5, metavar="N", help="traced steps (default 5)")
+    prof.add_argument("--out", default="fastcarry-profile", metavar="DIR", help="output directory")
+
+
+def profile(args, stream=sys.stderr):
+    """Runs ``fastcarry profile``; prints the side-by-side table and the tensorboard command; returns 0."""
+    from fastcarry import _bench, _profile
+
+    workload = _bench.Workload(args.cell, args.batch, args.time, args.input, args.units)
+    summaries = _profile.run(workload, args.mode, against=tuple(args.against), steps=args.steps,
+                             out_dir=args.out, stream=stream)
+    print(f"fastcarry profile: {workload.label} {args.mode}, {args.steps} traced steps\n")
+    print(_profile.table(summaries))
+    for name, summary in summaries.items():
+        for advice in summary.advice:
+            print(f"\n{name}: {advice.signal}: {advice.evidence}. {advice.action}")
+    print(f"\nwrote summary.json, summary.md, summary.png to {args.out}")
+    print(f"open the traces: tensorboard --logdir {os.path.abspath(args.out)}  (then the Profile tab)")
+    return 0
 
 
 def _bench_parser(sub):
@@ -248,6 +287,8 @@ def main(argv=None):
         return check(args)
     if args.command == "bench":
         return bench(args)
+    if args.command == "profile":
+        return profile(args)
     return 2
 
 

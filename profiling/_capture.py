@@ -84,11 +84,13 @@ class Profile:
         self.steps += 1
         return tf.profiler.experimental.Trace(self.step_name, step_num=number, _r=1)
 
-    def summary(self, *, label="", calibrate=True):
+    def summary(self, *, label="", scope="fastcarry_", calibrate=True):
         """The ``Summary`` of the captured steps (see ``fastcarry.profiling.Summary``).
 
+        ``scope``: what marks the RNN's ops, ``"fastcarry_"``, or another RNN's
+        layer name (a Keras layer's ``"lstm"``: phases from its loop structure).
         ``calibrate``: measure this device's matmul rate once per process
-        (``calibrate()``) for the "slow matmuls" advice.
+        (``calibrate_matmul()``) for the "slow matmuls" advice.
         """
         if not self.xplane_paths:
             raise ValueError(f"no trace was captured in {self.logdir!r} (the capture has not ended, or TF's "
@@ -100,7 +102,7 @@ class Profile:
             raise RuntimeError(f"could not parse the trace {path!r} with TensorFlow's XSpace protobuf "
                                f"({type(err).__name__}: {err}); the raw trace is kept there") from err
         rate = calibrate_matmul() if calibrate else None
-        return _summary.summarize(space, label=label, matmul_gflops=rate,
+        return _summary.summarize(space, label=label, scope=scope, matmul_gflops=rate,
                                   minor_faults_per_step=self.minor_faults_per_step)
 
     def __repr__(self):

@@ -4,10 +4,9 @@ Attribution is by wall-clock time, not by summed op time: ops run on several
 threads at once (XLA:CPU's thread pool, a GPU's streams), so summing them
 could exceed the step. Within each step window, time is cut at every op's
 start and end; each piece goes to the innermost op running on each
-thread/stream, split evenly among those running at once. A gap right after a
-matmul goes to that matmul: XLA:CPU hands a large dot to its thread pool and
-ends the dot's event before the work is done (measured: weight-gradient dots
-at 9x the device's matmul rate otherwise). Other gaps are ``no op running``.
+thread/stream, split evenly among those running at once; an XLA:CPU matmul
+runs until the first op that reads its result starts (``_xspace.async_remainders``).
+Time in which nothing runs is ``no op running``.
 The rows therefore add up to the measured step time (``Summary.coverage``
 says how closely; the tests hold it within 15%).
 """
@@ -20,7 +19,11 @@ from fastcarry.profiling import _phases, _xspace
 
 
 class Row(NamedTuple):
-    """One phase: ``ms`` per step, ``share`` of the step, ``gflops`` achieved (matmul phases; else None)."""
+    """One phase: ``ms`` per step, ``share`` of the step, ``gflops`` achieved (matmul phases; else None).
+
+    ``ms`` is wall-clock time, shared with whatever ran at the same time;
+    ``gflops`` is the phase's matmul FLOPs over the time any of its ops ran.
+    """
 
     phase: str
     ms: float
@@ -116,15 +119,22 @@ def _innermost_segments(runs):
     return pieces
 
 
-def attribute(runs, start_ps, end_ps):
-    """``{phase: ps}`` and ``{phase: flops}`` for the window ``[start_ps, end_ps)``, by wall-clock time."""
+def attribute(runs, start_ps, end_ps, scope=_phases.FASTCARRY):
+    """Per phase in ``[start_ps, end_ps)``: wall-clock ps (shared), busy ps, flops, op runs (four dicts).
+
+    Wall-clock time is split among the ops running at once, so the phases add
+    up to the window; busy time is the time in which any op of the phase
+    runs, what its achieved GFLOP/s is measured against (two matmuls running
+    side by side each ran for the whole span, not half of it).
+    ``scope``: what marks the RNN's ops (``_phases.classify``).
+    """
     inside = [r for r in runs if r.end_ps > start_ps and r.start_ps < end_ps]
     pieces = [(max(s, start_ps), min(e, end_ps), r) for s, e, r in _innermost_segments(inside)]
     pieces = [p for p in pieces if p[1] > p[0]]
     events = sorted([(s, 1, i) for i, (s, e, r) in enumerate(pieces)] + [(e, -1, i) for i, (s, e, r) in enumerate(pieces)],
                     key=lambda ev: (ev[0], ev[1]))
-    phase_of = [_phases.classify(r.name, r.kind, r.opcode) for _, _, r in pieces]
-    times, active, last, ended = {}, set(), start_ps, None
+    phase_of = [_phases.classify(r.name, r.kind, r.opcode, scope) for _, _, r in pieces]
+    times, active, last = {}, set(), start_ps
     for t, change, i in events:
         if t > last:
             span = t - last
@@ -132,27 +142,25 @@ def attribute(runs, start_ps, end_ps):
                 for j in active:
                     times[phase_of[j]] = times.get(phase_of[j], 0) + span / len(active)
             else:
-                # XLA:CPU runs a large dot on its thread pool after the dot's
-                # event has ended; the next op starts when the result is ready.
-                # So a gap right after a matmul is that matmul's.
-                phase = phase_of[ended] if ended is not None and pieces[ended][2].flops else _phases.IDLE
-                times[phase] = times.get(phase, 0) + span
+                times[_phases.IDLE] = times.get(_phases.IDLE, 0) + span
             last = t
         if change > 0:
             active.add(i)
-            ended = None
         else:
             active.discard(i)
-            ended = i
     if end_ps > last:
         times[_phases.IDLE] = times.get(_phases.IDLE, 0) + end_ps - last
+    by_phase = {}
+    for (s, e, _), phase in zip(pieces, phase_of):
+        by_phase.setdefault(phase, []).append((s, e))
+    busy = {phase: _union_ps(spans) for phase, spans in by_phase.items()}
     flops, counts = {}, {}
     for r in inside:
-        if start_ps <= r.start_ps < end_ps:
-            phase = _phases.classify(r.name, r.kind, r.opcode)
+        if start_ps <= r.start_ps < end_ps and not isinstance(r.line, tuple):  # an async remainder is no new run
+            phase = _phases.classify(r.name, r.kind, r.opcode, scope)
             flops[phase] = flops.get(phase, 0) + r.flops
             counts[phase] = counts.get(phase, 0) + 1
-    return times, flops, counts
+    return times, busy, flops, counts
 
 
 def _merged(intervals):
@@ -176,12 +184,13 @@ def _union_ps(intervals):
     return total
 
 
-def summarize(space, *, label="", matmul_gflops=None, minor_faults_per_step=None):
+def summarize(space, *, label="", scope=_phases.FASTCARRY, matmul_gflops=None, minor_faults_per_step=None):
     """The ``Summary`` of a read trace (``_xspace.Space``).
 
     Args:
       space: what ``_xspace.read`` returned.
       label: a name for the run (the contender).
+      scope: what marks the RNN's ops: ``"fastcarry_"``, or another RNN's layer name (a Keras ``"lstm"``).
       matmul_gflops: this device's measured matmul rate (``calibrate()``), for advice; None skips that advice.
       minor_faults_per_step: page faults the process took per traced step (``resource.getrusage``), or None.
     """
@@ -192,10 +201,10 @@ def summarize(space, *, label="", matmul_gflops=None, minor_faults_per_step=None
     compiles = [_xspace.OpRun(s, e, "compile", "compile", "", 0, "compile", i)
                 for i, (s, e) in enumerate(_merged(space.compile_intervals))]
     runs = space.runs + compiles
-    totals, flops, counts, step_ps = {}, {}, {}, []
+    totals, busy, flops, counts, step_ps = {}, {}, {}, {}, []
     for _, start, end in space.steps:
-        times, f, c = attribute(runs, start, end)
-        for d, src in ((totals, times), (flops, f), (counts, c)):
+        times, b, f, c = attribute(runs, start, end, scope)
+        for d, src in ((totals, times), (busy, b), (flops, f), (counts, c)):
             for k, v in src.items():
                 d[k] = d.get(k, 0) + v
         step_ps.append(end - start)
@@ -209,8 +218,8 @@ def summarize(space, *, label="", matmul_gflops=None, minor_faults_per_step=None
             continue
         ms = ps / n / 1e9
         rate = None
-        if phase in _phases.MATMUL_PHASES and flops.get(phase):
-            rate = flops[phase] / (ps / 1e12) / 1e9
+        if phase in _phases.MATMUL_PHASES and flops.get(phase) and busy.get(phase):
+            rate = flops[phase] / (busy[phase] / 1e12) / 1e9
         rows.append(Row(phase, ms, ms / step_ms, rate, round(counts.get(phase, 0) / n)))
     coverage = sum(r.ms for r in rows) / step_ms
     compile_s = sum(_union_ps([(max(s, a), min(e, b)) for s, e in space.compile_intervals if e > a and s < b])

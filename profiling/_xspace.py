@@ -25,6 +25,7 @@ Shapes of the result: ``Space.runs`` is a list of ``OpRun`` (one op execution),
 ``Space.steps`` a list of ``(step_num, start_ps, end_ps)``.
 """
 
+import bisect
 import re
 from typing import NamedTuple
 
@@ -46,7 +47,9 @@ class OpRun(NamedTuple):
     opcode: str  # the HLO opcode ("dot", "fusion", ...) for XLA ops, the op type for TF ops
     flops: int  # the HLO dot FLOPs of one execution (0 for everything else)
     plane: str
-    line: int
+    line: object  # the thread or stream (an id; ("async", n) for an async dot's remainder)
+    hlo: str = ""  # the HLO instruction (XLA ops)
+    program: int = 0  # the XLA program id (XLA ops)
 
 
 # Tracing a tf.function and XLA compiling it (CPU and GPU compilers).
@@ -93,12 +96,21 @@ def _dot_flops(ins, by_id):
     return 2 * out * k
 
 
-def hlo_ops(module):
-    """``{instruction name: (op_name, opcode, dot flops)}`` for one ``HloModuleProto``.
+class HloOp(NamedTuple):
+    """What a trace event of one HLO instruction needs from the module."""
 
-    Instructions without an ``op_name`` take the name of the instruction that
-    calls their computation; a fusion's FLOPs are those of the dots inside it.
-    """
+    op_name: str  # the TF op name (with scopes); the calling instruction's when XLA made it
+    opcode: str
+    flops: int  # dot FLOPs of one execution (a fusion: of the dots inside it)
+    users: tuple  # names of the instructions that read its result
+    returned: bool  # the program returns it (a user is the entry computation's root)
+
+
+_NO_OP = HloOp("", "", 0, (), False)
+
+
+def hlo_ops(module):
+    """``{instruction name: HloOp}`` for one ``HloModuleProto``."""
     computations = {c.id: c for c in module.computations}
     callers = {}  # computation id -> the calling instruction
     by_id = {}
@@ -123,11 +135,21 @@ def hlo_ops(module):
                        for i in computations[c].instructions)
         return 0
 
-    return {ins.name: (name_of(ins), ins.opcode, flops_of(ins)) for ins in by_id.values()}
+    users = {}
+    for ins in by_id.values():
+        for operand in ins.operand_ids:
+            if operand in by_id:
+                users.setdefault(operand, []).append(ins.id)
+    entry_root = computations[module.entry_computation_id].root_id if module.entry_computation_id in computations \
+        else None
+    returned = {o for o in by_id[entry_root].operand_ids} if entry_root in by_id else set()
+    return {ins.name: HloOp(name_of(ins), ins.opcode, flops_of(ins),
+                            tuple(by_id[u].name for u in users.get(ins.id, ())), ins.id in returned)
+            for ins in by_id.values()}
 
 
 def _programs(space):
-    """``{program_id: {instruction name: (op_name, opcode, flops)}}`` from the metadata plane."""
+    """``{program_id: {instruction name: HloOp}}`` from the metadata plane."""
     programs = {}
     for plane in space.planes:
         if plane.name != "/host:metadata":
@@ -145,7 +167,7 @@ def read(path, step_name="train"):
     """The ``Space`` of the ``.xplane.pb`` at ``path``; steps are the ``step_name`` trace events."""
     space = load(path)
     programs = _programs(space)
-    runs, steps, compiles, executions, planes = [], [], [], 0, []
+    runs, steps, compiles, executions, planes, program_ends = [], [], [], 0, [], []
     for plane in space.planes:
         if not (plane.name.startswith("/host:CPU") or plane.name.startswith("/device:")):
             continue
@@ -167,6 +189,10 @@ def read(path, step_name="train"):
                     continue
                 if name == "CpuExecutable::ExecuteAsyncOnStream":
                     executions += 1
+                    program_ends.append(end)
+                    continue
+                if name == "BlockUntilReady":  # waits for an XLA:CPU program's async work
+                    program_ends.append(end)
                     continue
                 if name in _COPIES or name.startswith("Memcpy"):
                     runs.append(OpRun(start, end, name, "copy", name, 0, plane.name, line.id))
@@ -175,8 +201,10 @@ def read(path, step_name="train"):
                 if "program_id" in stats:
                     ops = programs.get(int(stats["program_id"]), {})
                     hlo_name = stats.get("hlo_op") if isinstance(stats.get("hlo_op"), str) else name
-                    op_name, opcode, flops = ops.get(hlo_name, ops.get(name, (stats.get("tf_op", ""), "", 0)))
-                    runs.append(OpRun(start, end, op_name or hlo_name, "xla", opcode, flops, plane.name, line.id))
+                    op = ops.get(hlo_name) or ops.get(name) or _NO_OP._replace(op_name=str(stats.get("tf_op", "")))
+                    op_name, opcode, flops = op.op_name, op.opcode, op.flops
+                    runs.append(OpRun(start, end, op_name or hlo_name, "xla", opcode, flops, plane.name, line.id,
+                                      hlo_name, int(stats["program_id"])))
                     continue
                 match = _TF_OP.match(name)
                 if match and not name.startswith("__inference"):
@@ -184,4 +212,44 @@ def read(path, step_name="train"):
         if len(runs) > before:
             planes.append(plane.name)
     steps.sort(key=lambda s: s[1])
+    runs += async_remainders(runs, programs, sorted(program_ends))
     return Space(runs, steps, compiles, len(programs), executions, planes)
+
+
+def async_remainders(runs, programs, program_ends=()):
+    """The time XLA:CPU's matmuls run after their trace event has ended, as runs of their own.
+
+    XLA:CPU hands a large dot to its thread pool and ends the dot's event when
+    the work is handed over, not done (measured: weight-gradient dots at 9x
+    the device's peak matmul rate by their events). The work is done when the
+    first op that reads the dot's result starts, or, for a result only the
+    program returns, when the program is done (``program_ends``: the ends of
+    ``BlockUntilReady`` and ``CpuExecutable::ExecuteAsyncOnStream`` events). So
+    ``[event end, ready)`` is the dot's too: one run per dot execution, each on
+    a line of its own (they overlap what else runs then). Host (XLA:CPU)
+    planes only: GPU kernel events span the kernel's execution.
+    """
+    by_hlo = {}
+    for run in runs:
+        if run.kind == "xla" and run.plane.startswith("/host:"):
+            by_hlo.setdefault((run.program, run.hlo), []).append(run.start_ps)
+    for starts in by_hlo.values():
+        starts.sort()
+    extra = []
+    for run in runs:
+        if run.kind != "xla" or not run.flops or not run.plane.startswith("/host:"):
+            continue
+        op = programs.get(run.program, {}).get(run.hlo, _NO_OP)
+        ready = None
+        for user in op.users:
+            starts = by_hlo.get((run.program, user), [])
+            i = bisect.bisect_left(starts, run.end_ps)
+            if i < len(starts) and (ready is None or starts[i] < ready):
+                ready = starts[i]
+        if ready is None and op.returned:
+            i = bisect.bisect_left(program_ends, run.end_ps)  # returned: ready when the program is
+            if i < len(program_ends):
+                ready = program_ends[i]
+        if ready is not None and ready > run.end_ps:
+            extra.append(run._replace(start_ps=run.end_ps, end_ps=ready, line=("async", len(extra))))
+    return extra

@@ -114,3 +114,15 @@ def test_memory_bench_quick_writes_every_row(tmp_path):
     assert "| dot | batch-major | 16 |" in table
     assert (tmp_path / "results.png").stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["workload"]["time"] == 64
+
+
+def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):
+    from fastcarry import _profile_bench
+
+    assert _profile_bench.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["median_ms"]) == {"plain", "hooks", "traced"}
+    assert all(len(v) == 3 and min(v) > 0 for v in result["samples_ms"].values())
+    assert result["summary_steps"] == 5 and result["summary_s"] > 0 and result["matmul_gflops"] > 0
+    assert "| traced (fastcarry.profiling.capture) |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 0

@@ -72,3 +72,22 @@ def test_start_up_noise_is_dropped_and_nothing_else():
             "Traceback (most recent call last):",
             "W0000 00:00:1795701040.3 cuda_executor.cc:1] could not open file to read NUMA node"]
     assert [line for line in kept if _cli._START_UP_NOISE.search(line)] == []
+
+
+def test_profile_side_by_side_with_keras(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "prof"
+    args = _cli._parser().parse_args(["profile", "--cell", "gru", "--batch", "2", "--time", "6", "--input", "3",
+                                      "--units", "4", "--against", "keras", "--steps", "2", "--out", str(out)])
+    assert _cli.profile(args, stream=io.StringIO()) == 0
+    text = capsys.readouterr().out
+    assert "| phase | fastcarry ms | keras ms |" in text and "| **step** |" in text
+    assert f"tensorboard --logdir {out}" in text
+    data = json.loads((out / "summary.json").read_text())
+    assert set(data["contenders"]) == {"fastcarry", "keras"}
+    for name, summary in data["contenders"].items():
+        phases = {r["phase"] for r in summary["rows"]}
+        assert "backward loop" in phases, (name, phases)  # the Keras layer's phases are found too
+        assert (out / name / "plugins" / "profile").is_dir()
+    assert (out / "summary.png").stat().st_size > 1000 and "## keras" in (out / "summary.md").read_text()

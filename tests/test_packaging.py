@@ -103,7 +103,7 @@ def test_help_and_import_do_not_start_tensorflow(tmp_path):
         from fastcarry import _cli
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            for argv in (["--help"], ["check", "--help"], ["bench", "--help"]):
+            for argv in (["--help"], ["check", "--help"], ["bench", "--help"], ["profile", "--help"]):
                 try:
                     _cli.main(argv)
                 except SystemExit as stop:

@@ -192,3 +192,117 @@ def test_classify_follows_the_scopes():
     assert c("fastcarry_swap/fetch/strided_slice", "tf", "StridedSlice") == _phases.COPIES
     assert c("MemcpyH2D", "copy", "MemcpyH2D") == _phases.COPIES
     assert c("lstm/while/MatMul", "xla", "dot") == _phases.OUTSIDE
+
+
+def test_classify_another_rnn_by_its_layer_name_and_loop_structure():
+    """A Keras layer's ops: TF uniquifies its scope (lstm_1/), and the loops say forward or backward."""
+    c = _phases.classify
+    assert c("lstm_1/while/MatMul_1", "xla", "dot", "lstm") == _phases.RECURRENT_MATMUL
+    assert c("lstm/while/mul_2", "xla", "fusion", "lstm") == _phases.GATES
+    assert c("gradient_tape/lstm_1/while/gradients/MatMul_grad/MatMul", "xla", "dot", "lstm") == \
+        _phases.BACKWARD_LOOP
+    assert c("gradient_tape/lstm/MatMul", "xla", "dot", "lstm") == _phases.WEIGHT_GRADIENTS
+    assert c("lstm_10/while/MatMul", "xla", "dot", "lstm_1") == _phases.OUTSIDE  # another layer
+    assert c("dense/MatMul", "xla", "dot", "lstm") == _phases.OUTSIDE
+
+
+def _summary_with(**rows_ms):
+    from fastcarry.profiling import _summary
+
+    step = sum(rows_ms.values())
+    rows = [fcp.Row(p.replace("_", " "), ms, ms / step, None, 1) for p, ms in rows_ms.items()]
+    return _summary.Summary(step, step, rows, 0.0, 5, 1.0, [], ["/host:CPU"])
+
+
+def test_advice_comes_from_the_measured_signals():
+    from fastcarry.profiling import _summary, _xspace
+
+    space = _xspace.Space([], [(0, 0, 1)], [], 1, 0, ["/host:CPU"])
+    quiet = _summary_with(backward_loop=9.0, no_op_running=1.0)
+    assert _summary.advise(quiet, space, matmul_gflops=None, minor_faults_per_step=10) == []
+    faults = _summary.advise(quiet, space, minor_faults_per_step=20_000)  # ~5 ms of a 10 ms step
+    assert [a.signal for a in faults] == ["fresh memory on every call"]
+    assert "TF_CPU_ALLOCATOR_USE_BFC=1" in faults[0].action and "20000 page faults per step" in faults[0].evidence
+    idle = _summary.advise(_summary_with(backward_loop=4.0, no_op_running=6.0), space)
+    assert [a.signal for a in idle] == ["overhead-bound step"] and "60%" in idle[0].evidence
+    copies = _summary.advise(_summary_with(backward_loop=5.0, **{"host<->device_copies": 5.0}), space)
+    assert [a.signal for a in copies] == ["host<->device copies"] and "swap_memory" in copies[0].action
+    slow = _summary_with(backward_loop=5.0, weight_gradients=5.0)
+    slow = slow._replace(rows=[r._replace(phase=_phases.WEIGHT_GRADIENTS, gflops=10.0) if r.phase == "weight gradients"
+                               else r for r in slow.rows])
+    advice = _summary.advise(slow, space, matmul_gflops=150.0)
+    assert [a.signal for a in advice] == [f"slow matmuls: {_phases.WEIGHT_GRADIENTS}"]
+    assert "10.0 GFLOP/s against 150 GFLOP/s" in advice[0].evidence
+
+
+# -- a GPU device plane (no GPU here: a synthetic XSpace in the layout TF's GPU tracer writes) --------
+
+def _gpu_space(path):
+    """An XSpace with a host step, the HLO module in ``/host:metadata`` and kernels on ``/device:GPU:0``.
+
+    Kernel events carry ``program_id`` and ``hlo_op`` stats, as XLA:GPU's kernel
+    annotations give them; the step runs 0-500 us: a recurrent matmul 0-100, the
+    gates 100-150, a weight-gradient matmul 200-400, the device idle otherwise.
+    """
+    from tensorflow.compiler.xla.service import hlo_pb2
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    module = hlo_pb2.HloProto()
+    comp = module.hlo_module.computations.add(name="main", id=1)
+    specs = [  # name, opcode, op_name, output shape, operand ids
+        ("p0", "parameter", "", [4, 16], []),
+        ("p1", "parameter", "", [16, 32], []),
+        ("dot.1", "dot", "fastcarry_lstm/recurrence/while/recurrent_matmul/MatMul", [4, 32], [1, 2]),
+        ("fusion.2", "fusion", "fastcarry_lstm/recurrence/while/gates/mul", [4, 32], [3]),
+        ("dot.3", "dot", "gradient_tape/fastcarry_lstm_grad/recurrence_grad/weights_grad/MatMul", [16, 32], [1, 4]),
+    ]
+    for i, (name, opcode, op_name, shape, operands) in enumerate(specs, start=1):
+        ins = comp.instructions.add(name=name, opcode=opcode, id=i)
+        ins.shape.dimensions.extend(shape)
+        ins.operand_ids.extend(operands)
+        ins.metadata.op_name = op_name
+        if opcode == "dot":
+            ins.dot_dimension_numbers.lhs_contracting_dimensions.append(1 if name == "dot.1" else 0)
+
+    space = xplane_pb2.XSpace()
+    meta = space.planes.add(id=1, name="/host:metadata")
+    meta.stat_metadata[1].id, meta.stat_metadata[1].name = 1, "Hlo Proto"
+    meta.event_metadata[7].id, meta.event_metadata[7].name = 7, "module"
+    meta.event_metadata[7].stats.add(metadata_id=1, bytes_value=module.SerializeToString())
+
+    host = space.planes.add(id=2, name="/host:CPU")
+    host.stat_metadata[1].id, host.stat_metadata[1].name = 1, "step_num"
+    host.event_metadata[1].id, host.event_metadata[1].name = 1, "train"
+    python = host.lines.add(id=1, name="python", timestamp_ns=1000)
+    step = python.events.add(metadata_id=1, offset_ps=0, duration_ps=500_000_000)
+    step.stats.add(metadata_id=1, int64_value=0)
+
+    gpu = space.planes.add(id=3, name="/device:GPU:0")
+    for sid, name in ((1, "program_id"), (2, "hlo_op")):
+        gpu.stat_metadata[sid].id, gpu.stat_metadata[sid].name = sid, name
+    stream = gpu.lines.add(id=7, name="Stream #7(Compute)", timestamp_ns=1000)
+    for k, (hlo, start_us, end_us) in enumerate((("dot.1", 0, 100), ("fusion.2", 100, 150), ("dot.3", 200, 400))):
+        gpu.event_metadata[k + 1].id, gpu.event_metadata[k + 1].name = k + 1, f"kernel_{hlo}"
+        event = stream.events.add(metadata_id=k + 1, offset_ps=start_us * 1_000_000,
+                                  duration_ps=(end_us - start_us) * 1_000_000)
+        event.stats.add(metadata_id=1, int64_value=7)
+        event.stats.add(metadata_id=2, str_value=hlo)
+    with open(path, "wb") as f:
+        f.write(space.SerializeToString())
+
+
+def test_gpu_kernels_are_attributed_by_their_hlo_ops(tmp_path):
+    from fastcarry.profiling import _summary, _xspace
+
+    path = tmp_path / "host.xplane.pb"
+    _gpu_space(path)
+    space = _xspace.read(str(path))
+    assert space.device_planes == ["/device:GPU:0"]
+    assert not any(isinstance(r.line, tuple) for r in space.runs)  # GPU kernel events span their work
+    summary = _summary.summarize(space)
+    assert summary.step_ms == pytest.approx(0.5)
+    ms = {r.phase: r.ms for r in summary.rows}
+    assert ms == pytest.approx({_phases.RECURRENT_MATMUL: 0.1, _phases.GATES: 0.05, _phases.WEIGHT_GRADIENTS: 0.2,
+                                _phases.IDLE: 0.15})
+    # dot.1: [4, 16] @ [16, 32] -> 2*4*32*16 FLOPs in 100 us
+    assert summary.row(_phases.RECURRENT_MATMUL).gflops == pytest.approx(2 * 4 * 32 * 16 / 100e-6 / 1e9)

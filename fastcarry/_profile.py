@@ -1,0 +1,111 @@
+"""``fastcarry profile``: one workload traced for fastcarry (and the Keras 3 layer), phases side by side.
+
+Each contender is a compiled step of the workload (``_bench``'s: forward, or
+forward plus the weight gradients under a random cotangent), traced with
+``fastcarry.profiling.trace`` into its own TensorBoard run ``<out>/<name>``,
+and summarised by phase. Written to ``out``: ``summary.json`` (every
+contender's ``Summary``), ``summary.md`` (the side-by-side table and each
+contender's advice) and ``summary.png`` (stacked bars: ms per step by phase).
+"""
+
+import json
+import os
+import sys
+
+CONTENDERS = ("fastcarry", "keras")
+
+
+def _contenders(workload, mode, against, seed=0):
+    """``{name: (step callable, scope of its RNN ops)}``."""
+    import numpy as np
+    import tensorflow as tf
+
+    from fastcarry import _bench
+    from fastcarry._check import KerasUnroll
+
+    rng = np.random.default_rng(seed)
+    w = workload
+    x = tf.constant(rng.standard_normal((w.batch, w.time, w.input)), tf.float32)
+    cot = tf.constant(rng.standard_normal((w.batch, w.time, w.units)), tf.float32)
+    out = {"fastcarry": (_bench._fastcarry(w, mode, x, cot), "fastcarry_")}
+    if "keras" in against:
+        keras = KerasUnroll(_bench._fc_cell(w))  # the same weights as fastcarry's cell
+        step = _bench._step(lambda x: keras.layer(x)[0], keras.weights, mode, cot, True)
+        out["keras"] = (lambda: step(x), keras.layer.name)
+    return out
+
+
+def run(workload, mode, against=(), steps=5, warmup=2, out_dir="profile", stream=sys.stderr):
+    """Traces and summarises every contender; writes the files; returns ``{name: Summary}``."""
+    import fastcarry.profiling as fcp
+    from fastcarry import _bench
+
+    contenders = _contenders(workload, mode, against)
+    bar = _bench.Progress(2 * len(contenders), stream)
+    summaries = {}
+    for name, (step, scope) in contenders.items():
+        bar.step(f"{name}: warm-up and {steps} traced steps")
+        prof = fcp.trace(step, logdir=os.path.join(out_dir, name), steps=steps, warmup=warmup)
+        bar.step(f"{name}: summary")
+        summaries[name] = prof.summary(label=name, scope=scope)
+    bar.close()
+    write(summaries, workload, mode, out_dir)
+    return summaries
+
+
+def table(summaries):
+    """The side-by-side Markdown table: a row per phase, ``ms (share)`` per contender."""
+    from fastcarry.profiling import PHASES
+
+    names = list(summaries)
+    lines = ["| phase | " + " | ".join(f"{n} ms" for n in names) + " |",
+             "|---|" + "---:|" * len(names)]
+    for phase in PHASES:
+        rows = [summaries[n].row(phase) for n in names]
+        if all(r.ms == 0 for r in rows):
+            continue
+        lines.append(f"| {phase} | " + " | ".join(f"{r.ms:.2f} ({r.share:.0%})" if r.ms else "–" for r in rows)
+                     + " |")
+    lines.append("| **step** | " + " | ".join(f"**{summaries[n].step_ms:.2f}**" for n in names) + " |")
+    return "\n".join(lines)
+
+
+def write(summaries, workload, mode, out_dir):
+    """``summary.json``, ``summary.md`` and ``summary.png`` in ``out_dir``."""
+    from fastcarry import _bench
+
+    os.makedirs(out_dir, exist_ok=True)
+    title = f"{workload.label} {mode}"
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump({"workload": workload._asdict(), "mode": mode, "machine": _bench.machine_info(),
+                   "contenders": {n: s.to_dict() for n, s in summaries.items()}}, f, indent=2)
+    parts = [f"# fastcarry profile: {title}", "", table(summaries)]
+    for name, summary in summaries.items():
+        parts += ["", f"## {name}", "", summary.to_markdown()]
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+    plot(summaries, os.path.join(out_dir, "summary.png"), title)
+
+
+def plot(summaries, path, title):
+    """Stacked bars, one per contender: ms per step by phase."""
+    from fastcarry import _bench
+    from fastcarry.profiling import PHASES
+
+    plt = _bench.require_matplotlib()
+    names = list(summaries)
+    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 4, 4.5))
+    bottoms = [0.0] * len(names)
+    colors = plt.get_cmap("tab20").colors
+    for k, phase in enumerate(PHASES):
+        heights = [summaries[n].row(phase).ms for n in names]
+        if not any(heights):
+            continue
+        ax.bar(names, heights, 0.6, bottom=bottoms, label=phase, color=colors[k % len(colors)])
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    ax.set_ylabel("ms per step")
+    ax.set_title(f"where a step's time goes: {title}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
