@@ -306,3 +306,28 @@ def test_gpu_kernels_are_attributed_by_their_hlo_ops(tmp_path):
                                 _phases.IDLE: 0.15})
     # dot.1: [4, 16] @ [16, 32] -> 2*4*32*16 FLOPs in 100 us
     assert summary.row(_phases.RECURRENT_MATMUL).gflops == pytest.approx(2 * 4 * 32 * 16 / 100e-6 / 1e9)
+
+
+def test_layout_and_swap_copies_are_found_in_a_graph_step(tmp_path):
+    """A caller's graph tf.function (no XLA around it): reverse= reorders time (layout), and
+    swap_memory's host copies and per-chunk fetches run as TF ops under ``fastcarry_swap``."""
+    cell = fc.LSTM(H, input_size=D, seed=0)
+    params = cell.trainable_variables
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            outputs, _ = fc.unroll(cell, x, reverse=True, swap_memory=True, chunk=4)
+            loss = tf.reduce_sum(outputs * outputs)
+        return tape.gradient(loss, params)
+
+    from fastcarry.profiling import _xspace
+
+    prof = fcp.trace(step, _x(), logdir=str(tmp_path), steps=2, warmup=1)
+    runs = _xspace.read(prof.xplane_paths[0]).runs
+    phase = {r.name: _phases.classify(r.name, r.kind, r.opcode) for r in runs}
+    swapped = {n for n in phase if "fastcarry_swap/fetch" in n or "fastcarry_swap/to_host" in n}
+    assert any("fetch" in n for n in swapped) and {phase[n] for n in swapped} == {_phases.COPIES}, swapped
+    assert any("/layout/" in n and phase[n] == _phases.LAYOUT for n in phase), sorted(phase)[:20]
+    summary = prof.summary(calibrate=False)
+    assert summary.row(_phases.LAYOUT).ms > 0 and summary.row(_phases.BACKWARD_LOOP).ms > 0
