@@ -35,11 +35,12 @@ def _contenders(workload, mode, against, seed=0):
     return out
 
 
-def run(workload, mode, against=(), steps=5, warmup=2, out_dir="profile", stream=sys.stderr):
+def run(workload, mode, against=(), steps=5, warmup=2, out_dir="fastcarry-profile", stream=sys.stderr):
     """Traces and summarises every contender; writes the files; returns ``{name: Summary}``."""
     import fastcarry.profiling as fcp
     from fastcarry import _bench
 
+    _bench.require_matplotlib()  # before minutes of tracing, not after
     contenders = _contenders(workload, mode, against)
     bar = _bench.Progress(2 * len(contenders), stream)
     summaries = {}
