@@ -1,5 +1,5 @@
 import sys
 
-from fastcarry._cli import main
+from fastcarry.tools.cli import main
 
 sys.exit(main())

@@ -439,6 +439,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory)
+    _validate.build_for(cell, args)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]

@@ -38,7 +38,7 @@ BACKWARDS = ("fused", "autodiff")
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
           backward="fused", chunk=None, parallel_iterations=None, swap_memory=False):
-    """Validates ``unroll``'s arguments and builds the cell if needed; returns ``Args``."""
+    """Validates ``unroll``'s arguments; returns ``Args``. It does not build the cell (``build_for`` does)."""
     if not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
     for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile"),
@@ -95,8 +95,13 @@ def _inputs(inputs, cell, time_major):
     if cell.built and feature != cell.input_dim:
         raise ValueError(f"inputs has feature dim {feature} (shape {tensor.shape}), expected {cell.input_dim} "
                          f"(the input_dim the cell was built for)")
-    cell.build(feature)
     return tensor
+
+
+def build_for(cell, args):
+    """Builds an unbuilt ``cell`` for the validated inputs' feature size D (first use)."""
+    if not cell.built:
+        cell.build(int(args.inputs.shape[-1]))
 
 
 def _component(value, name, batch, units, dtype):

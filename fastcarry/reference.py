@@ -109,6 +109,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     """
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory)
+    _validate.build_for(cell, args)
     if not isinstance(args.time, int):
         raise ValueError(f"reference.unroll needs a static T, got inputs of shape {args.inputs.shape}")
     x = args.inputs if time_major else tf.transpose(args.inputs, [1, 0, 2])

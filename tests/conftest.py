@@ -1,7 +1,7 @@
 """Shared test fixtures: cells by name, random data, tolerance-checked comparison.
 
 Tolerances are relative to the largest magnitude of the expected tensor, keyed
-by dtype (``fastcarry._check.TOLERANCE``; float32's 2e-5 is the acceptance bound).
+by dtype (``fastcarry.tools.check.TOLERANCE``; float32's 2e-5 is the acceptance bound).
 """
 
 import os
@@ -12,14 +12,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import fastcarry as fc  # noqa: E402
 # Before the tests compile anything: it adds --xla_cpu_enable_xprof_traceme to
 # XLA_FLAGS, and only programs compiled with it record op events (test_profiling;
 # the compiled functions are shared across test files).
 import fastcarry.profiling  # noqa: E402,F401
-from fastcarry import _check  # noqa: E402
+from fastcarry.tools import check as _check  # noqa: E402
+from fastcarry.tools import workload  # noqa: E402
 
-CELL_KINDS = ("lstm", "gru", "gru-reset-before", "rnn")
+CELL_KINDS = workload.CELLS
 
 
 def make_cell(kind, units, *, dtype=tf.float32, seed=0, input_dim=None, **kw):
@@ -27,18 +27,8 @@ def make_cell(kind, units, *, dtype=tf.float32, seed=0, input_dim=None, **kw):
 
     Biases are randomised (they initialise to zeros/ones), so every weight matters.
     """
-    if kind == "lstm":
-        cell = fc.LSTM(units, dtype=dtype, seed=seed, **kw)
-    elif kind == "gru":
-        cell = fc.GRU(units, reset_after=True, dtype=dtype, seed=seed, **kw)
-    elif kind == "gru-reset-before":
-        cell = fc.GRU(units, reset_after=False, dtype=dtype, seed=seed, **kw)
-    elif kind == "rnn":
-        cell = fc.SimpleRNN(units, dtype=dtype, seed=seed, **kw)
-    else:
-        raise ValueError(kind)
+    cell = workload.make_cell(kind, units, input_size=input_dim, dtype=dtype, seed=seed, **kw)
     if input_dim is not None:
-        cell.build(input_dim)
         rng = np.random.default_rng(seed + 100)
         cell.bias.assign(tf.cast(rng.standard_normal(cell.bias.shape) * 0.5, dtype))
     return cell

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from fastcarry import _bench, _cli
+from fastcarry.tools import bench as _bench
+
+from fastcarry.tools import cli as _cli
 
 pytest.importorskip("matplotlib")
 TINY = ["--cell", "gru", "--batch", "2", "--time", "5", "--input", "3", "--units", "4", "--repeats", "2"]
@@ -102,7 +104,7 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
 
 
 def test_memory_bench_quick_writes_every_row(tmp_path):
-    from fastcarry import _memory_bench
+    from fastcarry.tools import memory_bench as _memory_bench
 
     report = _memory_bench.run(_memory_bench.QUICK, str(tmp_path))
     rows = report["results"]
@@ -117,7 +119,7 @@ def test_memory_bench_quick_writes_every_row(tmp_path):
 
 
 def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):
-    from fastcarry import _profile_bench
+    from fastcarry.tools import profile_bench as _profile_bench
 
     assert _profile_bench.main(["--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())

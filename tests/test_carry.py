@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _check
+from fastcarry.tools import check as _check
 
 B, T, D, H = 3, 6, 4, 5
 SPLIT = 3

@@ -6,7 +6,8 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _check, _chunked, _unroll
+from fastcarry import _chunked, _unroll
+from fastcarry.tools import check as _check
 
 B, T, D, H = 3, 7, 4, 5
 # The bound for chunked against unchunked gradients, float32, relative to max |unchunked|.

@@ -5,7 +5,7 @@ import io
 import pytest
 
 import fastcarry as fc
-from fastcarry import _cli
+from fastcarry.tools import cli as _cli
 
 
 def _run(argv):

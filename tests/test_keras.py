@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras
 
 import fastcarry as fc
-from fastcarry import _check
+from fastcarry.tools import check as _check
 from conftest import assert_all_close, make_cell, random_inputs, random_state
 
 B, T, D, H = 3, 6, 4, 5

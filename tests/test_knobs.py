@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _check, _unroll
+from fastcarry import _unroll
+from fastcarry.tools import check as _check
 
 B, T, D, H = 3, 7, 4, 5
 

@@ -49,7 +49,7 @@ def test_regular_install_has_only_the_fastcarry_package(tmp_path):
     assert packages == ["fastcarry"], f"unexpected top-level modules/packages: {installed}"
     dist_info = [p for p in target.iterdir() if p.name.endswith(".dist-info")]
     assert len(dist_info) == 1, installed
-    assert "fastcarry = fastcarry._cli:main" in (dist_info[0] / "entry_points.txt").read_text()
+    assert "fastcarry = fastcarry.tools.cli:main" in (dist_info[0] / "entry_points.txt").read_text()
 
     probe = textwrap.dedent("""
         import json
@@ -100,7 +100,7 @@ def test_help_and_import_do_not_start_tensorflow(tmp_path):
         import contextlib, io, sys
         import fastcarry
         after_import = "tensorflow" in sys.modules
-        from fastcarry import _cli
+        from fastcarry.tools import cli as _cli
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             for argv in (["--help"], ["check", "--help"], ["bench", "--help"], ["profile", "--help"]):

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tf_keras.src.layers.rnn import legacy_cells
 
 import fastcarry as fc
-from fastcarry import _check
+from fastcarry.tools import check as _check
 from conftest import assert_all_close, random_inputs
 
 B, T, D, H = 3, 6, 4, 5

@@ -26,13 +26,15 @@ cotangent, written two ways:
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+from fastcarry.tools import report as _report
+from fastcarry.tools.workload import make_cell
 
 # The workload: LSTM B=16, T=8192, D=64, H=256.
 FULL = dict(cell="lstm", batch=16, time=8192, input=64, units=256, chunks=[None, 1024, 256, 64],
@@ -76,9 +78,7 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
     import fastcarry as fc
 
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    make = {"lstm": fc.LSTM, "gru": fc.GRU, "rnn": fc.SimpleRNN}[cell]
-    rnn = make(units, seed=0)
-    rnn.build(input_dim)
+    rnn = make_cell(cell, units, input_size=input_dim, seed=0)
     rng = np.random.default_rng(0)
     lead = (time_steps, batch) if time_major else (batch, time_steps)
     x = tf.constant(rng.standard_normal(lead + (input_dim,)), tf.float32)
@@ -122,7 +122,7 @@ def run(config, out_dir, stream=sys.stderr):
             for chunk in config["chunks"]]
     for loss, layout, chunk in rows:
         print(f"memory bench: loss={loss} {layout} chunk={chunk} ...", file=stream, flush=True)
-        argv = [sys.executable, "-m", "fastcarry._memory_bench", "--child", "--loss", loss, "--cell", config["cell"],
+        argv = [sys.executable, "-m", "fastcarry.tools.memory_bench", "--child", "--loss", loss, "--cell", config["cell"],
                 "--batch", str(config["batch"]), "--time", str(config["time"]), "--input", str(config["input"]),
                 "--units", str(config["units"]), "--repeats", str(config["repeats"])]
         if chunk is not None:
@@ -133,18 +133,9 @@ def run(config, out_dir, stream=sys.stderr):
         if done.returncode != 0:
             raise RuntimeError(f"memory bench child (chunk={chunk}) failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    import tensorflow as tf
-
     report = dict(workload={k: config[k] for k in ("cell", "batch", "time", "input", "units")},
-                  repeats=config["repeats"],
-                  machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(), tensorflow=tf.__version__),
-                  results=results)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(report))
-    _plot(report, os.path.join(out_dir, "results.png"))
+                  repeats=config["repeats"], machine=_report.machine_info(), results=results)
+    _report.write(out_dir, report, markdown(report), lambda path: _plot(report, path))
     return report
 
 
@@ -173,9 +164,7 @@ def markdown(report):
 
 
 def _plot(report, path):
-    from fastcarry._bench import require_matplotlib
-
-    plt = require_matplotlib()
+    plt = _report.require_matplotlib()
     rows = report["results"]
     labels = [f"{r['loss']}\n{r['layout'].split('-')[0]}\n{r['chunk'] or 'None'}" for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(9, 1.1 * len(rows)), 4))
@@ -185,9 +174,7 @@ def _plot(report, path):
     right.set(xlabel="loss, layout, chunk", ylabel="ms per training step", title="time")
     w = report["workload"]
     fig.suptitle(f"{w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _report.save_figure(fig, path, dpi=100)
 
 
 def main(argv=None):

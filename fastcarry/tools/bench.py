@@ -24,16 +24,17 @@ Outputs (``run``): ``results.json`` (every sample + machine info),
 """
 
 import functools
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import warnings
-from typing import NamedTuple
 
 import numpy as np
+
+from fastcarry.tools import report as _report
+from fastcarry.tools.report import Progress, machine_info, require_matplotlib
+from fastcarry.tools.workload import Workload, random_data, workload_cell
 
 MODES = ("infer", "train")
 # The grid's cells; "gru-reset-before" (reset_after=False, TF1 GRUCell's form) is
@@ -47,20 +48,6 @@ REFERENCE_MAX = 8 * 200 * 128
 # What each mode costs in units of the forward matmul FLOPs (backward ~ 2x forward).
 TRAIN_FLOP_FACTOR = 3
 CONTENDERS = ("fastcarry", "keras", "tf1", "reference", "roofline")
-
-
-class Workload(NamedTuple):
-    """One benchmarked shape: inputs ``[batch, time, input]``, ``units`` hidden units."""
-
-    cell: str
-    batch: int
-    time: int
-    input: int
-    units: int
-
-    @property
-    def label(self):
-        return f"{self.cell} {self.batch}x{self.time}x{self.input}x{self.units}"
 
 
 FULL_SHAPES = ((8, 200, 64, 128), (32, 100, 128, 256), (64, 100, 256, 512), (16, 500, 128, 256))
@@ -79,32 +66,7 @@ def matmul_flops(workload, mode):
     return forward * (TRAIN_FLOP_FACTOR if mode == "train" else 1)
 
 
-def require_matplotlib():
-    """Imports matplotlib with the Agg backend, or fails naming the ``bench`` extra."""
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError("fastcarry bench needs matplotlib for its plot: "
-                          "pip install 'fastcarry[bench]'") from e
-    matplotlib.use("Agg")  # no display: the plot only goes to a file
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # --- contenders: each builder returns a zero-argument callable running one step ---------------
-
-def _fc_cell(workload, seed=0):
-    import fastcarry as fc
-
-    units = workload.units
-    cell = {"lstm": lambda: fc.LSTM(units, seed=seed),
-            "gru": lambda: fc.GRU(units, reset_after=True, seed=seed),
-            "gru-reset-before": lambda: fc.GRU(units, reset_after=False, seed=seed),
-            "rnn": lambda: fc.SimpleRNN(units, seed=seed)}[workload.cell]()
-    cell.build(workload.input)
-    return cell
-
 
 def _step(run, variables, mode, cotangent, jit_compile):
     """A ``tf.function`` of ``run(x) -> outputs [B, T, H]``: forward, or forward + weight gradients.
@@ -131,15 +93,15 @@ def _step(run, variables, mode, cotangent, jit_compile):
 def _fastcarry(workload, mode, x, cotangent):
     import fastcarry as fc
 
-    cell = _fc_cell(workload)
+    cell = workload_cell(workload)
     fn = _step(lambda x: fc.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, True)
     return lambda: fn(x)
 
 
 def _keras(workload, mode, x, cotangent, jit_compile):
-    from fastcarry._check import KerasUnroll
+    from fastcarry.tools.check import KerasUnroll
 
-    keras = KerasUnroll(_fc_cell(workload))  # same weights as the fastcarry cell
+    keras = KerasUnroll(workload_cell(workload))  # same weights as the fastcarry cell
     # The layer returns [outputs, *states] (return_sequences and return_state are on).
     fn = _step(lambda x: keras.layer(x)[0], keras.weights, mode, cotangent, jit_compile)
     return lambda: fn(x)
@@ -174,7 +136,7 @@ def _tf1(workload, mode, x, cotangent):
 def _reference(workload, mode, x, cotangent):
     import fastcarry as fc
 
-    cell = _fc_cell(workload)
+    cell = workload_cell(workload)
     fn = _step(lambda x: fc.reference.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, False)
     return lambda: fn(x)
 
@@ -202,12 +164,8 @@ def reference_skipped(workload):
 
 def build_contenders(workload, mode, seed=0):
     """``{timing name: step callable}`` for one workload and mode; ``keras`` is timed as two variants."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
     w = workload
-    x = tf.constant(rng.standard_normal((w.batch, w.time, w.input)), tf.float32)
-    cot = tf.constant(rng.standard_normal((w.batch, w.time, w.units)), tf.float32)
+    x, cot = random_data(w, seed)
     steps = {
         "fastcarry": _fastcarry(w, mode, x, cot),
         "keras-graph": _keras(w, mode, x, cot, jit_compile=False),
@@ -278,34 +236,7 @@ def _fold_keras(timings):
 
 # --- progress bar ---------------------------------------------------------------------------------
 
-class Progress:
-    """A one-line text bar on ``stream``: ``[#####.....] 5/10 lstm 8x50x32x64 train keras-jit``."""
-
-    def __init__(self, total, stream=sys.stderr, width=30):
-        self.total, self.done, self.stream, self.width = total, 0, stream, width
-
-    def step(self, label):
-        self.done += 1
-        filled = self.width * self.done // max(self.total, 1)
-        bar = "#" * filled + "." * (self.width - filled)
-        # \r rewrites the line in a terminal; padding clears a longer previous label.
-        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label:<50}")
-        self.stream.flush()
-
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 # --- the run ------------------------------------------------------------------------------------
-
-def machine_info():
-    import tensorflow as tf
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "tensorflow": tf.__version__, "numpy": np.__version__}
-
 
 def validate(workloads, modes, repeats):
     """Raises ``ValueError`` with a clear message for an unusable grid."""
@@ -350,12 +281,7 @@ def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", s
     bar.close()
     report = {"machine": machine_info(), "repeats": repeats, "warmup_calls": WARMUP_CALLS,
               "contenders": list(CONTENDERS), "results": results}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write(markdown(report))
-    plot(report, os.path.join(out_dir, "results.png"), plt)
+    _report.write(out_dir, report, markdown(report), lambda path: plot(report, path, plt))
     return report
 
 
@@ -418,6 +344,4 @@ def plot(report, path, plt=None):
     ax.set_title(f"fastcarry vs Keras 3 ({report['machine']['cpu_count']} CPUs, "
                  f"TF {report['machine']['tensorflow']})")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _report.save_figure(fig, path, dpi=120)

@@ -10,7 +10,7 @@ import re
 import sys
 import tempfile
 
-CELLS = ("lstm", "gru", "gru-reset-before", "rnn")
+from fastcarry.tools.workload import CELLS, Workload, make_cell  # no TensorFlow at import
 
 
 def _positive(text):
@@ -77,9 +77,9 @@ def _profile_parser(sub):
 
 def profile(args, stream=sys.stderr):
     """Runs ``fastcarry profile``; prints the side-by-side table and the tensorboard command; returns 0."""
-    from fastcarry import _bench, _profile
+    from fastcarry.tools import profile as _profile
 
-    workload = _bench.Workload(args.cell, args.batch, args.time, args.input, args.units)
+    workload = Workload(args.cell, args.batch, args.time, args.input, args.units)
     summaries = _profile.run(workload, args.mode, against=tuple(args.against), steps=args.steps,
                              out_dir=args.out, stream=stream)
     print(f"fastcarry profile: {workload.label} {args.mode}, {args.steps} traced steps\n")
@@ -115,7 +115,7 @@ def _bench_parser(sub):
 
 
 def _cell_list(text):
-    from fastcarry import _bench
+    from fastcarry.tools import bench as _bench
 
     cells = [c for c in text.split(",") if c]
     bad = [c for c in cells if c not in _bench.BENCH_CELLS]
@@ -126,8 +126,8 @@ def _cell_list(text):
 
 
 def bench_workloads(args):
-    """The ``_bench.Workload`` list ``fastcarry bench`` arguments ask for."""
-    from fastcarry import _bench
+    """The ``Workload`` list ``fastcarry bench`` arguments ask for."""
+    from fastcarry.tools import bench as _bench
 
     custom = {"cell": args.cell, "batch": args.batch, "time": args.time, "input": args.input,
               "units": args.units}
@@ -136,17 +136,17 @@ def bench_workloads(args):
             raise SystemExit("fastcarry bench: --quick and --cells choose a fixed grid; drop them to time your "
                              "own shape")
         defaults = dict(cell="lstm", batch=8, time=100, input=64, units=128)
-        return [_bench.Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
+        return [Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
     grid = _bench.QUICK_GRID if args.quick else _bench.FULL_GRID
     if not args.cells:
         return list(grid)
     shapes = list(dict.fromkeys(w[1:] for w in grid))  # the grid's shapes, in order
-    return [_bench.Workload(c, *shape) for c in args.cells for shape in shapes]
+    return [Workload(c, *shape) for c in args.cells for shape in shapes]
 
 
 def bench(args, stream=sys.stderr):
     """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
-    from fastcarry import _bench
+    from fastcarry.tools import bench as _bench
 
     workloads = bench_workloads(args)
     repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
@@ -157,25 +157,13 @@ def bench(args, stream=sys.stderr):
     return 0
 
 
-def _cell(name, units, seed):
-    import fastcarry as fc
-
-    if name == "lstm":
-        return fc.LSTM(units, seed=seed)
-    if name == "gru":
-        return fc.GRU(units, reset_after=True, seed=seed)
-    if name == "gru-reset-before":
-        return fc.GRU(units, reset_after=False, seed=seed)
-    return fc.SimpleRNN(units, seed=seed)
-
-
 def check(args, out=sys.stdout):
     """Runs the comparisons; returns the process exit code (0 all PASS, 1 any FAIL)."""
     import numpy as np
     import tensorflow as tf
 
     import fastcarry as fc
-    from fastcarry import _check
+    from fastcarry.tools import check as _check
 
     if args.seq_lengths is not None:
         if len(args.seq_lengths) != args.batch:
@@ -185,8 +173,7 @@ def check(args, out=sys.stdout):
             raise SystemExit(f"fastcarry check: --seq-lengths values must be in [0, T={args.time}], "
                              f"got {args.seq_lengths}")
     rng = np.random.default_rng(args.seed)
-    cell = _cell(args.cell, args.units, args.seed)
-    cell.build(args.input)
+    cell = make_cell(args.cell, args.units, input_size=args.input, seed=args.seed)
     shape = (args.time, args.batch, args.input) if args.time_major else (args.batch, args.time, args.input)
     inputs = rng.standard_normal(shape)
     initial = [rng.standard_normal((args.batch, n)) * 0.5 for n in tf.nest.flatten(cell.state_size)]

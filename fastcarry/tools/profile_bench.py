@@ -16,12 +16,14 @@ calibration matmul excluded and reported apart). Writes ``results.json``,
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+
+from fastcarry.tools import report
+from fastcarry.tools.workload import Workload, random_data, workload_cell
 
 FLAG = "--xla_cpu_enable_xprof_traceme"
 
@@ -34,15 +36,12 @@ def _without_flag():
 
 
 def _step(workload, seed):
-    import numpy as np
     import tensorflow as tf
 
     import fastcarry as fc
 
-    cell = fc.LSTM(workload.units, input_size=workload.input, seed=seed)
-    rng = np.random.default_rng(seed)
-    x = tf.constant(rng.standard_normal((workload.batch, workload.time, workload.input)), tf.float32)
-    cot = tf.constant(rng.standard_normal((workload.batch, workload.time, workload.units)), tf.float32)
+    cell = workload_cell(workload, seed)
+    x, cot = random_data(workload, seed)
     params = cell.trainable_variables
 
     @tf.function(jit_compile=True)
@@ -120,9 +119,7 @@ def markdown(result):
 
 
 def plot(result, path):
-    from fastcarry import _bench
-
-    plt = _bench.require_matplotlib()
+    plt = report.require_matplotlib()
     m = result["median_ms"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = ["plain", "hooks", "traced"]
@@ -130,9 +127,7 @@ def plot(result, path):
     ax.set_ylabel("ms per step (median)")
     w = result["workload"]
     ax.set_title(f"profiling overhead, LSTM {w['batch']}x{w['time']}x{w['input']}x{w['units']} train")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):
@@ -141,16 +136,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="a small shape, 3 repeats")
     args = parser.parse_args(argv)
-    from fastcarry import _bench
-
-    workload = _bench.Workload("lstm", 8, 20, 16, 32) if args.quick else _bench.Workload("lstm", 32, 100, 128, 256)
+    workload = Workload("lstm", 8, 20, 16, 32) if args.quick else Workload("lstm", 32, 100, 128, 256)
     result = run(workload, repeats=3 if args.quick else args.repeats)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
     text = markdown(result)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text + "\n")
-    plot(result, os.path.join(args.out, "results.png"))
+    report.write(args.out, result, text, lambda path: plot(result, path))
     print(text)
     return 0

@@ -8,28 +8,25 @@ contender's ``Summary``), ``summary.md`` (the side-by-side table and each
 contender's advice) and ``summary.png`` (stacked bars: ms per step by phase).
 """
 
-import json
 import os
 import sys
+
+from fastcarry.tools import report
+from fastcarry.tools.workload import random_data, workload_cell
 
 CONTENDERS = ("fastcarry", "keras")
 
 
 def _contenders(workload, mode, against, seed=0):
-    """``{name: (step callable, scope of its RNN ops)}``."""
-    import numpy as np
-    import tensorflow as tf
+    """``{name: (step callable, what marks its RNN's ops)}``."""
+    from fastcarry.tools import bench as _bench
+    from fastcarry.tools.check import KerasUnroll
 
-    from fastcarry import _bench
-    from fastcarry._check import KerasUnroll
-
-    rng = np.random.default_rng(seed)
     w = workload
-    x = tf.constant(rng.standard_normal((w.batch, w.time, w.input)), tf.float32)
-    cot = tf.constant(rng.standard_normal((w.batch, w.time, w.units)), tf.float32)
+    x, cot = random_data(w, seed)
     out = {"fastcarry": (_bench._fastcarry(w, mode, x, cot), "fastcarry_")}
     if "keras" in against:
-        keras = KerasUnroll(_bench._fc_cell(w))  # the same weights as fastcarry's cell
+        keras = KerasUnroll(workload_cell(w))  # the same weights as fastcarry's cell
         step = _bench._step(lambda x: keras.layer(x)[0], keras.weights, mode, cot, True)
         out["keras"] = (lambda: step(x), keras.layer.name)
     return out
@@ -38,11 +35,10 @@ def _contenders(workload, mode, against, seed=0):
 def run(workload, mode, against=(), steps=5, warmup=2, out_dir="fastcarry-profile", stream=sys.stderr):
     """Traces and summarises every contender; writes the files; returns ``{name: Summary}``."""
     import fastcarry.profiling as fcp
-    from fastcarry import _bench
 
-    _bench.require_matplotlib()  # before minutes of tracing, not after
+    report.require_matplotlib()  # before minutes of tracing, not after
     contenders = _contenders(workload, mode, against)
-    bar = _bench.Progress(2 * len(contenders), stream)
+    bar = report.Progress(2 * len(contenders), stream)
     summaries = {}
     for name, (step, scope) in contenders.items():
         bar.step(f"{name}: warm-up and {steps} traced steps")
@@ -73,27 +69,20 @@ def table(summaries):
 
 def write(summaries, workload, mode, out_dir):
     """``summary.json``, ``summary.md`` and ``summary.png`` in ``out_dir``."""
-    from fastcarry import _bench
-
-    os.makedirs(out_dir, exist_ok=True)
     title = f"{workload.label} {mode}"
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump({"workload": workload._asdict(), "mode": mode, "machine": _bench.machine_info(),
-                   "contenders": {n: s.to_dict() for n, s in summaries.items()}}, f, indent=2)
+    data = {"workload": workload._asdict(), "mode": mode, "machine": report.machine_info(),
+            "contenders": {n: s.to_dict() for n, s in summaries.items()}}
     parts = [f"# fastcarry profile: {title}", "", table(summaries)]
     for name, summary in summaries.items():
         parts += ["", f"## {name}", "", summary.to_markdown()]
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write("\n".join(parts) + "\n")
-    plot(summaries, os.path.join(out_dir, "summary.png"), title)
+    report.write(out_dir, data, "\n".join(parts), lambda path: plot(summaries, path, title), stem="summary")
 
 
 def plot(summaries, path, title):
     """Stacked bars, one per contender: ms per step by phase."""
-    from fastcarry import _bench
     from fastcarry.profiling import PHASES
 
-    plt = _bench.require_matplotlib()
+    plt = report.require_matplotlib()
     names = list(summaries)
     fig, ax = plt.subplots(figsize=(2.2 * len(names) + 4, 4.5))
     bottoms = [0.0] * len(names)
@@ -107,6 +96,4 @@ def plot(summaries, path, title):
     ax.set_ylabel("ms per step")
     ax.set_title(f"where a step's time goes: {title}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.save_figure(fig, path, dpi=110)

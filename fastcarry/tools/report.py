@@ -1,0 +1,67 @@
+"""What every tool's run writes and shows: machine facts, a progress bar, JSON + Markdown + PNG."""
+
+import json
+import os
+import platform
+import sys
+
+
+def machine_info():
+    """Platform, processor, Python, CPU count, TensorFlow and numpy versions."""
+    import numpy as np
+    import tensorflow as tf
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def require_matplotlib():
+    """Imports matplotlib with the Agg backend, or fails naming the ``bench`` extra."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("fastcarry's benchmarks and profile need matplotlib for their plots: "
+                          "pip install 'fastcarry[bench]'") from e
+    matplotlib.use("Agg")  # no display: the plot only goes to a file
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Progress:
+    """A one-line text bar on ``stream``: ``[#####.....] 5/10 lstm 8x50x32x64 train keras-jit``."""
+
+    def __init__(self, total, stream=sys.stderr, width=30):
+        self.total, self.done, self.stream, self.width = total, 0, stream, width
+
+    def step(self, label):
+        self.done += 1
+        filled = self.width * self.done // max(self.total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        # \r rewrites the line in a terminal; padding clears a longer previous label.
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label:<50}")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def save_figure(fig, path, dpi=110):
+    """Lays ``fig`` out, writes it to ``path`` as PNG and frees it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def write(out_dir, data, markdown, plot, *, stem="results"):
+    """``<stem>.json`` (``data``), ``<stem>.md`` (``markdown``) and ``<stem>.png`` (``plot(path)``) in ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+        f.write(markdown if markdown.endswith("\n") else markdown + "\n")
+    plot(os.path.join(out_dir, f"{stem}.png"))
