@@ -3,7 +3,7 @@
 The seed's ``grad_ys`` chaining (``../shared/seeds``, document 001), automated:
 the forward runs chunk after chunk and keeps only the state at each chunk's
 start; the backward walks the chunks in reverse, re-runs each chunk's forward
-from its start state (saving what ``fastcarry._loop.backward`` needs, for this
+from its start state (saving what ``fastcarry._backward.backward`` needs, for this
 chunk only), and carries dL/dstate from one chunk into the one before.
 
 Memory for the backward pass: ``ceil(T / C)`` boundary states plus one chunk's
@@ -16,7 +16,7 @@ Everything is in processing order, like ``fastcarry._loop``: time-major
 
 import tensorflow as tf
 
-from fastcarry import _loop
+from fastcarry import _backward, _loop, _time
 
 
 def _shift(lengths, start):
@@ -36,33 +36,33 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
       chunk: static int >= 1, steps per chunk (T need not be a multiple).
       parallel_iterations: for every while loop (graph only).
       batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
-        order), read and written a chunk at a time (see ``fastcarry._loop.Time``).
+        order), read and written a chunk at a time (see ``fastcarry._time.Time``).
 
     Returns:
       ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
       per flattened state component, of ``[N, B, ..]`` with N the number of
       chunks (``ceil(T / chunk)``): the state each chunk starts from.
     """
-    plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
-    time = _loop.Time(plan, chunk, batch_major)
-    bounds = _loop._tas_like(state, _n_chunks(plan))
+    plan = _time.make_plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
+    time = _time.Time(plan, chunk, batch_major)
+    bounds = _time.tensor_arrays_like(state, _n_chunks(plan))
     x_chunk, x_tail = time.reader(plan.x)
     ys = time.new(x, core.output_size)
 
     def body(i, state, ys, bounds):
-        bounds = _loop._write(bounds, i, state)
+        bounds = _time.write_all(bounds, i, state)
         ys_c, state, _ = _loop.forward(core, params, x_chunk(i), state, _shift(plan.lengths, i * chunk), unroll,
                                        parallel_iterations=parallel_iterations)
         return i + 1, state, time.put(ys, i, ys_c), bounds
 
     with tf.name_scope("chunks"):
-        if _loop.has_loop(plan):
+        if _time.has_loop(plan):
             _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
                                                  maximum_iterations=plan.n_loop,
-                                                 **_loop.while_options(parallel_iterations))
+                                                 **_time.while_options(parallel_iterations))
         ys_tail = None
         if plan.tail:
-            bounds = _loop._write(bounds, plan.n_loop, state)
+            bounds = _time.write_all(bounds, plan.n_loop, state)
             ys_tail, state, _ = _loop.forward(core, params, x_tail, state, _shift(plan.lengths, plan.tail.start),
                                               unroll, parallel_iterations=parallel_iterations)
     return time.finish(ys, ys_tail), state, [b.stack() for b in bounds]
@@ -73,7 +73,7 @@ def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
     def grad(x, state, lengths, dys, dfinal):
         with tf.name_scope("recompute"):  # a phase of its own in fastcarry.profiling
             _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations)
-        return _loop.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal, parallel_iterations)
+        return _backward.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal, parallel_iterations)
     return grad
 
 
@@ -105,10 +105,10 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     Returns:
       ``(dx [T, B, D] ([B, T, D] with batch_major), dstate0, dparams)``.
     """
-    plan = _loop._plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
-    time = _loop.Time(plan, chunk, batch_major)
-    dys = _loop._pad_time(plan, dys)  # dynamic T: x was padded to whole chunks; dys likewise
-    bounds = [_loop._ta(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
+    plan = _time.make_plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
+    time = _time.Time(plan, chunk, batch_major)
+    dys = _time.pad_time(plan, dys)  # dynamic T: x was padded to whole chunks; dys likewise
+    bounds = [_time.tensor_array(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
     def start_state(i):
         return tf.nest.pack_sequence_as(state_like, [ta.read(i) for ta in bounds])
@@ -128,7 +128,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
             dx_tail, dstate, dp = chunk_grad(x_tail, start_state(plan.n_loop), _shift(plan.lengths, start),
                                              dys_tail, dstate)
             dparams = add(dparams, dp)
-        if _loop.has_loop(plan):
+        if _time.has_loop(plan):
             def body(i, dstate, dparams, dxs):
                 dx_c, dstate, dp = chunk_grad(x_chunk(i), start_state(i), _shift(plan.lengths, i * chunk),
                                               dys_chunk(i), dstate)
@@ -136,5 +136,5 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
 
             _, dstate, dparams, dxs = tf.while_loop(
                 lambda i, *_: i >= 0, body, (plan.n_loop - 1, dstate, dparams, dxs),
-                maximum_iterations=plan.n_loop, **_loop.while_options(parallel_iterations))
+                maximum_iterations=plan.n_loop, **_time.while_options(parallel_iterations))
     return time.finish(dxs, dx_tail), dstate, dparams

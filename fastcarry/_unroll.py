@@ -10,7 +10,7 @@ import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _chunked, _loop, _validate
+from fastcarry import _backward, _chunked, _loop, _validate
 
 
 # unroll=None: steps per loop iteration by cell kind. Measured on a 2-core CPU
@@ -69,7 +69,7 @@ def _permute_from(seq, lengths, opts):
 def _direct(opts, seq):
     """Whether the loops read and write batch-major ``seq [B, T, ..]`` as it is (no reversal, static T).
 
-    Then no transposed copy of a whole sequence is made (see ``fastcarry._loop.Time``).
+    Then no transposed copy of a whole sequence is made (see ``fastcarry._time.Time``).
     Only under XLA, which updates the ``[B, T, ..]`` result in place: TF's graph
     executor copies it on every loop iteration (6x slower inference at B16 T500).
     """
@@ -129,7 +129,7 @@ def _backward_fn(core, opts):
             direct = _direct(opts, dys)
 
             def grad(x_proc, dys_in):
-                return _loop.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
+                return _backward.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
                                       opts.parallel_iterations, dys_batch_major=direct)
 
             return _in_processing_order(x, dys, lengths, opts, grad, convert_dys=not direct)

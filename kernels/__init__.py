@@ -22,7 +22,7 @@ fused backward uses:
 with ``step(params, state, xp_t) == update(state, combine(xp_t, recurrent(params, recurrent_input(state))))``.
 The reset-before GRU has a second, dependent matmul, ``(r * h) @ U_h``, given as
 ``reset_state(state, a) -> r * h``, ``recurrent_candidate(params, g)`` and
-``add_candidate(a, rec)`` (``fastcarry._loop.Inner``).
+``add_candidate(a, rec)`` (``fastcarry._protocol.Inner``).
 
 The time loop lives in ``fastcarry._loop``; nothing here knows about time.
 """

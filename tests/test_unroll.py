@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry.tools import check as _check
-from fastcarry._loop import Core
+from fastcarry._protocol import Core
 
 B, T, D, H = 3, 7, 4, 5
 
