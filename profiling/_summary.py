@@ -133,7 +133,8 @@ def attribute(runs, start_ps, end_ps, scope=_phases.FASTCARRY):
     pieces = [p for p in pieces if p[1] > p[0]]
     events = sorted([(s, 1, i) for i, (s, e, r) in enumerate(pieces)] + [(e, -1, i) for i, (s, e, r) in enumerate(pieces)],
                     key=lambda ev: (ev[0], ev[1]))
-    phase_of = [_phases.classify(r.name, r.kind, r.opcode, scope) for _, _, r in pieces]
+    phases = {id(r): _phases.classify(r.name, r.kind, r.opcode, scope) for r in inside}
+    phase_of = [phases[id(r)] for _, _, r in pieces]
     times, active, last = {}, set(), start_ps
     for t, change, i in events:
         if t > last:
@@ -157,7 +158,7 @@ def attribute(runs, start_ps, end_ps, scope=_phases.FASTCARRY):
     flops, counts = {}, {}
     for r in inside:
         if start_ps <= r.start_ps < end_ps and not isinstance(r.line, tuple):  # an async remainder is no new run
-            phase = _phases.classify(r.name, r.kind, r.opcode, scope)
+            phase = phases[id(r)]
             flops[phase] = flops.get(phase, 0) + r.flops
             counts[phase] = counts.get(phase, 0) + 1
     return times, busy, flops, counts
@@ -175,13 +176,8 @@ def _merged(intervals):
 
 
 def _union_ps(intervals):
-    total, end = 0, None
-    for s, e in sorted(intervals):
-        if end is None or s >= end:
-            total, end = total + e - s, e
-        elif e > end:
-            total, end = total + e - end, e
-    return total
+    """The time covered by ``(start, end)`` intervals, overlaps counted once."""
+    return sum(e - s for s, e in _merged(intervals))
 
 
 def summarize(space, *, label="", scope=_phases.FASTCARRY, matmul_gflops=None, minor_faults_per_step=None):

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from fastcarry.tools import report
-from fastcarry.tools.workload import Workload, random_data, workload_cell
+from fastcarry.tools.workload import Workload, random_data
 
 FLAG = "--xla_cpu_enable_xprof_traceme"
 
@@ -36,21 +36,11 @@ def _without_flag():
 
 
 def _step(workload, seed):
-    import tensorflow as tf
+    """A new compiled training step of ``workload``: the one ``fastcarry bench`` times."""
+    from fastcarry.tools import bench
 
-    import fastcarry as fc
-
-    cell = workload_cell(workload, seed)
     x, cot = random_data(workload, seed)
-    params = cell.trainable_variables
-
-    @tf.function(jit_compile=True)
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(fc.unroll(cell, x)[0] * cot)
-        return tape.gradient(loss, params)
-
-    return lambda: step(x)
+    return bench._fastcarry(workload, "train", x, cot)
 
 
 def run(workload, repeats=7, steps=5, stream=sys.stderr):
