@@ -7,6 +7,14 @@ Public surface::
     outputs, state = fc.unroll(cell, inputs)        # inputs [B, T, D] -> outputs [B, T, H]
     fc.reference.unroll(cell, inputs)               # the plain specification, same signature
     carry = fc.Carry(cell, batch_size=B)            # state carried across calls: y = carry(x_chunk)
+    fc.unroll(keras.layers.GRUCell(H), inputs)      # Keras and TF1 cells too (fc.as_cell)
+    fc.unroll(fc.FunctionCell(step, H, H, variables), inputs)   # a step function
+    fc.unroll(fc.Stack([cell1, cell2]), inputs)     # MultiRNNCell
+    fc.bidirectional(cell_fw, cell_bw, inputs)      # bidirectional_dynamic_rnn
+
+The cell protocol (``fc.CellProtocol``, ``fc.Core``, ``fc.RecurrentSplit``,
+``fc.SecondMatmul``) is public: a cell that gives its step as a split gets
+the hand-written backward.
 
 The names are imported on first use, not by ``import fastcarry``: the command
 line (``fastcarry --help``) must not wait seconds for TensorFlow to start.
@@ -21,6 +29,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Carry": ("fastcarry._carry", "Carry"),
     "Cell": ("fastcarry._cells", "Cell"),
+    "CellProtocol": ("fastcarry._protocol", "CellProtocol"),
+    "Core": ("fastcarry._protocol", "Core"),
+    "FunctionCell": ("fastcarry._generic", "FunctionCell"),
+    "RecurrentSplit": ("fastcarry._protocol", "RecurrentSplit"),
+    "SecondMatmul": ("fastcarry._protocol", "SecondMatmul"),
+    "Stack": ("fastcarry._stack", "Stack"),
+    "as_cell": ("fastcarry._generic", "as_cell"),
+    "bidirectional": ("fastcarry._bidirectional", "bidirectional"),
     "GRU": ("fastcarry._cells", "GRU"),
     "LSTM": ("fastcarry._cells", "LSTM"),
     "LSTMState": ("fastcarry.kernels.lstm", "LSTMState"),
@@ -33,11 +49,19 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry import reference as reference
+    from fastcarry._bidirectional import bidirectional as bidirectional
     from fastcarry._carry import Carry as Carry
     from fastcarry._cells import GRU as GRU
     from fastcarry._cells import LSTM as LSTM
     from fastcarry._cells import Cell as Cell
     from fastcarry._cells import SimpleRNN as SimpleRNN
+    from fastcarry._generic import FunctionCell as FunctionCell
+    from fastcarry._generic import as_cell as as_cell
+    from fastcarry._protocol import CellProtocol as CellProtocol
+    from fastcarry._protocol import Core as Core
+    from fastcarry._protocol import RecurrentSplit as RecurrentSplit
+    from fastcarry._protocol import SecondMatmul as SecondMatmul
+    from fastcarry._stack import Stack as Stack
     from fastcarry._unroll import unroll as unroll
     from fastcarry.kernels.lstm import LSTMState as LSTMState
 

@@ -8,9 +8,11 @@ takes the VJP of one step at a time at the state saved by ``forward``, and
 carries only the state gradient. Time-major, processing order, as ``forward``.
 """
 
+from typing import Callable, NamedTuple
+
 import tensorflow as tf
 
-from fastcarry._protocol import masked_step, masked_update, step_shapes, valid_rows
+from fastcarry._step import masked_update, step_shapes, valid_rows, weights
 from fastcarry._time import (make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, while_options,
                              write_all)
 
@@ -29,6 +31,20 @@ def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
                          **while_options(parallel_iterations))[1:]
 
 
+class _Pass(NamedTuple):
+    """What one backward pass over time reads (time-major, processing order)."""
+
+    core: object            # the cell's Core
+    params: object          # its params (tensors)
+    x: tf.Tensor            # [T, B, D]
+    plan: object            # fastcarry._time.Plan of x
+    unroll: int             # steps per loop iteration
+    read_state: Callable    # t -> the state before step t (the state's structure of [B, ..])
+    dys_at: Callable        # t -> dL/dy_t [B, H]
+    dfinal: object          # dL/d final state
+    parallel_iterations: object
+
+
 def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, parallel_iterations=None,
              dys_batch_major=False):
     """The gradient of ``forward`` by a reverse loop over time.
@@ -44,8 +60,9 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
         read one step at a time instead of as a transposed copy.
 
     Returns:
-      ``(dx [T, B, D], dstate0, dparams)``, the last two in the structures of
-      ``state`` and ``params``.
+      ``(dx [T, B, D], dstate0, dweights)``: ``dstate0`` in the state's
+      structure, ``dweights`` in that of ``weights(core, params)`` =
+      ``(params, core.variables)``.
 
     With a split core (cuDNN's scheme) the loop carries only the state
     gradient; per step it takes the VJP of the elementwise ``update`` at the
@@ -53,10 +70,11 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
     After the loop everything else is a few large matmuls over all ``[T * B]``
     rows: ``d kernel = Xᵀ·DXP``, ``dx = DXP·kernelᵀ``, ``d recurrent_kernel =
     H_prevᵀ·DREC``, biases as sums (for LSTM and SimpleRNN ``DXP = DREC = DA``).
-    A split with an ``inner`` matmul (reset-before GRU) adds its VJP to the
-    loop and ``d U_h = Gᵀ·DREC2`` (``G = inner.input`` of every step) after it.
-    Without a split it takes the VJP of each whole step and sums weight
-    gradients step by step.
+    A split with a second matmul (reset-before GRU) adds its VJP to the
+    loop and ``d U_h = Gᵀ·DREC2`` (``G = second.input`` of every step) after it.
+    Without a split the loop takes the VJP of each step w.r.t. the state
+    only, writing the cotangents of its results; the weight and input
+    gradients are then one VJP of the step over all ``T * B`` rows at once.
     """
     plan = make_plan(x, lengths, unroll)
     dys, padded = pad_time(plan, dys), [pad_time(plan, s) for s in saved]
@@ -71,39 +89,62 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
     def read_state(t):
         return tf.nest.pack_sequence_as(state_like, [ta.read(t) for ta in saved_tas[:n_state]])
 
+    run = _Pass(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations)
+    states = tf.nest.pack_sequence_as(state_like, saved[:n_state])
     with tf.name_scope("recurrence_grad"):
         if core.split is None:
-            return _per_step_vjps(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations)
-        return _fused_vjps(core, params, x, plan, unroll, read_state, saved_tas[n_state:],
-                           saved[:n_state], saved[n_state:], state_like, dys_at, dfinal, parallel_iterations)
+            return _per_step_vjps(run, states)
+        return _fused_vjps(run, saved_tas[n_state:], states, saved[n_state:], state_like)
 
 
-def _per_step_vjps(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations):
-    with tf.GradientTape() as tape:
-        tape.watch([x, params])
-        with tf.name_scope("project"):
-            # Padded again under the tape (plan.x was padded outside it) so dx reaches x.
-            xp = core.project(params, make_plan(x, plan.lengths, unroll).x)
+def _per_step_vjps(run, states):
+    """The backward of a core without a split: per step the state's VJP, then one VJP over every row.
+
+    The loop asks the tape for the state's gradient only, so no per-step
+    weight gradient ([B, D]ᵀ @ [B, G] matmuls and [D, G] sums, T times) is
+    made; it writes the cotangents of each step's (unmasked) results instead.
+    The step treats batch rows independently, so the weight and input
+    gradients of all T steps are one VJP of the step over ``[T * B]`` rows:
+    large matmuls where XLA does best.
+    """
+    core, params, plan = run.core, run.params, run.plan
+    with tf.name_scope("project"):
+        xp = core.project(params, plan.x)
     xs = tensor_array(xp.dtype, plan.t_run, xp.shape[1:]).unstack(xp)
 
-    def one_vjp(t, dstate, dparams, dxs):
-        state, xp_t = read_state(t), xs.read(t)
+    def one_vjp(t, dstate, douts):
+        state, xp_t = run.read_state(t), xs.read(t)
+        valid = valid_rows(t, plan.lengths)
+        # Past a row's length the step's results are discarded (``mask``): their
+        # cotangents are zero and the state's passes through unchanged.
+        dnew, dy = _masked_cotangents(valid, dstate, run.dys_at(t))
         with tf.GradientTape() as step_tape:
-            step_tape.watch([state, xp_t, params])
-            new_state, y = masked_step(core, params, state, xp_t, valid_rows(t, plan.lengths))
-        dstate, dxp_t, dparams_t = step_tape.gradient(
-            [new_state, y], [state, xp_t, params], output_gradients=[dstate, dys_at(t)],
-            unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return dstate, tf.nest.map_structure(tf.add, dparams, dparams_t), dxs.write(t, dxp_t)
+            step_tape.watch(state)
+            new_state, y = core.run_step(params, state, xp_t)
+        dstep = step_tape.gradient([new_state, y], state, output_gradients=[dnew, dy],
+                                   unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if valid is not None:
+            dstep = tf.nest.map_structure(lambda d, passed: tf.where(valid, d, passed), dstep, dstate)
+        return dstep, write_all(douts, t, (dnew, dy))
 
-    dparams = tf.nest.map_structure(tf.zeros_like, params)
-    dxs = tensor_array(xp.dtype, plan.t_run, xp.shape[1:])
-    dstate, dparams, dxs = _reverse_loop(one_vjp, (dfinal, dparams, dxs), plan.n_loop, unroll, plan.tail,
-                                         parallel_iterations)
-    with tf.name_scope("project_grad"):
-        dx, dparams_in = tape.gradient(xp, [x, params], output_gradients=dxs.stack(),
-                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return dx, dstate, tf.nest.map_structure(tf.add, dparams, dparams_in)
+    douts = tensor_arrays_like(run.dfinal, plan.t_run) + [
+        tensor_array(xp.dtype, plan.t_run, tf.TensorShape([run.x.shape[1], core.output_size]))]
+    dstate, douts = _reverse_loop(one_vjp, (run.dfinal, douts), plan.n_loop, run.unroll, plan.tail,
+                                  run.parallel_iterations)
+    stacked = [ta.stack()[: plan.t_true] for ta in douts]
+    dnew, dy = tf.nest.pack_sequence_as(run.dfinal, stacked[:-1]), stacked[-1]
+
+    with tf.name_scope("weights_grad"):
+        w = weights(core, params)
+        with tf.GradientTape() as tape:
+            tape.watch([run.x, w])
+            xp_all = core.project(params, run.x)
+            rows = tf.nest.map_structure(_flat_rows, (states, xp_all))
+            new_state, y = core.run_step(params, *rows)
+        dx, dw = tape.gradient([new_state, y], [run.x, w],
+                               output_gradients=[tf.nest.map_structure(_flat_rows, dnew), _flat_rows(dy)],
+                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return dx, dstate, dw
 
 
 def _linear_vjp(f, primals, cotangent):
@@ -130,48 +171,57 @@ def _matmul_input_vjp(recurrent, recurrent_input, params, kernel_t, primals, dre
     return tape.gradient(out, primals, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def _masked_cotangents(valid, dstate, dy):
+    """The cotangents of a step's results before ``mask``: zero for rows past their length."""
+    if valid is None:
+        return dstate, dy
+    return tf.nest.map_structure(lambda d: tf.where(valid, d, tf.zeros_like(d)), (dstate, dy))
+
+
 def _stacked(like, t):
     """Zeros ``[T, B, ..]`` for each ``[B, ..]`` in ``like``."""
     return tf.nest.map_structure(lambda s: tf.zeros(tf.concat([[t], tf.shape(s)], 0), s.dtype), like)
 
 
-def _flat(rows):
-    """``[T, B, K] -> [T * B, K]``: one matmul over every (step, example) row."""
-    return tf.reshape(rows, [-1, tf.shape(rows)[-1]])
+def _flat_rows(rows):
+    """``[T, B, ..] -> [T * B, ..]``: one batch of every (step, example) row."""
+    return tf.reshape(rows, tf.concat([[-1], tf.shape(rows)[2:]], 0))
 
 
-def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, saved_a, state_like,
-                dys_at, dfinal, parallel_iterations):
-    split, inner = core.split, core.split.inner
-    like = step_shapes(core, params, state_like, x)
+def _fused_vjps(run, a_tas, states, saved_a, state_like):
+    """The backward of a core with a ``RecurrentSplit`` (see ``backward``)."""
+    core, params, plan = run.core, run.params, run.plan
+    split, second = core.split, core.split.second
+    like = step_shapes(core, params, state_like, run.x)
 
     # Each recurrent matmul's Wᵀ, made once before the loop: inside it XLA:CPU's
     # dot against a transposed operand (what TF's MatMul gradient asks for) is
     # about 1.45x slower than a plain one ([16, 256] @ [256, 256]: 44 vs 31 µs).
-    kernel_t = None if split.kernel is None else tf.transpose(split.kernel(params))
-    inner_kernel_t = None if inner is None or inner.kernel is None else tf.transpose(inner.kernel(params))
+    kernel_t = None if split.recurrent_kernel is None else tf.transpose(split.recurrent_kernel(params))
+    second_kernel_t = (None if second is None or second.recurrent_kernel is None
+                       else tf.transpose(second.recurrent_kernel(params)))
 
-    def inner_vjp(state, a_t, da_t):
-        # Back through ``a += inner.recurrent(inner.input(state, a))``: one
-        # ``drec2 @ U_h^T`` and the elementwise VJP of the inner input.
-        da_pass, drec2 = _linear_vjp(inner.combine, [tf.nest.map_structure(tf.zeros_like, like.a), like.rec2],
+    def second_vjp(state, a_t, da_t):
+        # Back through ``a += second.recurrent(second.input(state, a))``: one
+        # ``drec2 @ U_h^T`` and the elementwise VJP of the second matmul's input.
+        da_pass, drec2 = _linear_vjp(second.combine, [tf.nest.map_structure(tf.zeros_like, like.a), like.rec2],
                                      da_t)
-        dstate, da_input = _matmul_input_vjp(inner.recurrent, inner.input, params, inner_kernel_t, [state, a_t],
-                                             drec2)
+        dstate, da_input = _matmul_input_vjp(second.recurrent, second.input, params, second_kernel_t,
+                                             [state, a_t], drec2)
         return dstate, tf.nest.map_structure(tf.add, da_pass, da_input)
 
     def one_vjp(t, dstate, das):
-        state = read_state(t)
+        state = run.read_state(t)
         a_t = tf.nest.pack_sequence_as(like.a, [ta.read(t) for ta in a_tas])
         with tf.GradientTape() as step_tape:
             step_tape.watch([state, a_t])
             new_state, y = masked_update(split, state, a_t, valid_rows(t, plan.lengths))
         dstate_direct, da_t = step_tape.gradient(
-            [new_state, y], [state, a_t], output_gradients=[dstate, dys_at(t)],
+            [new_state, y], [state, a_t], output_gradients=[dstate, run.dys_at(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        if inner is not None:
-            dstate_inner, da_t = inner_vjp(state, a_t, da_t)
-            dstate_direct = tf.nest.map_structure(tf.add, dstate_direct, dstate_inner)
+        if second is not None:
+            dstate_second, da_t = second_vjp(state, a_t, da_t)
+            dstate_direct = tf.nest.map_structure(tf.add, dstate_direct, dstate_second)
         _, drec_t = _linear_vjp(split.combine, [like.xp, like.rec], da_t)
         # d h_prev = drec @ recurrent_kernelᵀ.
         dstate_rec, = _matmul_input_vjp(split.recurrent, split.recurrent_input, params, kernel_t, [state], drec_t)
@@ -179,7 +229,8 @@ def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, 
         return dstate, write_all(das, t, da_t)
 
     das = tensor_arrays_like(like.a, plan.t_run)
-    dstate, das = _reverse_loop(one_vjp, (dfinal, das), plan.n_loop, unroll, plan.tail, parallel_iterations)
+    dstate, das = _reverse_loop(one_vjp, (run.dfinal, das), plan.n_loop, run.unroll, plan.tail,
+                                run.parallel_iterations)
     da = tf.nest.pack_sequence_as(like.a, [ta.stack()[: plan.t_true] for ta in das])
 
     with tf.name_scope("weights_grad"):
@@ -187,16 +238,16 @@ def _fused_vjps(core, params, x, plan, unroll, read_state, a_tas, saved_states, 
         # per weight, over all ``T * B`` (step, example) rows.
         dxp, drec = _linear_vjp(split.combine, [_stacked(like.xp, plan.t_true), _stacked(like.rec, plan.t_true)],
                                 da)
-        states = tf.nest.pack_sequence_as(state_like, saved_states)
-        flat_h = _flat(split.recurrent_input(states))
-        dparams_rec = _linear_vjp(lambda p: split.recurrent(p, flat_h), params, _flat(drec))
-        if inner is not None:
-            # Only the rec2 slot of ``da`` matters here; ``inner.input`` never
-            # adds to it (see ``Inner``), so ``da`` after the inner VJP serves.
-            _, drec2 = _linear_vjp(inner.combine, [_stacked(like.a, plan.t_true), _stacked(like.rec2, plan.t_true)],
-                                   da)
-            flat_g = _flat(inner.input(states, tf.nest.pack_sequence_as(like.a, saved_a)))
-            dparams_inner = _linear_vjp(lambda p: inner.recurrent(p, flat_g), params, _flat(drec2))
-            dparams_rec = tf.nest.map_structure(tf.add, dparams_rec, dparams_inner)
-        dparams_in, dx = _linear_vjp(core.project, [params, x], dxp)
-    return dx, dstate, tf.nest.map_structure(tf.add, dparams_rec, dparams_in)
+        flat_h = _flat_rows(split.recurrent_input(states))
+        dparams_rec = _linear_vjp(lambda p: split.recurrent(p, flat_h), params, _flat_rows(drec))
+        if second is not None:
+            # Only the rec2 slot of ``da`` matters here; ``second.input`` never
+            # adds to it (see ``SecondMatmul``), so ``da`` after its VJP serves.
+            _, drec2 = _linear_vjp(second.combine,
+                                   [_stacked(like.a, plan.t_true), _stacked(like.rec2, plan.t_true)], da)
+            flat_g = _flat_rows(second.input(states, tf.nest.pack_sequence_as(like.a, saved_a)))
+            dparams_second = _linear_vjp(lambda p: second.recurrent(p, flat_g), params, _flat_rows(drec2))
+            dparams_rec = tf.nest.map_structure(tf.add, dparams_rec, dparams_second)
+        dparams_in, dx = _linear_vjp(core.project, [params, run.x], dxp)
+    dparams = tf.nest.map_structure(tf.add, dparams_rec, dparams_in)
+    return dx, dstate, (dparams, tuple(tf.zeros_like(v) for v in core.variables))

@@ -5,8 +5,8 @@ import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _validate
-from fastcarry._cells import Cell
+from fastcarry import _generic, _validate
+from fastcarry._stack import Stack
 from fastcarry._unroll import unroll as _unroll
 
 
@@ -46,7 +46,7 @@ class Carry(tf.Module):
     final state. Make the ``Carry`` outside the function (it creates variables).
 
     Args:
-      cell: a ``fastcarry`` cell (``fc.LSTM``, ``fc.GRU``, ``fc.SimpleRNN``).
+      cell: any cell ``fc.unroll`` takes (fastcarry cells, ``fc.Stack``, Keras and TF1 cells).
       batch_size: int >= 1, B; every call's inputs must have this batch size.
       truncate: bool, see above.
       name: optional module name.
@@ -54,9 +54,8 @@ class Carry(tf.Module):
 
     def __init__(self, cell, batch_size, *, truncate=True, name=None):
         super().__init__(name=name)
-        if not isinstance(cell, Cell):
-            raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), "
-                            f"got {type(cell).__name__}")
+        if not isinstance(cell, Stack):
+            cell = _generic.as_cell(cell)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if not isinstance(truncate, bool):
@@ -73,17 +72,27 @@ class Carry(tf.Module):
         # from one call into the previous one.
         self._live = None
 
+    def _warn_if_unbuilt(self, what):
+        for cell in getattr(self.cell, "cells", (self.cell,)):  # a Stack's layers, or the cell
+            if hasattr(cell, "_warn_if_unbuilt"):
+                cell._warn_if_unbuilt(what, owner="carry")
+
     @property
     def variables(self):
         """The state variables and the cell's; warns while the cell is unbuilt (see ``fc.Cell``)."""
-        self.cell._warn_if_unbuilt("variables", owner="carry")
-        return super().variables
+        self._warn_if_unbuilt("variables")
+        own = tuple(super().variables)
+        return own + tuple(v for v in self._cell_variables() if all(v is not w for w in own))
 
     @property
     def trainable_variables(self):
         """The cell's variables (the state is not trainable); warns while the cell is unbuilt."""
-        self.cell._warn_if_unbuilt("trainable_variables", owner="carry")
-        return super().trainable_variables
+        self._warn_if_unbuilt("trainable_variables")
+        return tuple(self._cell_variables())
+
+    def _cell_variables(self):
+        # A Keras or TF1 cell is held by a wrapper that tf.Module cannot see into.
+        return tuple(getattr(self.cell, "trainable_variables", ()))
 
     @property
     def state(self):

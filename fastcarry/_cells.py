@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from fastcarry._protocol import Core, Inner, Split
+from fastcarry._protocol import Core, RecurrentSplit, SecondMatmul
 from fastcarry.kernels import gru as _gru
 from fastcarry.kernels import lstm as _lstm
 from fastcarry.kernels import simple_rnn as _simple_rnn
@@ -35,8 +35,8 @@ def _check_shape(value, want, name):
 class Cell(tf.Module):
     """Base of fastcarry's cells: the TF1 ``RNNCell`` contract on a ``tf.Module``.
 
-    Subclasses define ``_weight_shapes(input_dim)``, ``_initial_values`` and
-    ``_core()``, and end their ``__init__`` with ``self._build_now(input_size)``.
+    It follows ``fastcarry.CellProtocol``. Subclasses define
+    ``_weight_shapes(input_dim)``, ``_initial_values`` and ``core()``, and end their ``__init__`` with ``self._build_now(input_size)``.
     Variables are created at construction when ``input_size`` (D) is given, else
     by ``build(D)`` or on first use (by ``fastcarry.unroll``). They are plain
     ``tf.Variable`` objects, so ``trainable_variables`` lists them and
@@ -164,9 +164,9 @@ class Cell(tf.Module):
         """Constructor arguments beyond ``units``, ``dtype`` and ``name``."""
         return {"seed": self.seed}
 
-    # -- what the loop uses ---------------------------------------------------
-    def _params(self):
-        """The weights as tensors, in the kernel's ``Params`` NamedTuple."""
+    # -- what the loop uses (fastcarry.CellProtocol) ------------------------------
+    def params(self):
+        """The weights as tensors, in the kernel's ``Params`` NamedTuple (what ``core()``'s functions take)."""
         return self._params_type(*(tf.convert_to_tensor(v) for v in (self.kernel, self.recurrent_kernel, self.bias)))
 
     def _require_built(self, what):
@@ -222,6 +222,42 @@ def _keras_weights(cell, bias_shape):
     return [kernel, recurrent, bias]
 
 
+# -- the fused cores, one per cell kind (also run on Keras cells' variables: fastcarry._generic) ---------------
+
+def lstm_core(units, forget_bias):
+    """``fastcarry.kernels.lstm`` as a ``Core``: Keras layout, ``forget_bias`` added to f at run time."""
+    split = RecurrentSplit(_lstm.recurrent_input, _lstm.recurrent, _lstm.combine, _lstm.update,
+                           recurrent_kernel=_lstm.recurrent_kernel)
+    return Core("lstm", ("keras", float(forget_bias)), functools.partial(_lstm.project, forget_bias=forget_bias),
+                units, split=split)
+
+
+def gru_core(units, reset_after):
+    """``fastcarry.kernels.gru`` as a ``Core``, reset-after (one recurrent matmul) or reset-before (two)."""
+    project = functools.partial(_gru.project, reset_after=reset_after)
+    if not reset_after:
+        # Two dependent recurrent matmuls per step: the candidate's is the split's second one.
+        second = SecondMatmul(_gru.reset_state, _gru.recurrent_candidate, _gru.add_candidate,
+                              _gru.recurrent_kernel_h)
+        split = RecurrentSplit(_gru.recurrent_input, _gru.recurrent_reset_before, _gru.combine_reset_before,
+                               _gru.update_reset_before, second, recurrent_kernel=_gru.recurrent_kernel_zr)
+        return Core("gru", ("reset_before",), project, units, split=split)
+    split = RecurrentSplit(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.combine_reset_after,
+                           _gru.update_reset_after, recurrent_kernel=_gru.recurrent_kernel)
+    return Core("gru", ("reset_after",), project, units, split=split)
+
+
+def simple_rnn_core(units, activation):
+    """``fastcarry.kernels.simple_rnn`` as a ``Core``; ``activation`` a name in ``_ACTIVATIONS``."""
+    update = functools.partial(_simple_rnn.update, activation=_ACTIVATIONS[activation])
+    split = RecurrentSplit(_simple_rnn.recurrent_input, _simple_rnn.recurrent, _simple_rnn.combine, update,
+                           recurrent_kernel=_simple_rnn.recurrent_kernel)
+    return Core("simple_rnn", (activation,), _simple_rnn.project, units, split=split)
+
+
+_ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
+
+
 class LSTM(Cell):
     """LSTM cell, Keras 3 layout: gates **i, f, c, o**.
 
@@ -260,10 +296,9 @@ class LSTM(Cell):
         h = self.units
         return tf.concat([tf.zeros([h], self.dtype), tf.ones([h], self.dtype), tf.zeros([2 * h], self.dtype)], 0)
 
-    def _core(self):
-        return Core(("lstm", self.forget_bias), functools.partial(_lstm.project, forget_bias=self.forget_bias),
-                    _lstm.step, self.units, Split(_lstm.recurrent_input, _lstm.recurrent, _lstm.combine,
-                                                 _lstm.update, kernel=_lstm.kernel))
+    def core(self):
+        """The fused LSTM math (``fastcarry.kernels.lstm``) as a ``Core`` with a ``RecurrentSplit``."""
+        return lstm_core(self.units, self.forget_bias)
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -329,18 +364,9 @@ class GRU(Cell):
         bias = [2, 3 * self.units] if self.reset_after else [3 * self.units]
         return [input_dim, 3 * self.units], [self.units, 3 * self.units], bias
 
-    def _core(self):
-        project = functools.partial(_gru.project, reset_after=self.reset_after)
-        if not self.reset_after:
-            # Two dependent recurrent matmuls per step: the second is the split's inner one.
-            split = Split(_gru.recurrent_input, _gru.recurrent_reset_before, _gru.combine_reset_before,
-                          _gru.update_reset_before,
-                          Inner(_gru.reset_state, _gru.recurrent_candidate, _gru.add_candidate, _gru.kernel_h),
-                          kernel=_gru.kernel_zr)
-            return Core(("gru", False), project, _gru.step_reset_before, self.units, split)
-        split = Split(_gru.recurrent_input, _gru.recurrent_reset_after, _gru.combine_reset_after,
-                      _gru.update_reset_after, kernel=_gru.kernel)
-        return Core(("gru", True), project, _gru.step_reset_after, self.units, split)
+    def core(self):
+        """The fused GRU math (``fastcarry.kernels.gru``) as a ``Core`` with a ``RecurrentSplit``."""
+        return gru_core(self.units, self.reset_after)
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
@@ -380,9 +406,6 @@ class GRU(Cell):
         return new
 
 
-_ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
-
-
 class SimpleRNN(Cell):
     """SimpleRNN cell, Keras 3 layout: ``h' = activation(x @ kernel + bias + h @ recurrent_kernel)``.
 
@@ -407,12 +430,9 @@ class SimpleRNN(Cell):
     def _weight_shapes(self, input_dim):
         return [input_dim, self.units], [self.units, self.units], [self.units]
 
-    def _core(self):
-        activation = _ACTIVATIONS[self.activation]
-        split = Split(_simple_rnn.recurrent_input, _simple_rnn.recurrent, _simple_rnn.combine,
-                      functools.partial(_simple_rnn.update, activation=activation), kernel=_simple_rnn.kernel)
-        return Core(("simple_rnn", self.activation), _simple_rnn.project,
-                    functools.partial(_simple_rnn.step, activation=activation), self.units, split)
+    def core(self):
+        """The fused SimpleRNN math (``fastcarry.kernels.simple_rnn``) as a ``Core`` with a ``RecurrentSplit``."""
+        return simple_rnn_core(self.units, self.activation)
 
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):

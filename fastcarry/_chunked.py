@@ -17,6 +17,7 @@ Everything is in processing order, like ``fastcarry._loop``: time-major
 import tensorflow as tf
 
 from fastcarry import _backward, _loop, _time
+from fastcarry._step import weights
 
 
 def _shift(lengths, start):
@@ -80,21 +81,23 @@ def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
 def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
     """One chunk's gradient by TF's autodiff of its forward loop (``backward="autodiff"``)."""
     def grad(x, state, lengths, dys, dfinal):
+        w = weights(core, params)
         with tf.GradientTape() as tape, tf.name_scope("recompute"):
-            tape.watch([x, state, params])
+            tape.watch([x, state, w])
             ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll,
                                          parallel_iterations=parallel_iterations)
-        return tape.gradient([ys, final], [x, state, params], output_gradients=[dys, dfinal],
+        return tape.gradient([ys, final], [x, state, w], output_gradients=[dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return grad
 
 
-def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None,
+def backward(weights_like, x, lengths, chunk, state_like, boundaries, dys, dfinal, chunk_grad, parallel_iterations=None,
              batch_major=False):
     """The gradient of ``forward``: chunks in reverse, each recomputed from its start state.
 
     Args:
-      params, x, lengths: as given to ``forward``; ``chunk`` and ``batch_major`` likewise.
+      weights_like: ``weights(core, params)``, the structure of the weight gradients.
+      x, lengths: as given to ``forward``; ``chunk`` and ``batch_major`` likewise.
       state_like: any value with the state's structure.
       boundaries: ``forward``'s boundary states.
       dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``batch_major``);
@@ -103,7 +106,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
       parallel_iterations: for the chunk loop (graph only).
 
     Returns:
-      ``(dx [T, B, D] ([B, T, D] with batch_major), dstate0, dparams)``.
+      ``(dx [T, B, D] ([B, T, D] with batch_major), dstate0, dweights)``.
     """
     plan = _time.make_plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
     time = _time.Time(plan, chunk, batch_major)
@@ -119,7 +122,7 @@ def backward(params, x, lengths, chunk, state_like, boundaries, dys, dfinal, chu
     x_chunk, x_tail = time.reader(plan.x)
     dys_chunk, dys_tail = time.reader(dys)
     dxs = time.new(x, x.shape[-1])
-    dparams = tf.nest.map_structure(tf.zeros_like, params)
+    dparams = tf.nest.map_structure(tf.zeros_like, weights_like)
     dstate = dfinal
     dx_tail = None
     with tf.name_scope("chunks_grad"):

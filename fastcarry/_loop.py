@@ -13,7 +13,8 @@ cell protocol is ``fastcarry._protocol``, the cutting of time ``fastcarry._time`
 
 import tensorflow as tf
 
-from fastcarry._protocol import masked_step, masked_update, preactivation, step_shapes, valid_rows
+from fastcarry._protocol import preactivation
+from fastcarry._step import masked_step, masked_update, step_shapes, valid_rows
 from fastcarry._time import Time, has_loop, make_plan, tensor_arrays_like, while_options, write_all
 
 

@@ -1,124 +1,169 @@
-"""The cell protocol the loops run: ``Core`` (a cell's math), ``Split`` and ``Inner`` (its step split at the
-recurrent matmul, for the fused backward), and the step under ``dynamic_rnn``'s masking.
+"""The cell protocol: what ``fastcarry.unroll`` needs from a cell, public as ``fc.Core``, ``fc.RecurrentSplit``,
+``fc.SecondMatmul`` and ``fc.CellProtocol``.
 
-Shapes: ``state`` a structure of ``[B, ..]``, ``xp_t [B, G]``, ``y_t [B, H]``.
+A *cell* is any object with these members (checked by name, not by class, as
+Flax's ``RNNBase`` is a Protocol)::
+
+    dtype          tf.DType of inputs, states and outputs
+    state_size     the state's structure with an int H per ``[B, H]`` component
+    output_size    int, the last dimension of each step's output ``y_t [B, output_size]``
+    input_dim      int D once built, else None
+    build(D)       creates the variables for inputs of feature size D (idempotent)
+    zero_state(B, dtype)   the initial state when none is given
+    core()         -> Core: the math, as pure functions of (params, state, inputs)
+    params()       -> the weights as a structure of tensors (what ``Core``'s functions take as ``params``)
+
+``fc.LSTM``, ``fc.GRU``, ``fc.SimpleRNN`` and ``fc.FunctionCell`` are cells;
+``fc.as_cell`` wraps Keras and TF1 cells into one. A cell whose ``Core`` has a
+``RecurrentSplit`` gets the hand-written backward (one ``drec @ Wᵀ`` per step,
+weight gradients as large matmuls after the loop); without one, the backward
+takes TF's VJP of ``step`` per step for the state, and the weight and input
+gradients after the loop as one VJP over all ``T * B`` rows (so ``step`` must
+treat batch rows independently, as every RNN step does).
+
+Shapes: ``state`` a structure of ``[B, ..]``, ``x [T, B, D]``, ``xp_t [B, G]``, ``y_t [B, output_size]``.
 """
 
-from typing import Callable, Hashable, NamedTuple, Optional
+from typing import Callable, Hashable, NamedTuple, Optional, Protocol, runtime_checkable
 
 import tensorflow as tf
 
 
-class Inner(NamedTuple):
+class SecondMatmul(NamedTuple):
     """A second recurrent matmul whose input needs the first one's result (reset-before GRU's ``(r * h) @ U_h``).
 
     input: ``(state, a) -> g [B, K]``, elementwise; it may read only the parts of
       ``a`` that ``combine`` leaves unchanged (GRU: ``r`` from ``a.zr``).
     recurrent: ``(params, g [N, K]) -> rec [N, G2]``, linear in params and g.
     combine: ``(a, rec) -> a``, linear in both; adds ``rec`` into ``a``.
-    kernel: optional ``params -> W [K, G2]`` with ``recurrent(params, g) == g @ W``
+    recurrent_kernel: optional ``params -> W [K, G2]`` with ``recurrent(params, g) == g @ W``
       (plus terms free of ``g``); lets the backward loop use a pre-transposed ``W``.
     """
 
     input: Callable
     recurrent: Callable
     combine: Callable
-    kernel: Optional[Callable] = None
+    recurrent_kernel: Optional[Callable] = None
 
 
-class Split(NamedTuple):
-    """A step split at its recurrent matmul (see ``fastcarry.kernels``)::
+class RecurrentSplit(NamedTuple):
+    """A step split at its recurrent matmul, which is what the hand-written backward needs::
 
         a = combine(xp_t, recurrent(params, recurrent_input(state)))
-        a = inner.combine(a, inner.recurrent(params, inner.input(state, a)))   # only with an inner
-        step(params, state, xp_t) == update(state, a)
+        a = second.combine(a, second.recurrent(params, second.input(state, a)))   # only with a second matmul
+        new_state, y_t = update(state, a)
 
     recurrent_input: ``state -> h [B, H]``.
     recurrent: ``(params, h [N, H]) -> rec [N, G1]``, linear in params and h.
     combine: ``(xp [.., G], rec [.., G1]) -> a``, linear in both (LSTM: ``xp + rec``);
       ``a`` (a tensor or a NamedTuple of them) is what the forward pass saves per step.
-    update: ``(state, a_t) -> (state, y_t)``, elementwise.
-    inner: an ``Inner``, or None for cells with one recurrent matmul.
-    kernel: optional ``params -> W [H, G1]`` with ``recurrent(params, h) == h @ W``
-      (plus terms free of ``h``, such as a recurrent bias); see ``Inner.kernel``.
+    update: ``(state, a_t) -> (state, y_t)``, elementwise (no matmul, no mixing of batch rows).
+    second: a ``SecondMatmul``, or None for cells with one recurrent matmul.
+    recurrent_kernel: optional ``params -> W [H, G1]`` with ``recurrent(params, h) == h @ W``
+      (plus terms free of ``h``, such as a recurrent bias); see ``SecondMatmul.recurrent_kernel``.
     """
 
     recurrent_input: Callable
     recurrent: Callable
     combine: Callable
     update: Callable
-    inner: Optional[Inner] = None
-    kernel: Optional[Callable] = None
-
-
-def preactivation(split, params, state, xp_t):
-    """One step's ``a`` from ``state`` and ``xp_t [B, G]``: the recurrent matmul(s), no nonlinearity but the inner input's."""
-    a = split.combine(xp_t, split.recurrent(params, split.recurrent_input(state)))
-    if split.inner is not None:
-        inner = split.inner
-        a = inner.combine(a, inner.recurrent(params, inner.input(state, a)))
-    return a
+    second: Optional[SecondMatmul] = None
+    recurrent_kernel: Optional[Callable] = None
 
 
 class Core(NamedTuple):
-    """What the loop needs from a cell.
+    """A cell's math: pure functions of ``(params, state, inputs)``, and how to cache their compilation.
 
-    key: hashable, names the math; cores with equal keys and output sizes share
-      compiled functions, so the key must determine ``project`` and ``step``.
-    project: ``(params, x [T, B, D]) -> xp [T, B, G]``, the input projection of all steps.
-    step: ``(params, state, xp_t [B, G]) -> (state, y_t [B, output_size])``.
-    output_size: H, the last dimension of ``y_t``.
-    split: the same step as a ``Split``, or None; with it the backward pass
-      does one ``drec @ recurrent_kernelᵀ`` per step and the weight gradients
-      as single large matmuls after the loop (as cuDNN does).
+    name: a short identifier (``"lstm"``); names the trace scopes and compiled
+      functions (``fastcarry_<name>_forward``) and picks the default ``unroll``.
+    key: hashable, the configuration within ``name`` (``("keras", 1.0)``: layout,
+      forget bias). Cores with equal ``(name, key)`` and ``output_size`` share
+      compiled functions, so together they must determine every function below;
+      giving two different cells the same pair is an error (caught when their
+      functions' code differs).
+    project: ``(params, x [T, B, D]) -> xp [T, B, G]``, the input projection of
+      several steps at once (the identity for a cell that does its own).
+    output_size: int, the last dimension of ``y_t``.
+    step: ``(params, state, xp_t [B, G]) -> (state, y_t [B, output_size])``; may be
+      None when ``split`` is given (the step is then the split's, written once).
+    split: the same step as a ``RecurrentSplit``, or None (see the module docstring).
+    variables: ``tf.Variable``\\ s the functions read by closure instead of through
+      ``params`` (a Keras or TF1 cell's own weights); their gradients are taken by
+      the backward and returned to the caller's tape like those of ``params``.
+    owner: with ``variables``, the object they belong to: compiled functions are
+      then cached per owner (weakly), never shared by key.
     """
 
+    name: str
     key: Hashable
     project: Callable
-    step: Callable
     output_size: int
-    split: Optional[Split] = None
+    step: Optional[Callable] = None
+    split: Optional[RecurrentSplit] = None
+    variables: tuple = ()
+    owner: object = None
+
+    def run_step(self, params, state, xp_t):
+        """One step, ``(state, y_t)``: ``step``, or the split's composition."""
+        if self.step is not None:
+            return self.step(params, state, xp_t)
+        return self.split.update(state, preactivation(self.split, params, state, xp_t))
 
 
-def valid_rows(t, lengths):
-    """``[B, 1]`` bool: which rows have a real step at time ``t`` (None: all)."""
-    return None if lengths is None else tf.expand_dims(t < lengths, -1)
+def preactivation(split, params, state, xp_t):
+    """One step's ``a`` from ``state`` and ``xp_t [B, G]``: the recurrent matmul(s), no nonlinearity but the second input's."""
+    a = split.combine(xp_t, split.recurrent(params, split.recurrent_input(state)))
+    if split.second is not None:
+        second = split.second
+        a = second.combine(a, second.recurrent(params, second.input(state, a)))
+    return a
 
 
-def mask(valid, new_state, y, state):
-    """``dynamic_rnn``'s masking: past a row's length the state is copied through, the output is zero."""
-    if valid is None:
-        return new_state, y
-    new_state = tf.nest.map_structure(lambda n, o: tf.where(valid, n, o), new_state, state)
-    return new_state, tf.where(valid, y, tf.zeros_like(y))
+@runtime_checkable
+class CellProtocol(Protocol):
+    """The members ``fastcarry.unroll`` reads from a cell (see the module docstring); for type checkers."""
+
+    dtype: tf.DType
+    state_size: object
+    output_size: int
+    input_dim: Optional[int]
+
+    def build(self, input_dim): ...
+
+    def zero_state(self, batch_size, dtype=None): ...
+
+    def core(self) -> Core: ...
+
+    def params(self): ...
 
 
-def masked_step(core, params, state, xp_t, valid):
-    return mask(valid, *core.step(params, state, xp_t), state)
+# What argument checking reads (a composition such as fc.Stack has these),
+# then what one compiled loop needs besides.
+SHAPE_MEMBERS = ("dtype", "state_size", "output_size", "input_dim", "build", "zero_state")
+MEMBERS = SHAPE_MEMBERS + ("core", "params")
 
 
-def masked_update(split, state, a_t, valid):
-    return mask(valid, *split.update(state, a_t), state)
+def missing_members(cell, members=MEMBERS):
+    """The names of ``members`` (``CellProtocol``'s by default) that ``cell`` lacks."""
+    return [name for name in members if not hasattr(cell, name)]
 
 
-class StepShapes(NamedTuple):
-    """Zeros shaped like one step's pieces (``[B, ..]``); dead code once traced."""
-
-    xp: tf.Tensor     # [B, G]
-    rec: tf.Tensor    # [B, G1]
-    a: object         # the structure of ``a``
-    rec2: object      # [B, G2], or None without an inner matmul
-
-
-def step_shapes(core, params, state, x, time_axis=0):
-    split = core.split
-    # A sum, not ``[0]``: T may be 0.
-    first = x[:1] if time_axis == 0 else x[:, :1]
-    xp = tf.zeros_like(tf.reduce_sum(core.project(params, first), time_axis))
-    rec = tf.zeros_like(split.recurrent(params, split.recurrent_input(state)))
-    a = split.combine(xp, rec)
-    rec2 = None
-    if split.inner is not None:
-        rec2 = tf.zeros_like(split.inner.recurrent(params, split.inner.input(state, a)))
-        a = split.inner.combine(a, rec2)
-    return StepShapes(xp, rec, a, rec2)
+def check_core(core, owner_name):
+    """``core`` (what ``owner_name.core()`` returned) checked, or a ``TypeError`` naming the bad field."""
+    where = f"{owner_name}.core()"
+    if not isinstance(core, Core):
+        raise TypeError(f"{where} must return a fastcarry.Core, got {type(core).__name__}")
+    if not isinstance(core.name, str) or not core.name.isidentifier():
+        raise TypeError(f"{where}.name must be an identifier string such as 'lstm', got {core.name!r}")
+    try:
+        hash(core.key)
+    except TypeError as err:
+        raise TypeError(f"{where}.key must be hashable, got {core.key!r}") from err
+    if isinstance(core.output_size, bool) or not isinstance(core.output_size, int) or core.output_size < 1:
+        raise TypeError(f"{where}.output_size must be an int >= 1, got {core.output_size!r}")
+    if core.step is None and core.split is None:
+        raise TypeError(f"{where} has neither step nor split: give at least one")
+    if core.variables and core.owner is None:
+        raise TypeError(f"{where} has variables but no owner (compiled functions that close over variables "
+                        f"are cached per owner)")
+    return core

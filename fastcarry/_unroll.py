@@ -4,20 +4,29 @@ import functools
 import os
 import sys
 import warnings
+import weakref
 from typing import NamedTuple
 
 import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _backward, _chunked, _loop, _validate
+from fastcarry import _backward, _chunked, _generic, _loop, _stack, _validate
+from fastcarry._protocol import check_core
+from fastcarry._step import weights
 
 
-# unroll=None: steps per loop iteration by cell kind. Measured on a 2-core CPU
-# (medians of 7, inference and training step, under jit): 2 was never slower
-# than 1 and up to 1.4x faster in inference (SimpleRNN B16 T500 D128 H256: 26.9
-# -> 19.5 ms, GRU B32 T100 D128 H256: 29.0 -> 21.6 ms); 4 was slower again.
-DEFAULT_UNROLL = {"lstm": 2, "gru": 2, "simple_rnn": 2}
+def default_unroll(core, batch, time):
+    """``unroll=None``'s steps per loop iteration for ``core`` at ``[B, T]`` (ints, or None when dynamic).
+
+    The one place a schedule is chosen without the caller; an autotuner
+    replaces it. Measured on a 2-core CPU (medians of 7, inference and
+    training step, under jit): 2 was never slower than 1 for the fused cells
+    and up to 1.4x faster in inference (SimpleRNN B16 T500 D128 H256: 26.9 ->
+    19.5 ms, GRU B32 T100 D128 H256: 29.0 -> 21.6 ms); 4 was slower again.
+    """
+    del core, batch, time  # the same answer everywhere, for now
+    return 2
 
 
 class _Options(NamedTuple):
@@ -70,7 +79,7 @@ def _direct(opts, seq):
 
 def _forward_fn(core, opts, save_states):
     def forward(x, state, lengths, params):
-        with tf.name_scope(f"fastcarry_{core.key[0]}"):
+        with tf.name_scope(f"fastcarry_{core.name}"):
             direct = _direct(opts, x)
             x_in = x if direct else _to_processing_order(x, lengths, opts)
             if save_states and opts.chunk is not None:
@@ -100,7 +109,7 @@ def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
 def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, saved, dys, dfinal):
     """``_chunked.backward`` in the caller's layout, without transposed copies of whole sequences when it can."""
     def grad(x_in, dys_in, batch_major=False):
-        return _chunked.backward(params, x_in, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
+        return _chunked.backward(weights(core, params), x_in, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
                                  chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
                                  opts.parallel_iterations, batch_major=batch_major)
 
@@ -112,7 +121,7 @@ def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, sa
 def _backward_fn(core, opts):
     """The hand-written backward (``backward="fused"``): a reverse loop over what ``forward`` saved."""
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
-        with tf.name_scope(f"fastcarry_{core.key[0]}_grad"):
+        with tf.name_scope(f"fastcarry_{core.name}_grad"):
             if opts.chunk is not None:
                 return _chunked_backward(core, opts, _chunked.fused_chunk_grad, params, x, lengths, state_like,
                                          saved, dys, dfinal)
@@ -145,10 +154,11 @@ def _autodiff_backward_fn(core, opts):
             return _chunked_backward(core, opts, _chunked.autodiff_chunk_grad, params, x, lengths, state, saved,
                                      dys, dfinal)
         del saved  # nothing is saved: the forward is recomputed
+        w = weights(core, params)
         with tf.GradientTape() as tape:
-            tape.watch([x, state, params])
+            tape.watch([x, state, w])
             ys, final, _ = forward(x, state, lengths, params)
-        return tape.gradient([ys, final], [x, state, params], output_gradients=[dys, dfinal],
+        return tape.gradient([ys, final], [x, state, w], output_gradients=[dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return backward
 
@@ -169,9 +179,44 @@ class _Named(functools.partial):
         return self.__name__
 
 
-# Compiled functions, shared by every cell whose math (core.key) and options
-# match: a second cell of the same kind reuses the traces and XLA executables.
+# Compiled functions, shared by every cell whose math (core.name, core.key)
+# and options match: a second cell of the same kind reuses the traces and XLA
+# executables. A core with variables has its own, cached per owner: its
+# functions close over those variables.
 _FUNCTIONS = {}
+_OWNED = weakref.WeakKeyDictionary()
+
+
+def _code(fn):
+    """What identifies ``fn``'s code across calls of ``core()``: code objects and partial arguments."""
+    if isinstance(fn, functools.partial):
+        return (_code(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+    return getattr(fn, "__code__", fn)
+
+
+def _fingerprint(core):
+    split = core.split
+    parts = [core.project, core.step]
+    if split is not None:
+        parts += list(split[:4]) + [split.recurrent_kernel]
+        if split.second is not None:
+            parts += list(split.second)
+    return tuple(_code(f) for f in parts)
+
+
+def _cache_for(core):
+    """The dict of compiled functions ``core`` may use; raises if its key is taken by different code."""
+    if core.owner is not None:
+        return _OWNED.setdefault(core.owner, {})
+    fingerprint = _fingerprint(core)
+    known = _FINGERPRINTS.setdefault((core.name, core.key), fingerprint)
+    if known != fingerprint:
+        raise ValueError(f"two different cores use name={core.name!r}, key={core.key!r}: compiled functions are "
+                         f"shared by (name, key), so give each cell math a key of its own")
+    return _FUNCTIONS
+
+
+_FINGERPRINTS = {}
 
 
 _BUILDERS = {
@@ -188,12 +233,13 @@ def _function(kind, core, opts, jit_compile):
     if kind == "infer":
         opts = opts._replace(chunk=None)  # inference saves nothing: chunking changes nothing there
     opts = opts._replace(xla=bool(jit_compile))
-    key = (kind, core.key, core.output_size, opts, jit_compile)
-    if key not in _FUNCTIONS:
+    cache = _cache_for(core)
+    key = (kind, core.name, core.key, core.output_size, opts, jit_compile)
+    if key not in cache:
         fn = _Named(_BUILDERS[kind](core, opts))
-        fn.__name__ = f"fastcarry_{core.key[0]}_{kind}"  # the name traces and HLO modules show
-        _FUNCTIONS[key] = tf.function(fn, jit_compile=jit_compile, autograph=False)
-    return _FUNCTIONS[key]
+        fn.__name__ = f"fastcarry_{core.name}_{kind}"  # the name traces and HLO modules show
+        cache[key] = tf.function(fn, jit_compile=jit_compile, autograph=False)
+    return cache[key]
 
 
 def _stop(tree):
@@ -251,7 +297,7 @@ def _swapped_backward(core, opts, jit_compile):
         time = x_proc.shape[0]
         step = opts.chunk if (opts.chunk is not None and time is not None) else (time or tf.shape(x_proc)[0])
         starts = list(range(0, time, step)) if isinstance(time, int) else [0]
-        dstate, dparams, dxs = dfinal, None, []
+        dstate, dweights, dxs = dfinal, None, []
         for start in reversed(starts):
             stop = min(start + step, time) if isinstance(time, int) else time
             with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
@@ -259,10 +305,10 @@ def _swapped_backward(core, opts, jit_compile):
             shifted = None if lengths is None else lengths - start
             dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, shifted, params, piece,
                                        dys_proc[start:stop], dstate)
-            dparams = dp if dparams is None else tf.nest.map_structure(tf.add, dparams, dp)
+            dweights = dp if dweights is None else tf.nest.map_structure(tf.add, dweights, dp)
             dxs.insert(0, dx)
         dx = _from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), lengths, opts)
-        return dx, dstate, dparams
+        return dx, dstate, dweights
     return backward
 
 
@@ -289,13 +335,19 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
             saved = _to_host(saved)
         flat_final = tf.nest.flatten(final)
 
-        def grad(dys, *dfinal):
+        # ``variables``: the ones TF saw read inside (a generic cell's own, see
+        # Core.variables), in TF's order; their gradients are returned by reference.
+        def grad(dys, *dfinal, variables=None):
             dys, = _zeros_if_none([dys], [ys])
             dfinal = tf.nest.pack_sequence_as(state, _zeros_if_none(dfinal, flat_final))
-            dx, dstate, dparams = backward(_stop(x), _stop(s0), lengths, _stop(p), saved,
-                                           _stop(dys), _stop(dfinal))
+            dx, dstate, (dparams, dvars) = backward(_stop(x), _stop(s0), lengths, _stop(p), saved,
+                                                    _stop(dys), _stop(dfinal))
             flat_grads = [dx] + tf.nest.flatten(dstate) + tf.nest.flatten(dparams)
-            return _no_second_order(flat_grads, [x, dys, *tf.nest.flatten(dfinal), *flat])
+            guarded = _no_second_order(flat_grads + list(dvars), [x, dys, *tf.nest.flatten(dfinal), *flat])
+            if variables is None:
+                return guarded[:len(flat_grads)]
+            by_ref = {v.ref(): g for v, g in zip(core.variables, guarded[len(flat_grads):])}
+            return guarded[:len(flat_grads)], [by_ref.get(v.ref()) for v in variables]
 
         return [ys] + flat_final, grad
 
@@ -429,6 +481,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       ``fc.LSTMState(h [B, H], c [B, H])`` for LSTM, ``[B, H]`` otherwise.
       With T == 0, empty outputs and the initial state.
     """
+    options = dict(sequence_length=sequence_length, time_major=time_major, reverse=reverse, unroll=unroll,
+                   jit_compile=jit_compile, backward=backward, chunk=chunk, parallel_iterations=parallel_iterations,
+                   swap_memory=swap_memory)
+    if isinstance(cell, _stack.Stack):
+        return _stack.unroll_stack(cell, inputs, initial_state, **options)
+    cell = _generic.as_cell(cell)
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory)
     _validate.build_for(cell, args)
@@ -436,12 +494,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if time_major else [args.batch, 0, cell.output_size]
         return tf.zeros(tf.stack(shape), cell.dtype), state
-    core, params = cell._core(), cell._params()
+    core, params = check_core(cell.core(), type(cell).__name__), cell.params()
     if parallel_iterations is not None and jit_compile:
         _warn_once("parallel_iterations has no effect with jit_compile=True: XLA runs while-loop iterations in "
                    "order and ignores it; it applies to the graph loop of jit_compile=False")
         parallel_iterations = None
-    opts = _Options(time_major, reverse, int(unroll) if unroll is not None else DEFAULT_UNROLL.get(core.key[0], 1),
+    opts = _Options(time_major, reverse, int(unroll) if unroll is not None else default_unroll(core, args.batch, args.time),
                     None if chunk is None else int(chunk),
                     None if parallel_iterations is None else int(parallel_iterations))
     if tf.executing_eagerly() and not _record.could_possibly_record():

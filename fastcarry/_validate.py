@@ -8,7 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from fastcarry._cells import Cell
+from fastcarry._protocol import SHAPE_MEMBERS, missing_members
 
 
 class Args(NamedTuple):
@@ -39,8 +39,10 @@ BACKWARDS = ("fused", "autodiff")
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
           backward="fused", chunk=None, parallel_iterations=None, swap_memory=False):
     """Validates ``unroll``'s arguments; returns ``Args``. It does not build the cell (``build_for`` does)."""
-    if not isinstance(cell, Cell):
-        raise TypeError(f"cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got {type(cell).__name__}")
+    missing = missing_members(cell, SHAPE_MEMBERS)
+    if missing:
+        raise TypeError(f"cell must be a fastcarry cell (fastcarry.CellProtocol; see fc.as_cell for Keras and TF1 "
+                        f"cells), got {type(cell).__name__}, which lacks {', '.join(missing)}")
     for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile"),
                         (swap_memory, "swap_memory")):
         _flag(value, name)
@@ -92,7 +94,7 @@ def _inputs(inputs, cell, time_major):
     feature = tensor.shape[2]
     if feature is None:
         raise ValueError(f"inputs must have a static feature dimension D (last axis of {layout}), got shape {tensor.shape}")
-    if cell.built and feature != cell.input_dim:
+    if cell.input_dim is not None and feature != cell.input_dim:
         raise ValueError(f"inputs has feature dim {feature} (shape {tensor.shape}), expected {cell.input_dim} "
                          f"(the input_dim the cell was built for)")
     return tensor
@@ -100,46 +102,74 @@ def _inputs(inputs, cell, time_major):
 
 def build_for(cell, args):
     """Builds an unbuilt ``cell`` for the validated inputs' feature size D (first use)."""
-    if not cell.built:
+    if cell.input_dim is None:
         cell.build(int(args.inputs.shape[-1]))
 
 
-def _component(value, name, batch, units, dtype):
+def _size(size):
+    """A state_size leaf (int or TensorShape) as a list of dims after B."""
+    return [size] if isinstance(size, int) else tf.TensorShape(size).as_list()
+
+
+def _component(value, name, batch, size, dtype):
+    want = [batch] + _size(size)
     if not (tf.is_tensor(value) or isinstance(value, (np.ndarray, list, tf.Variable))):
-        raise TypeError(f"{name} must be a tensor [B, H], got {type(value).__name__}")
+        raise TypeError(f"{name} must be a tensor {want}, got {type(value).__name__}")
     tensor = tf.convert_to_tensor(value)
     if tensor.dtype != dtype:
         raise TypeError(f"{name} has dtype {tensor.dtype.name}, expected {dtype.name}")
-    want = tf.TensorShape([batch, units])
-    if not tensor.shape.is_compatible_with(want):
+    if not tensor.shape.is_compatible_with(tf.TensorShape(want)):
         raise ValueError(f"{name} has shape {tensor.shape.as_list() if tensor.shape.rank is not None else tensor.shape}, "
-                         f"expected {[batch, units]}")
+                         f"expected {want}")
     return tensor
 
 
+def _paths(structure, name):
+    """A name per leaf of ``structure``: ``name.c`` for NamedTuple fields, ``name[1]`` for positions."""
+    if isinstance(structure, tuple) and hasattr(structure, "_fields"):
+        return [p for f, v in zip(structure._fields, structure) for p in _paths(v, f"{name}.{f}")]
+    if isinstance(structure, (tuple, list)):
+        return [p for i, v in enumerate(structure) for p in _paths(v, f"{name}[{i}]")]
+    if isinstance(structure, dict):
+        return [p for k in sorted(structure) for p in _paths(structure[k], f"{name}[{k!r}]")]
+    return [name]
+
+
+def _got(state):
+    if isinstance(state, (tuple, list)):
+        return f"a {type(state).__name__} of {len(state)}"
+    return type(state).__name__
+
+
 def check_state(state, cell, batch, name="initial_state"):
-    """``state`` (None or the cell's structure of ``[batch, H]``) as tensors of the cell's dtype, or a clear error naming ``name``."""
+    """``state`` (None or the cell's structure of ``[batch, size]``) as tensors of the cell's dtype, packed in
+    ``state_size``'s structure, or a clear error naming ``name``."""
     if state is None:
         return None
     size = cell.state_size
-    fields = getattr(type(size), "_fields", None)
-    if fields is None:
+    if not tf.nest.is_nested(size):
         if isinstance(state, (tuple, list)) and state and (tf.is_tensor(state[0]) or isinstance(state[0], np.ndarray)):
             # Keras returns a single state as a one-element list; accept that, nothing longer.
             if len(state) != 1:
-                raise TypeError(f"{name} must be one tensor [B, H] for {type(cell).__name__}, "
-                                f"got a {type(state).__name__} of {len(state)}")
+                raise TypeError(f"{name} must be one tensor [B, H] for {type(cell).__name__}, got {_got(state)}")
             state = state[0]
         return _component(state, name, batch, size, cell.dtype)
-    if not isinstance(state, (tuple, list)) or len(state) != len(fields):
-        got = f"a {type(state).__name__} of {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
-        raise TypeError(f"{name} must be {type(size).__name__}({', '.join(fields)}) for "
-                        f"{type(cell).__name__}, got {got}")
-    if isinstance(state, tuple) and hasattr(state, "_fields") and tuple(state._fields) != tuple(fields):
-        raise TypeError(f"{name} must be {type(size).__name__}({', '.join(fields)}), "
-                        f"got {type(state).__name__}({', '.join(state._fields)})")
-    return type(size)(*(_component(v, f"{name}.{f}", batch, n, cell.dtype)
-                        for v, f, n in zip(state, fields, size)))
+    fields = getattr(type(size), "_fields", None)
+    if fields is not None:
+        shown = f"{type(size).__name__}({', '.join(fields)})"
+        if not isinstance(state, (tuple, list)) or len(state) != len(fields):
+            raise TypeError(f"{name} must be {shown} for {type(cell).__name__}, got {_got(state)}")
+        if isinstance(state, tuple) and hasattr(state, "_fields") and tuple(state._fields) != tuple(fields):
+            # LSTMStateTuple(c, h) for LSTMState(h, c) would swap h and c silently.
+            raise TypeError(f"{name} must be {shown}, got {type(state).__name__}({', '.join(state._fields)})")
+    try:
+        tf.nest.assert_same_structure(size, state, check_types=False)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must have the structure of {type(cell).__name__}'s state_size {size!r} "
+                        f"(a tensor [B, size] per int), got {_got(state)}: {err}") from None
+    leaves = [_component(v, p, batch, n, cell.dtype)
+              for v, p, n in zip(tf.nest.flatten(state), _paths(size, name), tf.nest.flatten(size))]
+    return tf.nest.pack_sequence_as(size, leaves)
 
 
 def _lengths(sequence_length, batch, time):

@@ -12,8 +12,9 @@ is the same thing as reversing each row within its own length.
 
 import tensorflow as tf
 
-from fastcarry import _validate
+from fastcarry import _generic, _validate
 from fastcarry._cells import GRU, LSTM, SimpleRNN, LSTMState
+from fastcarry._stack import Stack
 
 __all__ = ["unroll"]
 
@@ -81,17 +82,33 @@ def _simple_rnn_step(cell):
 
 def _generic_step(cell):
     """For a cell this module has no equations for: the cell's own core, one step at a time."""
-    core, params = cell._core(), cell._params()
+    core, params = cell.core(), cell.params()
 
     def step(state, x):
-        return core.step(params, state, core.project(params, x[None])[0])
+        return core.run_step(params, state, core.project(params, x[None])[0])
+    return step
+
+
+def _stack_step(stack):
+    """All layers inside one step, as ``MultiRNNCell`` does (``fastcarry.unroll`` runs them layer by layer)."""
+    steps = [_step_for(cell) for cell in stack.cells]
+
+    def step(states, x):
+        new_states = []
+        for layer_step, state in zip(steps, states):
+            state, x = layer_step(state, x)
+            new_states.append(state)
+        return tuple(new_states), x
     return step
 
 
 def _step_for(cell):
-    for kind, make in ((LSTM, _lstm_step), (GRU, _gru_step), (SimpleRNN, _simple_rnn_step)):
+    for kind, make in ((LSTM, _lstm_step), (GRU, _gru_step), (SimpleRNN, _simple_rnn_step), (Stack, _stack_step)):
         if isinstance(cell, kind):
             return make(cell)
+    if isinstance(cell, _generic.KerasFusedCell):
+        # The Keras layer's own call, not the fused kernel that fastcarry.unroll runs on its weights.
+        return _generic.LayerCell(cell.layer)._call
     return _generic_step(cell)
 
 
@@ -107,6 +124,8 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     be static. Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` if ``time_major``) ->
     ``(outputs [B, T, H], state)``.
     """
+    if not isinstance(cell, Stack):
+        cell = _generic.as_cell(cell)
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory)
     _validate.build_for(cell, args)

@@ -47,7 +47,7 @@ def recurrent_input(state):
     return state
 
 
-def kernel(params):
+def recurrent_kernel(params):
     """``recurrent_reset_after``'s weight ``[H, 3H]`` (it adds ``bias[1]``, free of ``h``)."""
     return params.recurrent_kernel
 
@@ -84,10 +84,6 @@ def update_reset_after(state, a):
     return h, h
 
 
-def step_reset_after(params, state, xp_t):
-    """One reset-after step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    return update_reset_after(state, combine_reset_after(xp_t, recurrent_reset_after(params, state)))
-
 
 class ResetBeforePreactivation(NamedTuple):
     """What a reset-before step keeps: ``zr [.., 2H]`` (``xz + h @ U_z``, ``xr + h @ U_r``), ``h [.., H]`` (``xh + (r * h) @ U_h``)."""
@@ -96,7 +92,7 @@ class ResetBeforePreactivation(NamedTuple):
     h: tf.Tensor
 
 
-def kernel_zr(params):
+def recurrent_kernel_zr(params):
     """The first matmul's weight ``[U_z U_r] [H, 2H]``."""
     units = params.recurrent_kernel.shape[0]
     return params.recurrent_kernel[:, : 2 * units]
@@ -105,7 +101,7 @@ def kernel_zr(params):
 def recurrent_reset_before(params, h):
     """The first matmul: ``h [N, H] -> [N, 2H]`` = ``h @ [U_z U_r]``."""
     # Slicing a loop-invariant weight: XLA hoists the slice out of the loop.
-    return tf.matmul(h, kernel_zr(params))
+    return tf.matmul(h, recurrent_kernel_zr(params))
 
 
 def combine_reset_before(xp_t, rec_t):
@@ -120,7 +116,7 @@ def reset_state(state, a):
     return r * state
 
 
-def kernel_h(params):
+def recurrent_kernel_h(params):
     """The second matmul's weight ``U_h [H, H]``."""
     units = params.recurrent_kernel.shape[0]
     return params.recurrent_kernel[:, 2 * units :]
@@ -128,7 +124,7 @@ def kernel_h(params):
 
 def recurrent_candidate(params, g):
     """The second matmul: ``g [N, H] -> [N, H]`` = ``g @ U_h``."""
-    return tf.matmul(g, kernel_h(params))
+    return tf.matmul(g, recurrent_kernel_h(params))
 
 
 def add_candidate(a, rec_t):
@@ -142,9 +138,3 @@ def update_reset_before(state, a):
     h = z * state + (1 - z) * tf.tanh(a.h)
     return h, h
 
-
-def step_reset_before(params, state, xp_t):
-    """One reset-before step: ``state [B, H]``, ``xp_t [B, 3H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    a = combine_reset_before(xp_t, recurrent_reset_before(params, state))
-    a = add_candidate(a, recurrent_candidate(params, reset_state(state, a)))
-    return update_reset_before(state, a)

@@ -10,7 +10,9 @@ candidate, output), so one matmul computes all four::
 
 ``x_t @ kernel + bias`` (plus a constant ``forget_bias`` on the f slice, which is
 how TF1's ``BasicLSTMCell`` differs) is done for several steps at once by
-``project``; ``step`` does the rest.
+``project``; ``recurrent``, ``combine`` and ``update`` do the rest (a step is
+``update(state, combine(xp_t, recurrent(params, state.h)))``, composed by
+``fastcarry.Core``).
 """
 
 from typing import NamedTuple
@@ -49,8 +51,8 @@ def recurrent_input(state):
     return state.h
 
 
-def kernel(params):
-    """``recurrent``'s weight ``[H, 4H]``: ``recurrent(params, h) == h @ kernel(params)``."""
+def recurrent_kernel(params):
+    """``recurrent``'s weight ``[H, 4H]``: ``recurrent(params, h) == h @ recurrent_kernel(params)``."""
     return params.recurrent_kernel
 
 
@@ -71,7 +73,3 @@ def update(state, z):
     h = tf.sigmoid(o) * tf.tanh(c)
     return LSTMState(h, c), h
 
-
-def step(params, state, xp_t):
-    """One step: ``state`` LSTMState of ``[B, H]``, ``xp_t [B, 4H]`` -> (LSTMState, ``h' [B, H]``)."""
-    return update(state, combine(xp_t, recurrent(params, state.h)))

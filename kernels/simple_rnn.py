@@ -30,7 +30,7 @@ def recurrent_input(state):
     return state
 
 
-def kernel(params):
+def recurrent_kernel(params):
     """``recurrent``'s weight ``[H, H]``: ``recurrent(params, h) == h @ kernel(params)``."""
     return params.recurrent_kernel
 
@@ -50,7 +50,3 @@ def update(state, z, activation=tf.tanh):
     h = activation(z)
     return h, h
 
-
-def step(params, state, xp_t, activation=tf.tanh):
-    """One step: ``state [B, H]``, ``xp_t [B, H]`` -> (``h' [B, H]``, ``h' [B, H]``)."""
-    return update(state, combine(xp_t, recurrent(params, state)), activation)

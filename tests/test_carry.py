@@ -273,7 +273,7 @@ def test_row_with_length_zero_keeps_its_state():
 
 
 @pytest.mark.parametrize("make, error, message", [
-    (lambda c: fc.Carry(object(), B), TypeError, "cell must be a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN), got object"),
+    (lambda c: fc.Carry(object(), B), TypeError, "got object, which lacks state_size, __call__"),
     (lambda c: fc.Carry(c, 0), ValueError, "batch_size must be an int >= 1, got 0"),
     (lambda c: fc.Carry(c, True), ValueError, "batch_size must be an int >= 1, got True"),
     (lambda c: fc.Carry(c, B, truncate="no"), TypeError, "truncate must be a bool, got 'no'"),

@@ -82,7 +82,7 @@ def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
     # What bounds the memory: the saving forward returns one state per chunk,
     # not one per step (and no gate pre-activations).
     cell = make_cell("lstm", H, input_dim=D)
-    core, params = cell._core(), cell._params()
+    core, params = cell.core(), cell.params()
     opts = _unroll._Options(False, False, 2, chunk)
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     _, _, saved = _unroll._function("forward", core, opts, True)(x, cell.zero_state(B), None, params)
@@ -94,7 +94,7 @@ def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
 
 def _hlo(kind, opts, make_args):
     cell = make_cell("lstm", H, input_dim=D)
-    fn = _unroll._function(kind, cell._core(), opts, True)
+    fn = _unroll._function(kind, cell.core(), opts, True)
     return fn.experimental_get_compiler_ir(*make_args(cell))(stage="optimized_hlo")
 
 
@@ -109,11 +109,11 @@ def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
     opts = _unroll._Options(False, False, 2, 3)
 
     def forward_args(cell):
-        return x, cell.zero_state(B), None, cell._params()
+        return x, cell.zero_state(B), None, cell.params()
 
     def backward_args(cell):
-        ys, final, saved = _unroll._function("forward", cell._core(), opts, True)(*forward_args(cell))
-        return x, cell.zero_state(B), None, cell._params(), saved, tf.ones_like(ys), final
+        ys, final, saved = _unroll._function("forward", cell.core(), opts, True)(*forward_args(cell))
+        return x, cell.zero_state(B), None, cell.params(), saved, tf.ones_like(ys), final
 
     for kind, args in (("forward", forward_args), ("fused", backward_args), ("infer", forward_args)):
         hlo = _hlo(kind, opts, args)

@@ -184,11 +184,28 @@ def test_non_bool_flag(run, flag, value):
         run(_cell(), _x(), **{flag: value})
 
 
+class _NoCall:
+    state_size = H
+
+
+class _HalfProtocol:
+    """Has what argument checks read but no core()/params() and no call: neither contract."""
+
+    dtype, state_size, output_size, input_dim = tf.float32, H, H, None
+
+    def build(self, input_dim):
+        pass
+
+    def zero_state(self, batch_size, dtype=None):
+        return tf.zeros([batch_size, H])
+
+
 @UNROLLS
-def test_non_cell_object_as_cell(run):
-    keras_cell = tf.keras.layers.LSTMCell(H)
-    with _raises("cell", "fastcarry cell", "LSTMCell"):
-        run(keras_cell, _x())
+@pytest.mark.parametrize("cell, missing", [(object(), "state_size, __call__"), (_NoCall(), "lacks __call__"),
+                                           (_HalfProtocol(), "lacks core, params")])
+def test_non_cell_object_as_cell(run, cell, missing):
+    with _raises("cell must be", "Keras cell", "TF1 RNNCell", type(cell).__name__, missing):
+        run(cell, _x())
 
 
 # -- constructors, weights -----------------------------------------------------

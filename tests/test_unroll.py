@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry.tools import check as _check
-from fastcarry._protocol import Core
+from fastcarry import Core
 
 B, T, D, H = 3, 7, 4, 5
 
@@ -116,10 +116,10 @@ class Toy(fc.Cell):
     def build(self, input_dim):
         self.input_dim = input_dim
 
-    def _core(self):
-        return Core(("toy",), lambda params, x: x, lambda params, s, x: (s + 1, x + s), self.units)
+    def core(self):
+        return Core("toy", (), lambda params, x: x, self.units, step=lambda params, s, x: (s + 1, x + s))
 
-    def _params(self):
+    def params(self):
         return ()
 
 

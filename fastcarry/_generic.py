@@ -1,0 +1,405 @@
+"""Cells fastcarry did not write, as cells of ``fastcarry.CellProtocol``: ``fc.as_cell`` and ``fc.FunctionCell``.
+
+Three contracts are accepted:
+
+- **Keras** (Keras 3 or ``tf_keras`` layers): ``state_size`` (an int or a list
+  of them) and ``call(inputs, states) -> (output, new_states)``, states a list
+  (``keras.layers.LSTMCell``, ``GRUCell``, ``SimpleRNNCell``, any user layer).
+- **TF1** ``RNNCell`` (``tf_keras``'s ``legacy_cells``: ``BasicLSTMCell``,
+  ``GRUCell``, ``BasicRNNCell``, ``MultiRNNCell``, any subclass): also
+  ``zero_state(batch_size, dtype)``; the state is the cell's own structure
+  (``LSTMStateTuple``, tuples of them).
+- **A step function**: ``fc.FunctionCell(step, state_size, output_size, variables)``.
+
+Such a cell runs on the *generic* path: ``unroll``'s loops call its step as it
+is, and the backward is TF's VJP of that step (see ``fastcarry._backward``).
+A Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` with the standard
+activations and no dropout runs on the *fused* path instead, the fused kernel
+reading the layer's own variables (no copy); ``fc.as_cell(cell, fused=False)``
+keeps it generic.
+
+Shapes: ``x_t [B, D]``, each state component ``[B, size]``, ``y_t [B, output_size]``.
+"""
+
+import inspect
+import re
+import weakref
+
+import tensorflow as tf
+
+from fastcarry import _cells
+from fastcarry._protocol import SHAPE_MEMBERS, Core, missing_members
+from fastcarry.kernels import gru as _gru
+from fastcarry.kernels import lstm as _lstm
+from fastcarry.kernels import simple_rnn as _simple_rnn
+from fastcarry.kernels.lstm import LSTMState
+
+
+def _identity_project(params, x):
+    """A generic cell projects its own inputs inside its step: ``xp_t = x_t``."""
+    del params
+    return x
+
+
+def _describe(structure):
+    """``structure`` of tensors as text: its nesting with ``dtype[shape]`` leaves."""
+    def leaf(v):
+        if tf.is_tensor(v) or isinstance(v, tf.Variable):
+            return f"{v.dtype.name}{v.shape.as_list() if v.shape.rank is not None else '[?]'}"
+        return type(v).__name__
+    return str(tf.nest.map_structure(leaf, structure))
+
+
+def checked_step(step, name):
+    """``step(state, x_t) -> (state, y_t)``, checked at trace time: the state comes back as it went in.
+
+    A loop carries the state from step to step, so a step that changes its
+    structure, a shape or a dtype cannot run; say so here, naming what the
+    step returned, rather than deep inside ``tf.while_loop``.
+    """
+    def run(state, x_t):
+        result = step(state, x_t)
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise TypeError(f"{name} must return (new_state, output), got {_describe(result)}")
+        new_state, y = result
+        try:
+            tf.nest.assert_same_structure(state, new_state, check_types=False)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} returned a state of structure {_describe(new_state)}, but was given "
+                            f"{_describe(state)}; the state must keep its structure from step to step") from err
+        for got, want in zip(tf.nest.flatten(new_state), tf.nest.flatten(state)):
+            got = tf.convert_to_tensor(got)
+            if got.dtype != want.dtype or not got.shape.is_compatible_with(want.shape):
+                raise TypeError(f"{name} returned a state {_describe(new_state)}, but was given {_describe(state)}; "
+                                f"each component must keep its shape and dtype from step to step")
+        y = tf.convert_to_tensor(y)
+        if y.shape.rank != 2 or y.dtype != x_t.dtype:
+            raise TypeError(f"{name} returned an output {_describe(y)}, expected {x_t.dtype.name}[B, output_size]")
+        return tf.nest.pack_sequence_as(state, tf.nest.flatten(new_state)), y
+    return run
+
+
+def _generic_core(name, step, output_size, variables, owner):
+    """The ``Core`` of a generic cell: identity projection, ``step(state, x_t)`` as it is."""
+    def core_step(params, state, xp_t):
+        del params  # the step reads its variables itself
+        return step(state, xp_t)
+    return Core(name, None, _identity_project, output_size, step=core_step, variables=tuple(variables),
+                owner=owner)
+
+
+def _tf_variable(v, where):
+    """The ``tf.Variable`` behind ``v`` (a Keras 3 variable holds one as ``.value``)."""
+    inner = v if isinstance(v, tf.Variable) else getattr(v, "value", None)
+    if not isinstance(inner, tf.Variable):
+        raise TypeError(f"{where} holds {type(v).__name__} {getattr(v, 'name', '')!r}, which is not a tf.Variable")
+    return inner
+
+
+def _zeros(state_size, batch_size, dtype):
+    def zeros(size):
+        shape = tf.TensorShape(size).as_list() if not isinstance(size, int) else [size]
+        return tf.zeros(tf.concat([[batch_size], shape], 0), dtype)
+    return tf.nest.map_structure(zeros, state_size)
+
+
+def _snake(name):
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class FunctionCell:
+    """A step function and the variables it reads, as a fastcarry cell (generic path)::
+
+        step(state, x_t) -> (new_state, y_t)     x_t [B, D], y_t [B, output_size]
+
+    ``state`` has the structure of ``state_size`` with ``[B, size]`` per
+    component; ``new_state`` must have the same structure, shapes and dtypes.
+    ``fc.unroll(fc.FunctionCell(...), inputs)`` runs it over time under one
+    compiled loop; the gradient w.r.t. inputs, initial state and every
+    variable in ``variables`` is TF's autodiff of ``step``, taken by fastcarry's
+    reverse loop. ``step`` must treat batch rows independently (the weight
+    gradients of all steps are taken as one batch of ``T * B`` rows), and
+    every variable it reads must be in ``variables`` (a variable it reads but
+    that is not listed is an error when the gradient is taken).
+
+    Args:
+      step: the function above; a pure function of its arguments and ``variables``.
+      state_size: an int H, or a structure (tuple, list, NamedTuple) of ints.
+      output_size: int, the last dimension of ``y_t``.
+      variables: the ``tf.Variable``\\ s (or Keras variables) ``step`` reads.
+      dtype: of inputs, state and outputs.
+      name: names the compiled functions (``fastcarry_<name>_forward``); an identifier.
+    """
+
+    def __init__(self, step, state_size, output_size, variables=(), *, dtype=tf.float32, name="function_cell"):
+        if not callable(step):
+            raise TypeError(f"step must be callable (state, x_t) -> (new_state, y_t), got {type(step).__name__}")
+        for size in tf.nest.flatten(state_size):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"state_size must be an int >= 1 or a structure of them, got {state_size!r}")
+        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
+            raise ValueError(f"output_size must be an int >= 1, got {output_size!r}")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"name must be an identifier string, got {name!r}")
+        self.step = step
+        self.state_size = state_size
+        self.output_size = output_size
+        self.variables = tuple(_tf_variable(v, "variables") for v in tf.nest.flatten(list(variables)))
+        self.dtype = tf.as_dtype(dtype)
+        self.name = name
+        self.input_dim = None
+
+    def build(self, input_dim):
+        """Records D; a step function has no variables to make."""
+        if self.input_dim is not None and input_dim != self.input_dim:
+            raise ValueError(f"inputs have feature dim {input_dim}, expected {self.input_dim} "
+                             f"(the first inputs of {self.name!r})")
+        self.input_dim = int(input_dim)
+
+    @property
+    def trainable_variables(self):
+        """``variables`` (what gets gradients)."""
+        return list(self.variables)
+
+    def zero_state(self, batch_size, dtype=None):
+        """Zeros in ``state_size``'s structure, ``[batch_size, size]`` each."""
+        return _zeros(self.state_size, batch_size, self.dtype if dtype is None else dtype)
+
+    def core(self):
+        return _generic_core(self.name, checked_step(self.step, f"{self.name}'s step"), self.output_size,
+                             self.variables, self)
+
+    def params(self):
+        return ()
+
+    def __repr__(self):
+        return f"FunctionCell({self.name!r}, state_size={self.state_size!r}, output_size={self.output_size})"
+
+
+class LayerCell:
+    """A Keras or TF1 cell object (see the module docstring) as a fastcarry cell on the generic path.
+
+    Made by ``fc.as_cell``. It holds the layer weakly (compiled functions live
+    as long as the layer) and builds it, if needed, by calling it once on zeros.
+    """
+
+    def __init__(self, layer):
+        self._layer = weakref.ref(layer)
+        self.tf1 = callable(getattr(layer, "zero_state", None))
+        self.name = _snake(type(layer).__name__)
+        self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or getattr(layer, "dtype", None) or "float32")
+        size = layer.state_size
+        # Keras passes the states as a list, one per state_size entry.
+        self.state_size = size if self.tf1 else (list(size) if isinstance(size, (list, tuple)) else [size])
+        self.input_dim = None
+        self.output_size = None
+
+    @property
+    def layer(self):
+        return self._layer()
+
+    @property
+    def trainable_variables(self):
+        """The layer's."""
+        return list(self.layer.trainable_variables)
+
+    def _call(self, state, x_t):
+        layer = self._layer()
+        if self.tf1:
+            return layer(x_t, state)
+        y, new_states = layer(x_t, list(state))
+        return y, (list(new_states) if isinstance(new_states, (list, tuple)) else [new_states])
+
+    def build(self, input_dim):
+        """Builds the layer for D features (one call on zeros, outside any trace) and learns ``output_size``."""
+        if self.input_dim == input_dim:
+            return
+        with tf.init_scope():
+            x = tf.zeros([1, int(input_dim)], self.dtype)
+            try:
+                _, y = checked_step(self._call, f"{type(self.layer).__name__}.call")(self.zero_state(1), x)
+            except TypeError:  # checked_step's own message says it
+                raise
+            except Exception as err:  # the layer's: say which call failed
+                raise ValueError(f"calling the {type(self.layer).__name__} on inputs of shape [1, {input_dim}] "
+                                 f"failed: {err}") from err
+        self.input_dim, self.output_size = int(input_dim), int(y.shape[-1])
+
+    def zero_state(self, batch_size, dtype=None):
+        """The layer's own initial state: TF1 ``zero_state``, Keras ``get_initial_state``, else zeros."""
+        layer, dtype = self.layer, self.dtype if dtype is None else tf.as_dtype(dtype)
+        if self.tf1:
+            return layer.zero_state(batch_size, dtype)
+        initial = getattr(layer, "get_initial_state", None)
+        if initial is None:
+            return _zeros(self.state_size, batch_size, dtype)
+        kwargs = {"dtype": dtype} if "dtype" in inspect.signature(initial).parameters else {}
+        state = initial(batch_size=batch_size, **kwargs)
+        return [tf.cast(s, dtype) for s in (state if isinstance(state, (list, tuple)) else [state])]
+
+    def core(self):
+        layer = self.layer
+        variables = [_tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
+        # self._call holds the layer weakly: see the class docstring.
+        return _generic_core(self.name, checked_step(self._call, f"{type(layer).__name__}.call"), self.output_size,
+                             variables, layer)
+
+    def params(self):
+        return ()
+
+    def __repr__(self):
+        return f"fc.as_cell({type(self.layer).__name__}, fused=False)"
+
+
+# -- the fused path for Keras's own cells ---------------------------------------------------------------------
+
+def _fused_kind(layer):
+    """``"lstm"``, ``"gru"`` or ``"simple_rnn"`` for a Keras (3 or tf_keras) cell the fused kernels run, or the
+    reason it cannot be fused (a string starting with "no:")."""
+    kinds = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}
+    kind = kinds.get(type(layer).__name__)
+    if kind is None or not type(layer).__module__.startswith(("keras", "tf_keras")):
+        return f"no: {type(layer).__name__} is not keras.layers.LSTMCell, GRUCell or SimpleRNNCell"
+    for knob in ("dropout", "recurrent_dropout"):
+        if getattr(layer, knob, 0.0):
+            return f"no: it has {knob}={getattr(layer, knob)}"
+    act = _cells._activation_name(layer.activation)
+    if kind == "simple_rnn":
+        return kind if act in _cells._ACTIVATIONS else f"no: activation={act!r}"
+    rec = _cells._activation_name(layer.recurrent_activation)
+    if (act, rec) != ("tanh", "sigmoid"):
+        return f"no: activation={act!r}, recurrent_activation={rec!r} (the kernels do tanh and sigmoid)"
+    return kind
+
+
+def _list_state(core, to_core, from_core):
+    """``core``'s math on Keras's list states: ``to_core(list) -> core state``, ``from_core(core state) -> list``."""
+    split = core.split
+
+    def recurrent_input(state):
+        return split.recurrent_input(to_core(state))
+
+    def update(state, a):
+        new, y = split.update(to_core(state), a)
+        return from_core(new), y
+
+    second = split.second
+    if second is not None:
+        second = second._replace(input=lambda state, a: split.second.input(to_core(state), a))
+    return core._replace(key=("keras_list_state",) + tuple(core.key),
+                         split=split._replace(recurrent_input=recurrent_input, update=update, second=second))
+
+
+class KerasFusedCell:
+    """A Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` run by the fused kernel on the layer's own variables.
+
+    Made by ``fc.as_cell``. ``params()`` reads the layer's ``kernel``,
+    ``recurrent_kernel`` and ``bias`` (cast to its compute dtype), so the
+    caller's tape sends their gradients to those variables; nothing is copied.
+    The state is Keras's: ``[h, c]`` for LSTM, ``[h]`` otherwise.
+    """
+
+    def __init__(self, layer, kind):
+        self._layer = weakref.ref(layer)
+        self.kind = kind
+        self.units = int(layer.units)
+        self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or layer.dtype)
+        self.state_size = [self.units, self.units] if kind == "lstm" else [self.units]
+        self.output_size = self.units
+        self.input_dim = None
+
+    @property
+    def layer(self):
+        return self._layer()
+
+    @property
+    def trainable_variables(self):
+        """The layer's (its own variables, which the fused kernel reads)."""
+        return list(self.layer.trainable_variables)
+
+    def build(self, input_dim):
+        layer = self.layer
+        if not layer.built:
+            with tf.init_scope():
+                layer.build((None, int(input_dim)))
+        got = int(layer.kernel.shape[0])
+        if got != input_dim:
+            raise ValueError(f"inputs have feature dim {input_dim}, expected {got} (the keras "
+                             f"{type(layer).__name__} was built for {got})")
+        self.input_dim = got
+
+    def zero_state(self, batch_size, dtype=None):
+        return _zeros(self.state_size, batch_size, self.dtype if dtype is None else dtype)
+
+    def core(self):
+        layer = self.layer
+        if self.kind == "lstm":
+            core = _cells.lstm_core(self.units, 0.0)
+            return _list_state(core, lambda s: LSTMState(*s), lambda s: [s.h, s.c])
+        if self.kind == "gru":
+            core = _cells.gru_core(self.units, bool(layer.reset_after))
+        else:
+            core = _cells.simple_rnn_core(self.units, _cells._activation_name(layer.activation))
+        return _list_state(core, lambda s: s[0], lambda s: [s])
+
+    def params(self):
+        layer = self.layer
+        kernel, recurrent = layer.kernel, layer.recurrent_kernel
+        if getattr(layer, "use_bias", True):
+            bias = tf.convert_to_tensor(layer.bias)
+        else:
+            shape = [2, 3 * self.units] if self.kind == "gru" and layer.reset_after else [kernel.shape[-1]]
+            bias = tf.zeros(shape, self.dtype)
+        types = {"lstm": _lstm.Params, "gru": _gru.Params, "simple_rnn": _simple_rnn.Params}
+        return types[self.kind](*(tf.cast(tf.convert_to_tensor(w), self.dtype) for w in (kernel, recurrent, bias)))
+
+    def __repr__(self):
+        return f"fc.as_cell({type(self.layer).__name__}, fused=True)"
+
+
+# Adapters are kept per layer (weakly) so an eager loop does not rebuild one per call.
+_ADAPTERS = weakref.WeakKeyDictionary()
+
+_ACCEPTED = ("a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN, fc.FunctionCell, fc.Stack, or any object with "
+             "fastcarry.CellProtocol's members), a Keras cell (state_size and call(inputs, states)), "
+             "or a TF1 RNNCell (state_size, zero_state and __call__(inputs, state))")
+
+
+def as_cell(cell, *, fused=None):
+    """``cell`` as a fastcarry cell (an object of ``fastcarry.CellProtocol``).
+
+    Args:
+      cell: a fastcarry cell (returned as it is), a Keras 3 or ``tf_keras``
+        cell layer, or a TF1 ``RNNCell`` (see the module docstring).
+      fused: None: a Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` that the
+        fused kernels can run (standard activations, no dropout) is run by
+        them on its own variables, anything else generically; True: fused or a
+        ``ValueError`` saying why not; False: the generic path.
+
+    Returns:
+      a cell for ``fc.unroll``, ``fc.Carry``, ``fc.Stack`` and ``fc.bidirectional``.
+    """
+    if fused not in (None, True, False):
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    if not missing_members(cell):
+        if fused is not None:
+            raise ValueError(f"fused= applies to Keras cells; {type(cell).__name__} is already a fastcarry cell")
+        return cell
+    if getattr(cell, "state_size", None) is None or not callable(cell):
+        # Not callable but shaped like a fastcarry cell: it means the protocol.
+        lacks = missing_members(cell) if not callable(cell) and not missing_members(cell, SHAPE_MEMBERS) else (
+            [m for m, ok in (("state_size", getattr(cell, "state_size", None) is not None),
+                             ("__call__ (call(inputs, states))", callable(cell))) if not ok])
+        raise TypeError(f"cell must be {_ACCEPTED}; got {type(cell).__name__}, which lacks {', '.join(lacks)}")
+    kind = _fused_kind(cell)
+    if fused is True and kind.startswith("no:"):
+        raise ValueError(f"fused=True: the fused kernels cannot run this {type(cell).__name__} ({kind[4:]})")
+    key = "fused" if (fused is not False and not kind.startswith("no:")) else "generic"
+    try:
+        adapters = _ADAPTERS.setdefault(cell, {})
+    except TypeError:  # not weakly referable: no cache
+        adapters = {}
+    if key not in adapters:
+        adapters[key] = KerasFusedCell(cell, kind) if key == "fused" else LayerCell(cell)
+    return adapters[key]
+

@@ -1,0 +1,106 @@
+"""``fc.Stack``: cells one above the other (TF1 ``MultiRNNCell``), run layer by layer.
+
+Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` time-major) -> outputs ``[B, T, H_last]``;
+state: a tuple with each layer's state.
+"""
+
+from fastcarry import _generic, _validate
+
+
+def _as_layer(cell, index):
+    try:
+        return cell if isinstance(cell, Stack) else _generic.as_cell(cell)
+    except TypeError as err:
+        raise TypeError(f"cells[{index}]: {err}") from None
+
+
+class Stack:
+    """Cells stacked in depth, a cell itself (``MultiRNNCell``'s semantics).
+
+    Layer ``l + 1`` reads layer ``l``'s output at the same step; the state is
+    a tuple of each layer's state; the output is the last layer's;
+    ``sequence_length`` masks every layer. ``fc.unroll``, ``fc.Carry``,
+    ``fc.bidirectional`` and ``fastcarry.reference.unroll`` all take it, and a
+    ``Stack`` may hold another.
+
+    ``fc.unroll`` runs it **layer by layer**: each layer's whole sequence
+    through its own compiled loop, then the next layer's over that layer's
+    outputs (its input projection one matmul over all of them). That equals
+    running all layers inside one step (``MultiRNNCell`` under ``dynamic_rnn``,
+    which is what ``fastcarry.reference.unroll`` does), because step ``t`` of
+    layer ``l + 1`` needs only steps ``<= t`` of layer ``l``; past a row's
+    length every layer copies its state and outputs zeros, so the next layer
+    sees zeros there and is masked too. The options given to ``unroll``
+    (``chunk``, ``swap_memory``, ``reverse``, ...) apply to every layer.
+
+    Args:
+      cells: a non-empty sequence of cells: fastcarry cells, Keras or TF1
+        cells (through ``fc.as_cell``), or Stacks.
+    """
+
+    def __init__(self, cells):
+        if isinstance(cells, (str, bytes)) or not hasattr(cells, "__iter__"):
+            raise TypeError(f"cells must be a sequence of cells, got {type(cells).__name__}")
+        cells = list(cells)
+        if not cells:
+            raise ValueError("cells must hold at least one cell, got an empty sequence")
+        self.cells = tuple(_as_layer(c, i) for i, c in enumerate(cells))
+        dtypes = {c.dtype for c in self.cells}
+        if len(dtypes) > 1:
+            raise TypeError(f"cells must share one dtype, got {[c.dtype.name for c in self.cells]}")
+
+    @property
+    def dtype(self):
+        return self.cells[0].dtype
+
+    @property
+    def state_size(self):
+        """A tuple of each layer's ``state_size``."""
+        return tuple(c.state_size for c in self.cells)
+
+    @property
+    def output_size(self):
+        """The last layer's."""
+        return self.cells[-1].output_size
+
+    @property
+    def input_dim(self):
+        return self.cells[0].input_dim
+
+    def build(self, input_dim):
+        """Builds layer by layer: each for the previous one's ``output_size``."""
+        for cell in self.cells:
+            cell.build(input_dim)
+            input_dim = cell.output_size
+
+    def zero_state(self, batch_size, dtype=None):
+        return tuple(c.zero_state(batch_size, dtype) for c in self.cells)
+
+    @property
+    def trainable_variables(self):
+        """Every layer's trainable variables, in layer order."""
+        return [v for cell in self.cells for v in cell.trainable_variables]
+
+    def __repr__(self):
+        return f"Stack([{', '.join(map(repr, self.cells))}])"
+
+
+def unroll_stack(stack, inputs, initial_state=None, **options):
+    """``fc.unroll`` of a ``Stack``: layer after layer, each with the same options."""
+    from fastcarry._unroll import unroll  # unroll dispatches here: a cycle at import time otherwise
+
+    if initial_state is not None:
+        if not isinstance(initial_state, (tuple, list)) or len(initial_state) != len(stack.cells):
+            got = (f"a {type(initial_state).__name__} of {len(initial_state)}"
+                   if isinstance(initial_state, (tuple, list)) else type(initial_state).__name__)
+            raise TypeError(f"initial_state must be a tuple with one state per layer ({len(stack.cells)}) for "
+                            f"a Stack, or None; got {got}")
+        batch = getattr(inputs, "shape", [None, None])[1 if options.get("time_major") else 0]
+        initial_state = [_validate.check_state(s, c, batch, name=f"initial_state[{i}]")
+                         for i, (s, c) in enumerate(zip(initial_state, stack.cells))]
+    states = []
+    outputs = inputs
+    for i, cell in enumerate(stack.cells):
+        outputs, state = unroll(cell, outputs, None if initial_state is None else initial_state[i], **options)
+        states.append(state)
+    return outputs, tuple(states)
