@@ -23,7 +23,6 @@ Shapes: ``x_t [B, D]``, each state component ``[B, size]``, ``y_t [B, output_siz
 
 import inspect
 import re
-import weakref
 
 import tensorflow as tf
 
@@ -104,7 +103,8 @@ def _zeros(state_size, batch_size, dtype):
 
 
 def _snake(name):
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """``LSTMCell`` -> ``lstm_cell``, ``MultiRNNCell`` -> ``multi_rnn_cell``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 class FunctionCell:
@@ -176,15 +176,31 @@ class FunctionCell:
         return f"FunctionCell({self.name!r}, state_size={self.state_size!r}, output_size={self.output_size})"
 
 
+def attached(obj, name):
+    """A dict kept in ``obj``'s own ``__dict__`` under ``name`` (made on first use).
+
+    Caches of what belongs to one object live on it, so they go when it goes
+    (reference cycles through it are collected); a global table keyed by the
+    object would keep it alive through its own entries. Written into
+    ``__dict__`` directly: a Keras layer's ``__setattr__`` would track it.
+    """
+    return vars(obj).setdefault(name, {})
+
+
 class LayerCell:
     """A Keras or TF1 cell object (see the module docstring) as a fastcarry cell on the generic path.
 
-    Made by ``fc.as_cell``. It holds the layer weakly (compiled functions live
-    as long as the layer) and builds it, if needed, by calling it once on zeros.
+    Made by ``fc.as_cell``, which keeps it on the layer. It builds the layer,
+    if needed, by calling it once on zeros.
     """
 
     def __init__(self, layer):
-        self._layer = weakref.ref(layer)
+        for knob in ("dropout", "recurrent_dropout"):
+            if getattr(layer, knob, 0.0):
+                raise ValueError(f"the {type(layer).__name__} has {knob}={getattr(layer, knob)}, but fastcarry "
+                                 f"calls cells as Keras does at inference, with no dropout; make it without "
+                                 f"{knob} (or apply dropout to the inputs and outputs of fc.unroll)")
+        self.layer = layer
         self.tf1 = callable(getattr(layer, "zero_state", None))
         self.name = _snake(type(layer).__name__)
         self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or getattr(layer, "dtype", None) or "float32")
@@ -195,20 +211,18 @@ class LayerCell:
         self.output_size = None
 
     @property
-    def layer(self):
-        return self._layer()
-
-    @property
     def trainable_variables(self):
         """The layer's."""
         return list(self.layer.trainable_variables)
 
     def _call(self, state, x_t):
-        layer = self._layer()
+        """``(new_state, y_t)`` from the layer's ``(output, new_state)`` (Keras: states as a list)."""
+        layer = self.layer
         if self.tf1:
-            return layer(x_t, state)
+            y, new_state = layer(x_t, state)
+            return new_state, y
         y, new_states = layer(x_t, list(state))
-        return y, (list(new_states) if isinstance(new_states, (list, tuple)) else [new_states])
+        return (list(new_states) if isinstance(new_states, (list, tuple)) else [new_states]), y
 
     def build(self, input_dim):
         """Builds the layer for D features (one call on zeros, outside any trace) and learns ``output_size``."""
@@ -240,7 +254,6 @@ class LayerCell:
     def core(self):
         layer = self.layer
         variables = [_tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
-        # self._call holds the layer weakly: see the class docstring.
         return _generic_core(self.name, checked_step(self._call, f"{type(layer).__name__}.call"), self.output_size,
                              variables, layer)
 
@@ -258,7 +271,8 @@ def _fused_kind(layer):
     reason it cannot be fused (a string starting with "no:")."""
     kinds = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}
     kind = kinds.get(type(layer).__name__)
-    if kind is None or not type(layer).__module__.startswith(("keras", "tf_keras")):
+    # (TF1's legacy GRUCell shares the name, not the layout: it has zero_state.)
+    if kind is None or not type(layer).__module__.startswith(("keras", "tf_keras")) or hasattr(layer, "zero_state"):
         return f"no: {type(layer).__name__} is not keras.layers.LSTMCell, GRUCell or SimpleRNNCell"
     for knob in ("dropout", "recurrent_dropout"):
         if getattr(layer, knob, 0.0):
@@ -300,17 +314,13 @@ class KerasFusedCell:
     """
 
     def __init__(self, layer, kind):
-        self._layer = weakref.ref(layer)
+        self.layer = layer
         self.kind = kind
         self.units = int(layer.units)
         self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or layer.dtype)
         self.state_size = [self.units, self.units] if kind == "lstm" else [self.units]
         self.output_size = self.units
         self.input_dim = None
-
-    @property
-    def layer(self):
-        return self._layer()
 
     @property
     def trainable_variables(self):
@@ -357,9 +367,6 @@ class KerasFusedCell:
         return f"fc.as_cell({type(self.layer).__name__}, fused=True)"
 
 
-# Adapters are kept per layer (weakly) so an eager loop does not rebuild one per call.
-_ADAPTERS = weakref.WeakKeyDictionary()
-
 _ACCEPTED = ("a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN, fc.FunctionCell, fc.Stack, or any object with "
              "fastcarry.CellProtocol's members), a Keras cell (state_size and call(inputs, states)), "
              "or a TF1 RNNCell (state_size, zero_state and __call__(inputs, state))")
@@ -395,10 +402,8 @@ def as_cell(cell, *, fused=None):
     if fused is True and kind.startswith("no:"):
         raise ValueError(f"fused=True: the fused kernels cannot run this {type(cell).__name__} ({kind[4:]})")
     key = "fused" if (fused is not False and not kind.startswith("no:")) else "generic"
-    try:
-        adapters = _ADAPTERS.setdefault(cell, {})
-    except TypeError:  # not weakly referable: no cache
-        adapters = {}
+    # Kept on the layer, so an eager loop does not build (and probe) one per call.
+    adapters = attached(cell, "_fastcarry_cells")
     if key not in adapters:
         adapters[key] = KerasFusedCell(cell, kind) if key == "fused" else LayerCell(cell)
     return adapters[key]

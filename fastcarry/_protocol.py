@@ -91,7 +91,7 @@ class Core(NamedTuple):
       ``params`` (a Keras or TF1 cell's own weights); their gradients are taken by
       the backward and returned to the caller's tape like those of ``params``.
     owner: with ``variables``, the object they belong to: compiled functions are
-      then cached per owner (weakly), never shared by key.
+      then kept on it (they live as long as it does), never shared by key.
     """
 
     name: str

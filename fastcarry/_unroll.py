@@ -4,7 +4,6 @@ import functools
 import os
 import sys
 import warnings
-import weakref
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -181,10 +180,9 @@ class _Named(functools.partial):
 
 # Compiled functions, shared by every cell whose math (core.name, core.key)
 # and options match: a second cell of the same kind reuses the traces and XLA
-# executables. A core with variables has its own, cached per owner: its
+# executables. A core with variables has its own, kept on its owner: its
 # functions close over those variables.
 _FUNCTIONS = {}
-_OWNED = weakref.WeakKeyDictionary()
 
 
 def _code(fn):
@@ -207,7 +205,7 @@ def _fingerprint(core):
 def _cache_for(core):
     """The dict of compiled functions ``core`` may use; raises if its key is taken by different code."""
     if core.owner is not None:
-        return _OWNED.setdefault(core.owner, {})
+        return _generic.attached(core.owner, "_fastcarry_functions")
     fingerprint = _fingerprint(core)
     known = _FINGERPRINTS.setdefault((core.name, core.key), fingerprint)
     if known != fingerprint:
@@ -312,6 +310,37 @@ def _swapped_backward(core, opts, jit_compile):
     return backward
 
 
+def _check_variables_known(core, variables):
+    """Raises if the compiled functions read a trainable variable the core does not list (it would get no gradient)."""
+    known = {v.ref() for v in core.variables}
+    unknown = [v for v in variables if v.ref() not in known]
+    if unknown:
+        raise ValueError(f"{core.name}'s step reads {', '.join(repr(v.name) for v in unknown)}, a trainable "
+                         f"tf.Variable not in its variables, so it would get no gradient: list every variable "
+                         f"the step reads (fc.FunctionCell(..., variables=[...]))")
+
+
+def _unrecorded(core, fn, *args):
+    """``fn(*args)`` with no tape recording the call when ``fn`` reads variables.
+
+    Every tape watches trainable variables, so a call of a compiled function
+    that captures them would be recorded, and eagerly TF builds that
+    function's gradient at once (and fails on XLA's loop ops). Recording is
+    stopped for the call only: the function is traced first, with recording
+    on, because the tapes inside it (the backward's VJPs) must record. (The
+    concrete function costs no more to call than ``fn`` itself.)
+    """
+    if not hasattr(fn, "get_concrete_function"):  # swap_memory's backward, a loop over compiled calls
+        return fn(*args)
+    concrete = fn.get_concrete_function(*args)
+    captured = concrete.trainable_variables
+    if not captured:
+        return concrete(*args)
+    _check_variables_known(core, captured)
+    with _record.stop_recording():
+        return concrete(*args)
+
+
 def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, lengths, params,
                             swap_memory=False):
     """A forward function and a backward function joined by a custom gradient."""
@@ -322,36 +351,39 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
         saving = backward_kind == "fused" or opts.chunk is not None
         forward = _function("forward" if saving else "infer", core, opts, jit_compile)
         backward = _function(backward_kind, core, opts, jit_compile)
-    n_state = len(tf.nest.flatten(state))
+    n_state, n_params = len(tf.nest.flatten(state)), len(tf.nest.flatten(params))
+    # A generic cell's functions read its variables themselves; their values
+    # read here are what the caller's tape sees, and their gradients are
+    # returned for these reads (so they reach the variables).
+    var_values = [v.read_value() for v in core.variables]
 
     @tf.custom_gradient
     def run(x, *flat):
         s0 = tf.nest.pack_sequence_as(state, flat[:n_state])
-        p = tf.nest.pack_sequence_as(params, flat[n_state:])
-        # stop_gradient: an active tape would otherwise ask the compiled function
-        # for its loop accumulators (TensorLists), which cannot leave XLA.
-        ys, final, saved = forward(_stop(x), _stop(s0), lengths, _stop(p))
+        p = tf.nest.pack_sequence_as(params, flat[n_state:n_state + n_params])
+        # No tape may see the compiled call: it would ask for the function's own
+        # gradient, whose loop accumulators (TensorLists) cannot leave XLA. The
+        # inputs are cut (stop_gradient); captured variables are cut below.
+        ys, final, saved = _unrecorded(core, forward, _stop(x), _stop(s0), lengths, _stop(p))
         if swap_memory:
             saved = _to_host(saved)
         flat_final = tf.nest.flatten(final)
 
-        # ``variables``: the ones TF saw read inside (a generic cell's own, see
-        # Core.variables), in TF's order; their gradients are returned by reference.
+        # ``variables``: TF passes the variables it saw read inside (a generic
+        # cell's, captured by the compiled call); their gradients go through
+        # ``var_values`` instead, so nothing more is returned for them here.
         def grad(dys, *dfinal, variables=None):
             dys, = _zeros_if_none([dys], [ys])
             dfinal = tf.nest.pack_sequence_as(state, _zeros_if_none(dfinal, flat_final))
-            dx, dstate, (dparams, dvars) = backward(_stop(x), _stop(s0), lengths, _stop(p), saved,
-                                                    _stop(dys), _stop(dfinal))
-            flat_grads = [dx] + tf.nest.flatten(dstate) + tf.nest.flatten(dparams)
-            guarded = _no_second_order(flat_grads + list(dvars), [x, dys, *tf.nest.flatten(dfinal), *flat])
-            if variables is None:
-                return guarded[:len(flat_grads)]
-            by_ref = {v.ref(): g for v, g in zip(core.variables, guarded[len(flat_grads):])}
-            return guarded[:len(flat_grads)], [by_ref.get(v.ref()) for v in variables]
+            dx, dstate, (dparams, dvars) = _unrecorded(core, backward, _stop(x), _stop(s0), lengths, _stop(p),
+                                                       saved, _stop(dys), _stop(dfinal))
+            flat_grads = [dx] + tf.nest.flatten(dstate) + tf.nest.flatten(dparams) + list(dvars)
+            guarded = _no_second_order(flat_grads, [x, dys, *tf.nest.flatten(dfinal), *flat])
+            return guarded if not variables else (guarded, [None] * len(variables))
 
         return [ys] + flat_final, grad
 
-    out = run(x, *tf.nest.flatten(state), *tf.nest.flatten(params))
+    out = run(x, *tf.nest.flatten(state), *tf.nest.flatten(params), *var_values)
     return out[0], tf.nest.pack_sequence_as(state, out[1:])
 
 
