@@ -28,15 +28,38 @@ def default_unroll(core, batch, time):
     return 2
 
 
-class _Options(NamedTuple):
-    """The static options one compiled function is specialised for."""
+class Layout(NamedTuple):
+    """What the data looks like: the caller's axes and direction. Changes the results' meaning."""
 
     time_major: bool
     reverse: bool
+
+
+class Schedule(NamedTuple):
+    """How the loop is computed. Changes speed and memory, never results: what an autotuner chooses."""
+
     unroll: int
     chunk: object = None  # int: exact BPTT in chunks of this many steps (only the saving forward and backward)
     parallel_iterations: object = None  # int: the graph while loops'; None: TF's default
     xla: bool = False  # compiled with XLA (set by ``_function`` from jit_compile)
+
+
+class _Options(NamedTuple):
+    """The static options one compiled function is specialised for: a layout and a schedule."""
+
+    layout: Layout
+    schedule: Schedule
+
+    # Read-through names: the loops read the fields, not the grouping.
+    time_major = property(lambda self: self.layout.time_major)
+    reverse = property(lambda self: self.layout.reverse)
+    unroll = property(lambda self: self.schedule.unroll)
+    chunk = property(lambda self: self.schedule.chunk)
+    parallel_iterations = property(lambda self: self.schedule.parallel_iterations)
+    xla = property(lambda self: self.schedule.xla)
+
+    def with_schedule(self, **changes):
+        return self._replace(schedule=self.schedule._replace(**changes))
 
 
 def _to_processing_order(seq, lengths, opts):
@@ -146,7 +169,7 @@ def _autodiff_backward_fn(core, opts):
     """
     # xla=False: the time-major loop, whose ops all have TF gradients (the
     # batch-major one writes with XLA's dynamic-update-slice, which has none).
-    forward = _forward_fn(core, opts._replace(xla=False), save_states=False)
+    forward = _forward_fn(core, opts.with_schedule(xla=False), save_states=False)
 
     def backward(x, state, lengths, params, saved, dys, dfinal):
         if opts.chunk is not None:
@@ -229,8 +252,8 @@ def _function(kind, core, opts, jit_compile):
     # Everything the traced function closes over must be in the key: the math
     # (core.key), the output width baked into its TensorArrays, the options.
     if kind == "infer":
-        opts = opts._replace(chunk=None)  # inference saves nothing: chunking changes nothing there
-    opts = opts._replace(xla=bool(jit_compile))
+        opts = opts.with_schedule(chunk=None)  # inference saves nothing: chunking changes nothing there
+    opts = opts.with_schedule(xla=bool(jit_compile))
     cache = _cache_for(core)
     key = (kind, core.name, core.key, core.output_size, opts, jit_compile)
     if key not in cache:
@@ -286,7 +309,7 @@ def _swapped_backward(core, opts, jit_compile):
     Nothing is recomputed. Same signature as the compiled backward functions.
     """
     # Per chunk, inputs are already in processing order: time-major, not reversed.
-    per_chunk = _function("fused", core, _Options(True, False, opts.unroll, None, opts.parallel_iterations),
+    per_chunk = _function("fused", core, _Options(Layout(True, False), opts.schedule._replace(chunk=None)),
                           jit_compile)
 
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
@@ -345,7 +368,7 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
                             swap_memory=False):
     """A forward function and a backward function joined by a custom gradient."""
     if swap_memory:
-        forward = _function("forward", core, opts._replace(chunk=None), jit_compile)
+        forward = _function("forward", core, opts.with_schedule(chunk=None), jit_compile)
         backward = _swapped_backward(core, opts, jit_compile)
     else:
         saving = backward_kind == "fused" or opts.chunk is not None
@@ -531,9 +554,10 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         _warn_once("parallel_iterations has no effect with jit_compile=True: XLA runs while-loop iterations in "
                    "order and ignores it; it applies to the graph loop of jit_compile=False")
         parallel_iterations = None
-    opts = _Options(time_major, reverse, int(unroll) if unroll is not None else default_unroll(core, args.batch, args.time),
-                    None if chunk is None else int(chunk),
-                    None if parallel_iterations is None else int(parallel_iterations))
+    steps = int(unroll) if unroll is not None else default_unroll(core, args.batch, args.time)
+    opts = _Options(Layout(time_major, reverse),
+                    Schedule(steps, None if chunk is None else int(chunk),
+                             None if parallel_iterations is None else int(parallel_iterations)))
     if tf.executing_eagerly() and not _record.could_possibly_record():
         # Eager inference: nothing can ask for a gradient, so save nothing for
         # one (~15% of the forward at B32 T100 D128 H256). In a graph the saved

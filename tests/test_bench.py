@@ -128,3 +128,43 @@ def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):
     assert result["summary_steps"] == 5 and result["summary_s"] > 0 and result["matmul_gflops"] > 0
     assert "| traced (fastcarry.profiling.capture) |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+# -- fastcarry bench --models: the models issue's suites ----------------------------------------------------------
+
+def test_models_suites_time_both_contenders_and_write_every_file(tmp_path, monkeypatch, capsys):
+    from fastcarry.tools import models_bench as _models
+
+    monkeypatch.setattr(_models, "QUICK_SHAPES", ((2, 5, 3, 4),))
+    argv = ["--models", "stack,generic,bidirectional", "--quick", "--repeats", "1", "--out", str(tmp_path)]
+    assert _cli.bench(_bench_args(argv)) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    got = [(e["suite"], e["label"], e["mode"]) for e in data["results"]]
+    assert got == [("stack", "2-layer LSTM 2x5x3x4", "train"),
+                   ("generic", "lstm_cell 2x5x3x4", "infer"), ("generic", "lstm_cell 2x5x3x4", "train"),
+                   ("generic", "minimal_rnn_cell 2x5x3x4", "infer"), ("generic", "minimal_rnn_cell 2x5x3x4", "train"),
+                   ("bidirectional", "bi-LSTM 2x5x3x4", "train")]
+    for e in data["results"]:
+        assert e["timings"]["fastcarry"]["median_s"] > 0 and e["timings"]["keras"]["median_s"] > 0
+        # the generic suite's target is Keras's own loop under XLA: no graph variant there
+        assert e["timings"]["keras"]["variant"] == "jit" or e["suite"] != "generic"
+    table = (tmp_path / "results.md").read_text()
+    for words in ("| stack | median >= 1.8x |", "| generic | min >= 1.0x |", "| bidirectional | median >= 1.5x |"):
+        assert words in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| suite | workload | mode |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "stack,bogus"], "argument --models: expected a comma-separated list of stack, generic, "
+                                  "bidirectional, got 'stack,bogus'"),
+])
+def test_models_option_rejects_bad_suites(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _bench_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_models_option_refuses_a_custom_shape():
+    with pytest.raises(SystemExit, match="--models runs its own grid"):
+        _cli.bench(_bench_args(["--models", "--units", "8"]))

@@ -83,11 +83,11 @@ def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
     # not one per step (and no gate pre-activations).
     cell = make_cell("lstm", H, input_dim=D)
     core, params = cell.core(), cell.params()
-    opts = _unroll._Options(False, False, 2, chunk)
+    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(2, chunk))
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     _, _, saved = _unroll._function("forward", core, opts, True)(x, cell.zero_state(B), None, params)
     assert [s.shape.as_list() for s in saved] == [[n_chunks, B, H], [n_chunks, B, H]]
-    _, _, unchunked = _unroll._function("forward", core, opts._replace(chunk=None), True)(
+    _, _, unchunked = _unroll._function("forward", core, opts.with_schedule(chunk=None), True)(
         x, cell.zero_state(B), None, params)
     assert all(s.shape[0] == T for s in unchunked)
 
@@ -106,7 +106,7 @@ def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
     # are [T, B, H] by design).
     whole = ("f32[7,3,5]", "f32[7,3,4]")
     x = tf.constant(random_inputs(B, T, D), tf.float32)
-    opts = _unroll._Options(False, False, 2, 3)
+    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(2, 3))
 
     def forward_args(cell):
         return x, cell.zero_state(B), None, cell.params()
@@ -120,8 +120,8 @@ def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
         assert not [s for s in whole if s in hlo], kind
     # The probe sees such copies where they are made: reversed, the steps run
     # in another order than they are stored.
-    assert all(s in _hlo("infer", opts._replace(reverse=True), forward_args) for s in whole)
-    assert all(s in _hlo("fused", opts._replace(reverse=True), backward_args) for s in whole)
+    assert all(s in _hlo("infer", opts._replace(layout=opts.layout._replace(reverse=True)), forward_args) for s in whole)
+    assert all(s in _hlo("fused", opts._replace(layout=opts.layout._replace(reverse=True)), backward_args) for s in whole)
 
 
 @pytest.mark.parametrize("outer_jit", [True, False], ids=["outer-jit", "outer-graph"])

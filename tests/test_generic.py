@@ -468,7 +468,7 @@ class FusedMGU:
             recurrent_kernel=lambda p: p["recurrent_kernel"][:, H:])
         split = fc.RecurrentSplit(lambda h: h, lambda p, h: h @ p["recurrent_kernel"][:, :H], combine, update,
                                   second, recurrent_kernel=lambda p: p["recurrent_kernel"][:, :H])
-        return fc.Core("mgu", (), project, H, split=split)
+        return fc.Core("fused_mgu", (), project, H, split=split)
 
 
 def test_minimal_gated_unit_fused_protocol_equals_function_cell():

@@ -112,6 +112,21 @@ def _bench_parser(sub):
     bench.add_argument("--mode", choices=("infer", "train", "both"), default="both")
     bench.add_argument("--repeats", type=_positive, metavar="N",
                        help="interleaved repeats per workload (default 7, 3 with --quick)")
+    bench.add_argument("--models", nargs="?", const="stack,generic,bidirectional", type=_suite_list,
+                       metavar="SUITES",
+                       help="instead of the cell grid: fc.Stack vs Keras Sequential, the generic path vs "
+                            "keras.layers.RNN(cell), fc.bidirectional vs Keras Bidirectional (comma-separated "
+                            "subset of stack,generic,bidirectional; default all) at the grid shapes "
+                            "(--quick: one tiny shape)")
+
+
+def _suite_list(text):
+    from fastcarry.tools.models_bench import SUITES
+
+    suites = [s for s in text.split(",") if s]
+    if not suites or any(s not in SUITES for s in suites):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SUITES)}, got {text!r}")
+    return suites
 
 
 def _cell_list(text):
@@ -148,11 +163,29 @@ def bench(args, stream=sys.stderr):
     """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
     from fastcarry.tools import bench as _bench
 
+    if args.models:
+        return _bench_models(args, stream)
     workloads = bench_workloads(args)
     repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
     modes = _bench.MODES if args.mode == "both" else (args.mode,)
     report = _bench.run(workloads, modes, repeats, out_dir=args.out, stream=stream)
     print(_bench.markdown(report))
+    print(f"wrote results.json, results.md, results.png to {args.out}", file=stream)
+    return 0
+
+
+def _bench_models(args, stream):
+    from fastcarry.tools import bench as _bench
+    from fastcarry.tools import models_bench as _models
+
+    if any(getattr(args, k) is not None for k in ("cell", "cells", "batch", "time", "input", "units")) \
+            or args.mode != "both":
+        raise SystemExit("fastcarry bench: --models runs its own grid; drop --cell/--cells/--batch/--time/"
+                         "--input/--units/--mode")
+    repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
+    shapes = _models.QUICK_SHAPES if args.quick else _models.SHAPES
+    data = _models.run(args.models, shapes, repeats, out_dir=args.out, stream=stream)
+    print(_models.markdown(data))
     print(f"wrote results.json, results.md, results.png to {args.out}", file=stream)
     return 0
 
