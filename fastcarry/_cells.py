@@ -36,7 +36,8 @@ class Cell(tf.Module):
     """Base of fastcarry's cells: the TF1 ``RNNCell`` contract on a ``tf.Module``.
 
     It follows ``fastcarry.CellProtocol``. Subclasses define
-    ``_weight_shapes(input_dim)``, ``_initial_values`` and ``core()``, and end their ``__init__`` with ``self._build_now(input_size)``.
+    ``_weight_shapes(input_dim)``, ``_initial_values`` and ``core()``, and end
+    their ``__init__`` with ``self._build_now(input_size)``.
     Variables are created at construction when ``input_size`` (D) is given, else
     by ``build(D)`` or on first use (by ``fastcarry.unroll``). They are plain
     ``tf.Variable`` objects, so ``trainable_variables`` lists them and
@@ -203,15 +204,15 @@ def _keras_cell(layer_or_cell, want_class, importer):
     return cell
 
 
-def _activation_name(fn):
+def activation_name(fn):
     return getattr(fn, "__name__", repr(fn))
 
 
 def _check_keras_activations(cell, importer, activation="tanh", recurrent_activation="sigmoid"):
-    got = _activation_name(cell.activation)
+    got = activation_name(cell.activation)
     if got != activation:
         raise ValueError(f"{importer}: activation must be {activation!r}, got {got!r}")
-    got = _activation_name(cell.recurrent_activation)
+    got = activation_name(cell.recurrent_activation)
     if got != recurrent_activation:
         raise ValueError(f"{importer}: recurrent_activation must be {recurrent_activation!r}, got {got!r}")
 
@@ -248,14 +249,14 @@ def gru_core(units, reset_after):
 
 
 def simple_rnn_core(units, activation):
-    """``fastcarry.kernels.simple_rnn`` as a ``Core``; ``activation`` a name in ``_ACTIVATIONS``."""
-    update = functools.partial(_simple_rnn.update, activation=_ACTIVATIONS[activation])
+    """``fastcarry.kernels.simple_rnn`` as a ``Core``; ``activation`` a name in ``ACTIVATIONS``."""
+    update = functools.partial(_simple_rnn.update, activation=ACTIVATIONS[activation])
     split = RecurrentSplit(_simple_rnn.recurrent_input, _simple_rnn.recurrent, _simple_rnn.combine, update,
                            recurrent_kernel=_simple_rnn.recurrent_kernel)
     return Core("simple_rnn", (activation,), _simple_rnn.project, units, split=split)
 
 
-_ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
+ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
 
 
 class LSTM(Cell):
@@ -419,8 +420,8 @@ class SimpleRNN(Cell):
 
     def __init__(self, units, *, input_size=None, activation="tanh", dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.activation = activation
         self._build_now(input_size)
 
@@ -438,9 +439,9 @@ class SimpleRNN(Cell):
     def from_keras(cls, layer_or_cell, *, name=None):
         """A new SimpleRNN holding a copy of a built ``keras.layers.SimpleRNN``'s (or cell's) weights."""
         cell = _keras_cell(layer_or_cell, "SimpleRNNCell", "SimpleRNN.from_keras")
-        activation = _activation_name(cell.activation)
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"SimpleRNN.from_keras: activation must be one of {sorted(_ACTIVATIONS)}, "
+        activation = activation_name(cell.activation)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"SimpleRNN.from_keras: activation must be one of {sorted(ACTIVATIONS)}, "
                              f"got {activation!r}")
         new = cls(cell.units, activation=activation, dtype=cell.kernel.dtype, name=name)
         new.set_weights(_keras_weights(cell, [cell.units]))

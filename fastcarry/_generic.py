@@ -119,8 +119,8 @@ class FunctionCell:
     variable in ``variables`` is TF's autodiff of ``step``, taken by fastcarry's
     reverse loop. ``step`` must treat batch rows independently (the weight
     gradients of all steps are taken as one batch of ``T * B`` rows), and
-    every variable it reads must be in ``variables`` (a variable it reads but
-    that is not listed is an error when the gradient is taken).
+    every trainable variable it reads must be in ``variables`` (one that is not
+    listed is an error when it runs where a gradient may be asked for).
 
     Args:
       step: the function above; a pure function of its arguments and ``variables``.
@@ -215,7 +215,7 @@ class LayerCell:
         """The layer's."""
         return list(self.layer.trainable_variables)
 
-    def _call(self, state, x_t):
+    def step(self, state, x_t):
         """``(new_state, y_t)`` from the layer's ``(output, new_state)`` (Keras: states as a list)."""
         layer = self.layer
         if self.tf1:
@@ -231,7 +231,7 @@ class LayerCell:
         with tf.init_scope():
             x = tf.zeros([1, int(input_dim)], self.dtype)
             try:
-                _, y = checked_step(self._call, f"{type(self.layer).__name__}.call")(self.zero_state(1), x)
+                _, y = checked_step(self.step, f"{type(self.layer).__name__}.call")(self.zero_state(1), x)
             except TypeError:  # checked_step's own message says it
                 raise
             except Exception as err:  # the layer's: say which call failed
@@ -254,7 +254,7 @@ class LayerCell:
     def core(self):
         layer = self.layer
         variables = [_tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
-        return _generic_core(self.name, checked_step(self._call, f"{type(layer).__name__}.call"), self.output_size,
+        return _generic_core(self.name, checked_step(self.step, f"{type(layer).__name__}.call"), self.output_size,
                              variables, layer)
 
     def params(self):
@@ -277,10 +277,10 @@ def _fused_kind(layer):
     for knob in ("dropout", "recurrent_dropout"):
         if getattr(layer, knob, 0.0):
             return f"no: it has {knob}={getattr(layer, knob)}"
-    act = _cells._activation_name(layer.activation)
+    act = _cells.activation_name(layer.activation)
     if kind == "simple_rnn":
-        return kind if act in _cells._ACTIVATIONS else f"no: activation={act!r}"
-    rec = _cells._activation_name(layer.recurrent_activation)
+        return kind if act in _cells.ACTIVATIONS else f"no: activation={act!r}"
+    rec = _cells.activation_name(layer.recurrent_activation)
     if (act, rec) != ("tanh", "sigmoid"):
         return f"no: activation={act!r}, recurrent_activation={rec!r} (the kernels do tanh and sigmoid)"
     return kind
@@ -349,7 +349,7 @@ class KerasFusedCell:
         if self.kind == "gru":
             core = _cells.gru_core(self.units, bool(layer.reset_after))
         else:
-            core = _cells.simple_rnn_core(self.units, _cells._activation_name(layer.activation))
+            core = _cells.simple_rnn_core(self.units, _cells.activation_name(layer.activation))
         return _list_state(core, lambda s: s[0], lambda s: [s])
 
     def params(self):

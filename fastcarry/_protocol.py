@@ -111,7 +111,8 @@ class Core(NamedTuple):
 
 
 def preactivation(split, params, state, xp_t):
-    """One step's ``a`` from ``state`` and ``xp_t [B, G]``: the recurrent matmul(s), no nonlinearity but the second input's."""
+    """One step's ``a`` from ``state`` and ``xp_t [B, G]``: the recurrent matmul(s), no nonlinearity but the
+    second matmul's input."""
     a = split.combine(xp_t, split.recurrent(params, split.recurrent_input(state)))
     if split.second is not None:
         second = split.second

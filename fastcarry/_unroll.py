@@ -323,9 +323,8 @@ def _swapped_backward(core, opts, jit_compile):
             stop = min(start + step, time) if isinstance(time, int) else time
             with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
                 piece = [s[start:stop] for s in saved]
-            shifted = None if lengths is None else lengths - start
-            dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, shifted, params, piece,
-                                       dys_proc[start:stop], dstate)
+            dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, _chunked.shift(lengths, start), params,
+                                       piece, dys_proc[start:stop], dstate)
             dweights = dp if dweights is None else tf.nest.map_structure(tf.add, dweights, dp)
             dxs.insert(0, dx)
         dx = _from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), lengths, opts)

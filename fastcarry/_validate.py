@@ -119,8 +119,8 @@ def _component(value, name, batch, size, dtype):
     if tensor.dtype != dtype:
         raise TypeError(f"{name} has dtype {tensor.dtype.name}, expected {dtype.name}")
     if not tensor.shape.is_compatible_with(tf.TensorShape(want)):
-        raise ValueError(f"{name} has shape {tensor.shape.as_list() if tensor.shape.rank is not None else tensor.shape}, "
-                         f"expected {want}")
+        got = tensor.shape.as_list() if tensor.shape.rank is not None else tensor.shape
+        raise ValueError(f"{name} has shape {got}, expected {want}")
     return tensor
 
 

@@ -108,7 +108,7 @@ def _step_for(cell):
             return make(cell)
     if isinstance(cell, _generic.KerasFusedCell):
         # The Keras layer's own call, not the fused kernel that fastcarry.unroll runs on its weights.
-        return _generic.LayerCell(cell.layer)._call
+        return _generic.LayerCell(cell.layer).step
     return _generic_step(cell)
 
 
