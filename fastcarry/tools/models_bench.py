@@ -12,9 +12,12 @@ interleaved, medians; ``fastcarry.tools.bench.time_contenders``):
 - ``bidirectional``: ``fc.bidirectional`` of two LSTMs vs Keras
   ``Bidirectional(LSTM)`` with the same weights; training step.
 
-Keras is timed under a plain ``tf.function`` and under ``jit_compile=True``
-(except in ``generic``, whose target is Keras's own loop under XLA) and the
-better median counts. Training = forward + the gradient of
+Both are timed inside a plain ``tf.function`` (``graph``: fastcarry's own
+functions still compiled by XLA, launched one by one, so TF's executor may
+run independent ones at once) and inside ``tf.function(jit_compile=True)``
+(``jit``: one XLA program), and each one's better median counts; in
+``generic`` Keras is timed under XLA only (the target is Keras's own loop
+under XLA). Training = forward + the gradient of
 ``reduce_sum(outputs * cotangent)`` w.r.t. every weight.
 """
 
@@ -69,10 +72,14 @@ def _data(w, width, seed=0):
 
 
 def _pair(make_fast, make_keras, mode, x, cot, keras_jit=(False, True)):
-    """``{name: step}``: fastcarry under jit, Keras under each of ``keras_jit``."""
+    """``{name: step}``: fastcarry inside a jitted and inside a graph step, Keras under each of ``keras_jit``."""
     fast_run, fast_vars = make_fast()
     keras_run, keras_vars = make_keras()
-    steps = {"fastcarry": _bench._step(fast_run, fast_vars, mode, cot, True)}
+    steps = {}
+    for jit in (True, False):
+        # In a graph step fastcarry's compiled functions run as launches of their
+        # own, which TF's executor may overlap (both directions of bidirectional).
+        steps[f"fastcarry-{'jit' if jit else 'graph'}"] = _bench._step(fast_run, fast_vars, mode, cot, jit)
     for jit in keras_jit:
         steps[f"keras-{'jit' if jit else 'graph'}"] = _bench._step(keras_run, keras_vars, mode, cot, jit)
     return {name: (lambda fn=fn: fn(x)) for name, fn in steps.items()}
@@ -167,14 +174,15 @@ def run(suites=SUITES, shapes=SHAPES, repeats=_bench.FULL_REPEATS, out_dir="benc
     import tensorflow as tf
 
     todo = cases(suites, shapes)
-    bar = Progress(sum((2 if suite == "generic" else 3) + repeats for suite, *_ in todo), stream)
+    bar = Progress(sum((3 if suite == "generic" else 4) + repeats for suite, *_ in todo), stream)
     results = []
     for suite, label, mode, build in todo:
         steps = build()
         timings = _bench.time_contenders(steps, repeats, lambda name, phase: bar.step(f"{label} {mode} {name or phase}"))
-        keras_names = [n for n in timings if n.startswith("keras-")]
-        best = min(keras_names, key=lambda n: timings[n]["median_s"])
-        timings["keras"] = {**timings[best], "variant": best[len("keras-"):]}
+        for who in ("fastcarry", "keras"):  # each at its better variant, named
+            names = [n for n in timings if n.startswith(f"{who}-")]
+            best = min(names, key=lambda n: timings[n]["median_s"])
+            timings[who] = {**timings[best], "variant": best[len(who) + 1:]}
         results.append({"suite": suite, "label": label, "mode": mode, "timings": timings})
         tf.keras.backend.clear_session()
     bar.close()
@@ -204,11 +212,12 @@ def markdown(data):
     lines = ["# fastcarry models benchmarks\n",
              f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; median of "
              f"{data['repeats']} interleaved repeats, milliseconds per step.\n",
-             "| suite | workload | mode | fastcarry ms | keras ms (variant) | speedup |",
+             "| suite | workload | mode | fastcarry ms (variant) | keras ms (variant) | speedup |",
              "|---|---|---|---:|---:|---:|"]
     for e in data["results"]:
         t = e["timings"]
-        lines.append(f"| {e['suite']} | {e['label']} | {e['mode']} | {t['fastcarry']['median_s'] * 1e3:.2f} | "
+        lines.append(f"| {e['suite']} | {e['label']} | {e['mode']} | {t['fastcarry']['median_s'] * 1e3:.2f} "
+                     f"({t['fastcarry']['variant']}) | "
                      f"{t['keras']['median_s'] * 1e3:.2f} ({t['keras']['variant']}) | {speedup(e):.2f}x |")
     lines += ["", "| suite | target | measured | met |", "|---|---|---:|---|"]
     for suite, (value, stat, target, met) in summary(data).items():
