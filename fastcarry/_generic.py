@@ -372,6 +372,15 @@ _ACCEPTED = ("a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN, fc.FunctionCell, 
              "or a TF1 RNNCell (state_size, zero_state and __call__(inputs, state))")
 
 
+def _lacks(cell):
+    """What ``cell`` lacks of the contract it seems to mean: the protocol if it is shaped like a fastcarry cell
+    and not callable, else the Keras/TF1 one (``state_size`` and a call)."""
+    if not callable(cell) and not missing_members(cell, SHAPE_MEMBERS):
+        return missing_members(cell)
+    return [m for m, ok in (("state_size", getattr(cell, "state_size", None) is not None),
+                            ("__call__ (call(inputs, states))", callable(cell))) if not ok]
+
+
 def as_cell(cell, *, fused=None):
     """``cell`` as a fastcarry cell (an object of ``fastcarry.CellProtocol``).
 
@@ -392,11 +401,8 @@ def as_cell(cell, *, fused=None):
         if fused is not None:
             raise ValueError(f"fused= applies to Keras cells; {type(cell).__name__} is already a fastcarry cell")
         return cell
-    if getattr(cell, "state_size", None) is None or not callable(cell):
-        # Not callable but shaped like a fastcarry cell: it means the protocol.
-        lacks = missing_members(cell) if not callable(cell) and not missing_members(cell, SHAPE_MEMBERS) else (
-            [m for m, ok in (("state_size", getattr(cell, "state_size", None) is not None),
-                             ("__call__ (call(inputs, states))", callable(cell))) if not ok])
+    lacks = _lacks(cell)
+    if lacks:
         raise TypeError(f"cell must be {_ACCEPTED}; got {type(cell).__name__}, which lacks {', '.join(lacks)}")
     kind = _fused_kind(cell)
     if fused is True and kind.startswith("no:"):

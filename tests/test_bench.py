@@ -31,7 +31,10 @@ def test_json_has_every_contender_with_positive_timings(tiny_run):
         assert entry["workload"] == dict(cell="gru", batch=2, time=5, input=3, units=4)
         timings = entry["timings"]
         assert set(timings) == set(_bench.CONTENDERS)
+        assert ("skipped" in timings["torch"]) == (_bench.torch_skipped(_bench.Workload("gru", 2, 5, 3, 4)) is not None)
         for name, t in timings.items():
+            if "skipped" in t:
+                continue
             for key in ("compile_s", "median_s", "min_s", "max_s"):
                 assert t[key] > 0, (name, key)
             assert len(t["samples_s"]) == 2 and t["min_s"] <= t["median_s"] <= t["max_s"]
@@ -40,7 +43,7 @@ def test_json_has_every_contender_with_positive_timings(tiny_run):
 
 def test_markdown_table_names_the_contenders(tiny_run):
     table = (tiny_run / "results.md").read_text()
-    for word in ("fastcarry", "keras", "tf1", "reference", "roofline", "vs keras", "grid median"):
+    for word in ("fastcarry", "keras", "tf1", "reference", "roofline", "torch", "vs torch", "vs keras", "grid median"):
         assert word in table
     assert "| gru 2x5x3x4 | infer |" in table and "| gru 2x5x3x4 | train |" in table
 
@@ -169,3 +172,26 @@ def test_models_option_rejects_bad_suites(argv, message, capsys):
 def test_models_option_refuses_a_custom_shape():
     with pytest.raises(SystemExit, match="--models runs its own grid"):
         _cli.bench(_bench_args(["--models", "--units", "8"]))
+
+
+# -- the PyTorch contender (when PyTorch is installed) -----------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_torch_contender_holds_the_same_weights(kind):
+    """PyTorch's module computes what fastcarry computes: the weight copy and gate reorder are right."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    import tensorflow as tf
+
+    import fastcarry as fc
+    from fastcarry.tools.workload import make_cell
+
+    cell = make_cell(kind, 6, input_size=4, seed=3, **({"forget_bias": 1.0} if kind == "lstm" else {}))
+    rng = np.random.default_rng(0)
+    cell.bias.assign(rng.standard_normal(cell.bias.shape).astype(np.float32) * 0.5)  # every bias matters
+    x = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    want, _ = fc.unroll(cell, tf.constant(x))
+    with torch.no_grad():
+        got = _bench.torch_module(cell)(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=2e-6)
+    assert _bench.torch_skipped(_bench.Workload("gru-reset-before", 2, 5, 3, 4)) is not None

@@ -18,6 +18,9 @@ Contenders:
   (``B*T*H <= REFERENCE_MAX``), its Python loop makes a huge graph otherwise.
 - ``roofline``: one jitted ``tf.matmul`` with the FLOPs of the workload's
   matmuls: what the hardware does with the same arithmetic and no recurrence.
+- ``torch``: PyTorch's ``nn.LSTM``/``nn.GRU``/``nn.RNN`` on the CPU holding a
+  copy of the same weights, with as many threads as CPUs; when PyTorch is
+  installed (an optional extra, never a dependency of fastcarry itself).
 
 Outputs (``run``): ``results.json`` (every sample + machine info),
 ``results.md`` (speedup table) and ``results.png`` (speedup vs Keras plot).
@@ -47,7 +50,7 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1, "gru-reset-before": 3}
 REFERENCE_MAX = 8 * 200 * 128
 # What each mode costs in units of the forward matmul FLOPs (backward ~ 2x forward).
 TRAIN_FLOP_FACTOR = 3
-CONTENDERS = ("fastcarry", "keras", "tf1", "reference", "roofline")
+CONTENDERS = ("fastcarry", "keras", "tf1", "reference", "roofline", "torch")
 
 
 FULL_SHAPES = ((8, 200, 64, 128), (32, 100, 128, 256), (64, 100, 256, 512), (16, 500, 128, 256))
@@ -154,6 +157,68 @@ def _roofline(workload, mode):
     return lambda: fn(a, b)
 
 
+def torch_skipped(workload):
+    """Why PyTorch is not run at ``workload``, or ``None`` if it is."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "skipped: PyTorch is not installed (pip install 'fastcarry[torch]', a CPU wheel)"
+    if workload.cell == "gru-reset-before":
+        return "skipped: PyTorch has no reset-before GRU"
+    return None
+
+
+def torch_module(cell):
+    """A batch-first ``torch.nn.LSTM``/``GRU``/``RNN`` holding a copy of the fastcarry cell's weights.
+
+    PyTorch keeps ``weight_ih [G, D]`` (Keras' ``kernelᵀ``) and two biases; its
+    LSTM gates are i, f, g, o (Keras' i, f, c, o), its GRU gates r, z, n with
+    the reset after the recurrent matmul (Keras' z, r, h with ``reset_after=True``).
+    """
+    import torch
+
+    import fastcarry as fc
+
+    kernel, recurrent, bias = cell.get_weights()
+    d, h = kernel.shape[0], cell.units
+    if isinstance(cell, fc.LSTM):
+        module = torch.nn.LSTM(d, h, batch_first=True)
+        bias_ih, bias_hh = bias.copy(), np.zeros_like(bias)
+        bias_ih[h:2 * h] += cell.forget_bias
+    elif isinstance(cell, fc.GRU) and cell.reset_after:
+        module = torch.nn.GRU(d, h, batch_first=True)
+        order = np.r_[h:2 * h, 0:h, 2 * h:3 * h]  # z, r, h -> r, z, n
+        kernel, recurrent, bias_ih, bias_hh = kernel[:, order], recurrent[:, order], bias[0][order], bias[1][order]
+    elif isinstance(cell, fc.SimpleRNN) and cell.activation in ("tanh", "relu"):
+        module = torch.nn.RNN(d, h, nonlinearity=cell.activation, batch_first=True)
+        bias_ih, bias_hh = bias, np.zeros_like(bias)
+    else:
+        raise ValueError(f"PyTorch has no counterpart of {cell!r}")
+    with torch.no_grad():
+        for name, value in (("weight_ih_l0", kernel.T), ("weight_hh_l0", recurrent.T), ("bias_ih_l0", bias_ih),
+                            ("bias_hh_l0", bias_hh)):
+            getattr(module, name).copy_(torch.from_numpy(np.ascontiguousarray(value, np.float32)))
+    return module
+
+
+def _torch(workload, mode, x, cotangent):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())  # the same cores TensorFlow uses
+    module = torch_module(workload_cell(workload))
+    x, cotangent = torch.from_numpy(x.numpy()), torch.from_numpy(cotangent.numpy())
+    params = list(module.parameters())
+    if mode == "infer":
+        def step():
+            with torch.inference_mode():
+                return module(x)[0]
+    else:
+        def step():
+            outputs = module(x)[0]
+            return torch.autograd.grad((outputs * cotangent).sum(), params)
+    return step
+
+
 def reference_skipped(workload):
     """Why the reference path is not run at ``workload``, or ``None`` if it is."""
     size = workload.batch * workload.time * workload.units
@@ -175,6 +240,8 @@ def build_contenders(workload, mode, seed=0):
     if reference_skipped(w) is None:
         steps["reference"] = _reference(w, mode, x, cot)
     steps["roofline"] = _roofline(w, mode)
+    if torch_skipped(w) is None:
+        steps["torch"] = _torch(w, mode, x, cot)
     return steps
 
 
@@ -265,7 +332,7 @@ def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", s
 
     cases = [(w, m) for w in workloads for m in modes]
     # Per case: one compile step per timed contender, then one step per round.
-    per_case = {(w, m): (5 if reference_skipped(w) else 6) + repeats for w, m in cases}
+    per_case = {(w, m): 4 + (reference_skipped(w) is None) + (torch_skipped(w) is None) + repeats for w, m in cases}
     bar = Progress(sum(per_case.values()), stream)
     results = []
     for w, mode in cases:
@@ -273,8 +340,9 @@ def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", s
         timings = time_contenders(
             steps, repeats, lambda name, phase: bar.step(f"{w.label} {mode} {name or phase}"))
         timings = _fold_keras(timings)
-        if reference_skipped(w):
-            timings["reference"] = {"skipped": reference_skipped(w)}
+        for name, skipped in (("reference", reference_skipped(w)), ("torch", torch_skipped(w))):
+            if skipped:
+                timings[name] = {"skipped": skipped}
         results.append({"workload": w._asdict(), "label": w.label, "mode": mode,
                         "flops": matmul_flops(w, mode), "timings": timings})
         tf.keras.backend.clear_session()  # drop this case's layers before the next
@@ -294,6 +362,16 @@ def speedups(entry):
     return t["keras"]["median_s"] / fast, t["tf1"]["median_s"] / fast, t["roofline"]["median_s"] / fast
 
 
+def vs_torch(entry):
+    """PyTorch's median over fastcarry's, or ``None`` where PyTorch was skipped."""
+    t = entry["timings"]
+    return None if "skipped" in t["torch"] else t["torch"]["median_s"] / t["fastcarry"]["median_s"]
+
+
+def _ratio(value):
+    return "—" if value is None else f"{value:.2f}x"
+
+
 def _ms(timing):
     return "skipped" if "skipped" in timing else f"{timing['median_s'] * 1e3:.2f}"
 
@@ -305,24 +383,31 @@ def markdown(report):
         f"# fastcarry bench\n",
         f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; "
         f"median of {report['repeats']} interleaved repeats, milliseconds per step.\n",
-        "| workload | mode | fastcarry ms | keras ms (variant) | tf1 ms | reference ms | roofline ms "
-        "| vs keras | vs tf1 | of roofline |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | mode | fastcarry ms | keras ms (variant) | tf1 ms | reference ms | roofline ms | torch ms "
+        "| vs keras | vs tf1 | vs torch | of roofline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in report["results"]:
         t = e["timings"]
         vk, vt, roof = speedups(e)
         lines.append(f"| {e['label']} | {e['mode']} | {_ms(t['fastcarry'])} | {_ms(t['keras'])} "
                      f"({t['keras']['variant']}) | {_ms(t['tf1'])} | {_ms(t['reference'])} | "
-                     f"{_ms(t['roofline'])} | {vk:.2f}x | {vt:.2f}x | {roof:.0%} |")
+                     f"{_ms(t['roofline'])} | {_ms(t['torch'])} | {vk:.2f}x | {vt:.2f}x | {_ratio(vs_torch(e))} | "
+                     f"{roof:.0%} |")
     for mode in MODES + ("all",):
-        rows = [speedups(e) for e in report["results"] if mode in ("all", e["mode"])]
-        if rows:
-            vk, vt, roof = (statistics.median(col) for col in zip(*rows))
-            lines.append(f"| **grid median** | {mode} | | | | | | **{vk:.2f}x** | **{vt:.2f}x** | **{roof:.0%}** |")
+        entries = [e for e in report["results"] if mode in ("all", e["mode"])]
+        if entries:
+            vk, vt, roof = (statistics.median(col) for col in zip(*map(speedups, entries)))
+            torch_rows = [vs_torch(e) for e in entries if vs_torch(e) is not None]
+            vp = _ratio(statistics.median(torch_rows) if torch_rows else None)
+            lines.append(f"| **grid median** | {mode} | | | | | | | **{vk:.2f}x** | **{vt:.2f}x** | **{vp}** | "
+                         f"**{roof:.0%}** |")
     skipped = {e["label"] for e in report["results"] if "skipped" in e["timings"]["reference"]}
     if skipped:
         lines.append(f"\nreference skipped (B*T*H > {REFERENCE_MAX}) at: {', '.join(sorted(skipped))}.")
+    reasons = sorted({e["timings"]["torch"]["skipped"] for e in report["results"] if "skipped" in e["timings"]["torch"]})
+    if reasons:
+        lines.append(f"\ntorch {'; '.join(reasons)}.")
     return "\n".join(lines) + "\n"
 
 
