@@ -15,6 +15,7 @@ import tensorflow as tf
 from tf_keras.src.layers.rnn import legacy_cells
 
 import fastcarry as fc
+from fastcarry.tools import models_bench as _models_bench
 from conftest import assert_all_close
 
 B, T, D, H = 3, 6, 4, 5
@@ -131,21 +132,8 @@ def test_keras_cell_defaults_to_fused_and_generic_on_request():
         fc.as_cell(relu, fused=True)
 
 
-class MinimalRNNCell(keras.layers.Layer):
-    """The user cell of Keras's RNN guide: ``h' = tanh(x @ W + h @ U)``, one state."""
-
-    def __init__(self, units, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.state_size = units
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
-        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units), name="recurrent_kernel")
-
-    def call(self, inputs, states):
-        h = tf.tanh(tf.matmul(inputs, self.kernel) + tf.matmul(states[0], self.recurrent_kernel))
-        return h, [h]
+# The user cell of Keras's RNN guide, as the models benchmark runs it.
+MinimalRNNCell = _models_bench._minimal_rnn_cell_class()
 
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
