@@ -86,6 +86,7 @@ def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
             tape.watch([x, state, w])
             ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll,
                                          parallel_iterations=parallel_iterations)
+        dys = tf.zeros_like(ys) if dys is None else dys  # one chunk's worth
         return tape.gradient([ys, final], [x, state, w], output_gradients=[dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return grad
@@ -100,8 +101,8 @@ def backward(weights_like, x, lengths, chunk, state_like, boundaries, dys, dfina
       x, lengths: as given to ``forward``; ``chunk`` and ``batch_major`` likewise.
       state_like: any value with the state's structure.
       boundaries: ``forward``'s boundary states.
-      dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``batch_major``);
-        dfinal: of the final state.
+      dys: ``[T, B, H]`` cotangent of ``ys`` (``[B, T, H]`` with ``batch_major``),
+        or None for zeros; dfinal: of the final state.
       chunk_grad: ``fused_chunk_grad(...)`` or ``autodiff_chunk_grad(...)``.
       parallel_iterations: for the chunk loop (graph only).
 
@@ -110,7 +111,6 @@ def backward(weights_like, x, lengths, chunk, state_like, boundaries, dys, dfina
     """
     plan = _time.make_plan(x, lengths, chunk, time_axis=1 if batch_major else 0)
     time = _time.Time(plan, chunk, batch_major)
-    dys = _time.pad_time(plan, dys)  # dynamic T: x was padded to whole chunks; dys likewise
     bounds = [_time.tensor_array(b.dtype, _n_chunks(plan), b.shape[1:]).unstack(b) for b in boundaries]
 
     def start_state(i):
@@ -120,7 +120,11 @@ def backward(weights_like, x, lengths, chunk, state_like, boundaries, dys, dfina
         return tf.nest.map_structure(tf.add, a, b)
 
     x_chunk, x_tail = time.reader(plan.x)
-    dys_chunk, dys_tail = time.reader(dys)
+    if dys is None:  # a zero cotangent (a loss of the final state only): none is made
+        dys_chunk, dys_tail = (lambda i: None), None
+    else:
+        # Dynamic T: x was padded to whole chunks; dys likewise.
+        dys_chunk, dys_tail = time.reader(_time.pad_time(plan, dys))
     dxs = time.new(x, x.shape[-1])
     dparams = tf.nest.map_structure(tf.zeros_like, weights_like)
     dstate = dfinal

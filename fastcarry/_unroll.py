@@ -118,12 +118,13 @@ def _forward_fn(core, opts, save_states):
 def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
     """Runs ``grad(x_proc, dys_proc) -> (dx_proc, dstate, dparams)`` in processing order; ``dx`` in the caller's layout.
 
-    ``convert_dys=False`` hands ``dys`` over as it came (``grad`` reads it a step at a time).
+    ``convert_dys=False`` hands ``dys`` over as it came (``grad`` reads it a step at a time);
+    None (a zero cotangent) stays None.
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
         x_proc = _to_processing_order(x, lengths, opts)
-    dys_proc = _to_processing_order(dys, lengths, opts) if convert_dys else dys
+    dys_proc = _to_processing_order(dys, lengths, opts) if convert_dys and dys is not None else dys
     dx_proc, dstate, dparams = grad(x_proc, dys_proc)
     return tape.gradient(x_proc, x, output_gradients=dx_proc), dstate, dparams
 
@@ -149,7 +150,7 @@ def _backward_fn(core, opts):
                                          saved, dys, dfinal)
             # A batch-major dys is read a step at a time; x is transposed all
             # the same, for the large matmuls after the loop.
-            direct = _direct(opts, dys)
+            direct = _direct(opts, x)
 
             def grad(x_proc, dys_in):
                 return _backward.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
@@ -180,7 +181,7 @@ def _autodiff_backward_fn(core, opts):
         with tf.GradientTape() as tape:
             tape.watch([x, state, w])
             ys, final, _ = forward(x, state, lengths, params)
-        return tape.gradient([ys, final], [x, state, w], output_gradients=[dys, dfinal],
+        return tape.gradient([ys, final], [x, state, w], output_gradients=[_zeros_if_none([dys], [ys])[0], dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return backward
 
@@ -271,6 +272,31 @@ def _zeros_if_none(grads, like):
     return [tf.zeros_like(v) if g is None else g for g, v in zip(grads, like)]
 
 
+def _statically_zero(cotangent):
+    """Whether ``cotangent`` is None or zeros known when tracing (what a tape makes for an unused output).
+
+    TF's tapes hand a custom gradient zeros (``tf.zeros``: a ``Fill`` or a
+    small ``Const``; ``tf.gradients``: ``ZerosLike``) for the outputs the loss
+    does not use; JAX calls them symbolic zeros. Seeing them lets a loss of the
+    final state skip the ``[B, T, H]`` cotangent altogether. An eager tensor is
+    never treated as zero (that would need its values).
+    """
+    if cotangent is None:
+        return True
+    if not tf.is_symbolic_tensor(cotangent):
+        return False
+    op = cotangent.op
+    if op.type == "ZerosLike":
+        return True
+    if op.type == "Fill":
+        value = tf.get_static_value(op.inputs[1])
+        return value is not None and not value.any()
+    if op.type == "Const":
+        value = tf.get_static_value(cotangent)
+        return value is not None and not value.any()
+    return False
+
+
 def _no_second_order(outputs, inputs):
     """Identity on ``outputs`` whose gradient raises: the backward pass is not differentiable.
 
@@ -314,7 +340,7 @@ def _swapped_backward(core, opts, jit_compile):
 
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
         x_proc = _to_processing_order(x, lengths, opts)
-        dys_proc = _to_processing_order(dys, lengths, opts)
+        dys_proc = None if dys is None else _to_processing_order(dys, lengths, opts)
         time = x_proc.shape[0]
         step = opts.chunk if (opts.chunk is not None and time is not None) else (time or tf.shape(x_proc)[0])
         starts = list(range(0, time, step)) if isinstance(time, int) else [0]
@@ -324,7 +350,7 @@ def _swapped_backward(core, opts, jit_compile):
             with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
                 piece = [s[start:stop] for s in saved]
             dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, _chunked.shift(lengths, start), params,
-                                       piece, dys_proc[start:stop], dstate)
+                                       piece, None if dys is None else dys_proc[start:stop], dstate)
             dweights = dp if dweights is None else tf.nest.map_structure(tf.add, dweights, dp)
             dxs.insert(0, dx)
         dx = _from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), lengths, opts)
@@ -395,12 +421,14 @@ def _custom_gradient_unroll(core, opts, jit_compile, backward_kind, x, state, le
         # cell's, captured by the compiled call); their gradients go through
         # ``var_values`` instead, so nothing more is returned for them here.
         def grad(dys, *dfinal, variables=None):
-            dys, = _zeros_if_none([dys], [ys])
+            # A loss of the final state only: no [B, T, H] cotangent is made or read.
+            dys = None if _statically_zero(dys) else _stop(dys)
             dfinal = tf.nest.pack_sequence_as(state, _zeros_if_none(dfinal, flat_final))
             dx, dstate, (dparams, dvars) = _unrecorded(core, backward, _stop(x), _stop(s0), lengths, _stop(p),
-                                                       saved, _stop(dys), _stop(dfinal))
+                                                       saved, dys, _stop(dfinal))
             flat_grads = [dx] + tf.nest.flatten(dstate) + tf.nest.flatten(dparams) + list(dvars)
-            guarded = _no_second_order(flat_grads, [x, dys, *tf.nest.flatten(dfinal), *flat])
+            ties = [x] + ([] if dys is None else [dys]) + tf.nest.flatten(dfinal) + list(flat)
+            guarded = _no_second_order(flat_grads, ties)
             return guarded if not variables else (guarded, [None] * len(variables))
 
         return [ys] + flat_final, grad

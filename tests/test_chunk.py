@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _chunked, _unroll
+from fastcarry import _backward, _chunked, _unroll
 from fastcarry.tools import check as _check
 
 B, T, D, H = 3, 7, 4, 5
@@ -75,6 +75,41 @@ def test_a_chunk_grad_that_drops_the_carried_gradient_is_caught(monkeypatch):
     got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
     with pytest.raises(AssertionError, match="d_inputs"):
         _assert_within(got, want, CHUNK_TOLERANCE, "truncating chunk grad")
+
+
+@pytest.mark.parametrize("kind, chunk", [("lstm", None), ("lstm", 3), ("gru-reset-before", None)])
+def test_a_final_state_loss_reads_no_sequence_cotangent(kind, chunk, monkeypatch):
+    # Sequence classification: the loss reads the final state only. The tape
+    # hands the unused outputs a zeros cotangent; the backward must see None
+    # (no [B, T, H] buffer) and the gradients must still be exact.
+    cell, x, s0, cot, _ = _case(kind, {"initial": True})
+    saw_none = []
+    real = _backward.backward
+
+    def spy(*args, **kwargs):
+        saw_none.append(args[7] is None)  # dys, at trace time
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_unroll, "_FUNCTIONS", {})  # traced afresh, through the spy
+    monkeypatch.setattr(_backward, "backward", spy)
+    weights = [cell.kernel, cell.recurrent_kernel, cell.bias]
+
+    @tf.function(jit_compile=True)
+    def step(x, s0):
+        with tf.GradientTape() as tape:
+            tape.watch([x, s0])
+            _, final = fc.unroll(cell, x, s0, chunk=chunk)
+            loss = sum(tf.reduce_sum(f * w) for f, w in zip(tf.nest.flatten(final), cot.state))
+        return tape.gradient(loss, [x, s0] + weights)
+
+    s0_32 = tf.nest.map_structure(lambda s: tf.constant(s, tf.float32), s0)
+    grads = [np.asarray(g) for g in tf.nest.flatten(step(tf.constant(x, tf.float32), s0_32))]
+    assert saw_none and all(saw_none), f"the backward was traced with a [B, T, H] cotangent: {saw_none}"
+    final_only = _check.Cotangents(np.zeros_like(cot.outputs), cot.state)
+    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, final_only)
+    names = ["d_inputs"] + [k for k in want if k.startswith("d_initial")] + ["d_kernel", "d_recurrent_kernel",
+                                                                              "d_bias"]
+    assert_all_close(dict(zip(names, grads)), {k: want[k] for k in names}, tf.float32, f"{kind} chunk={chunk}")
 
 
 @pytest.mark.parametrize("chunk, n_chunks", [(3, 3), (7, 1), (1, 7), (10, 1)])

@@ -1,22 +1,27 @@
 """Peak memory and time of one training step with ``chunk=`` (``benchmarks/memory.py``).
 
 Each configuration runs in its own Python process. The child sets up (imports,
-cell, inputs), runs one training step (the first call: XLA compilation, whose
-own memory would swamp small workloads), then runs more steps while a thread
-samples the process's RSS every half millisecond. The reported peak is the
-highest sample minus the RSS just before those steps: what one training step
-needs on top of the weights, inputs and compiled program. The first call's
-``ru_maxrss`` above the set-up RSS (compilation included) is reported too. On a
-GPU the child reports ``tf.config.experimental.get_memory_info``'s peak instead.
+cell, inputs), runs one training step (the first call: tracing and XLA
+compilation, whose own memory would swamp small workloads), then runs more
+steps. The reported peak is what one training step needs on top of the
+weights, inputs and compiled program: the peak of TensorFlow's allocator
+above its use just before those steps (``tf.config.experimental.
+get_memory_info``; on CPU the child runs with ``TF_CPU_ALLOCATOR_USE_BFC=1``,
+without which the CPU allocator keeps no statistics). The process's sampled
+peak RSS above its RSS before the steps is recorded too (``rss_peak_bytes``),
+but glibc keeps freed memory mapped as it sees fit, so it is not the measure.
+The first call's ``ru_maxrss`` above the set-up RSS (compilation included) and
+its time are reported; "compile s" is the first call's time minus a step's.
 
 The training step is ``fc.unroll`` under ``tf.function(jit_compile=True)``; it
 returns a loss and its gradient w.r.t. the cell's weights (returning the loss
-keeps the outputs alive, as in real training: a step that returned only
-gradients would let XLA drop them). Inputs are batch-major ``[B, T, D]`` or
-time-major ``[T, B, D]``. The loss is ``<outputs, cotangent>``, a fixed random
-cotangent, written two ways:
+keeps the outputs alive, as in real training). Inputs are batch-major
+``[B, T, D]`` or time-major ``[T, B, D]``. The losses, with a fixed random
+cotangent:
 
-- ``dot``: ``tf.tensordot(outputs, cotangent, 3)``, one XLA dot.
+- ``final``: ``reduce_sum(final_h * cotangent_h)``, the final state only
+  (sequence classification): no ``[B, T, H]`` outputs nor cotangent need exist.
+- ``dot``: ``tf.tensordot(outputs, cotangent, 3)``, one XLA dot over the outputs.
 - ``sum``: ``tf.reduce_sum(outputs * cotangent)``. The same number, but
   XLA:CPU materializes the product ``[T, B, H]`` (128 MiB in the full workload)
   before its tree reduction, while the outputs are still live: memory of the
@@ -37,11 +42,13 @@ from fastcarry.tools import report as _report
 from fastcarry.tools.workload import make_cell
 
 # The issue's workload: LSTM B=16, T=8192, D=64, H=256.
-FULL = dict(cell="lstm", batch=16, time=8192, input=64, units=256, chunks=[None, 1024, 256, 64],
-            layouts=["batch-major", "time-major"], repeats=3, losses=["dot", "sum"])
-QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16], layouts=["batch-major"], repeats=2,
-             losses=["dot"])
-LOSSES = ("dot", "sum")
+FULL = dict(cell="lstm", batch=16, time=8192, input=64, units=256, chunks=[None, 1024, 256, 64], repeats=3,
+            cases=[("final", "batch-major"), ("dot", "batch-major"), ("dot", "time-major"), ("sum", "batch-major")])
+QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16], repeats=2,
+             cases=[("final", "batch-major")])
+# The issue's target: the final-state loss with chunk=256 at least 50x below chunk=None.
+TARGET = dict(loss="final", layout="batch-major", chunk=256, ratio=50.0)
+LOSSES = ("dot", "sum", "final")
 
 
 def _rss_bytes():
@@ -83,13 +90,16 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
     lead = (time_steps, batch) if time_major else (batch, time_steps)
     x = tf.constant(rng.standard_normal(lead + (input_dim,)), tf.float32)
     cot = tf.constant(rng.standard_normal(lead + (units,)), tf.float32)
+    cot_h = cot[0] if time_major else cot[:, 0]  # [B, H]: the final-state loss's cotangent
     weights = rnn.trainable_variables
-    objective = {"dot": lambda ys: tf.tensordot(ys, cot, 3), "sum": lambda ys: tf.reduce_sum(ys * cot)}[loss]
+    objective = {"dot": lambda ys, final: tf.tensordot(ys, cot, 3),
+                 "sum": lambda ys, final: tf.reduce_sum(ys * cot),
+                 "final": lambda ys, final: tf.reduce_sum(tf.nest.flatten(final)[0] * cot_h)}[loss]
 
     @tf.function(jit_compile=True)
     def step(x):
         with tf.GradientTape() as tape:
-            value = objective(fc.unroll(rnn, x, chunk=chunk, time_major=time_major)[0])
+            value = objective(*fc.unroll(rnn, x, chunk=chunk, time_major=time_major))
         return [value, *tape.gradient(value, weights)]
 
     setup = _rss_bytes()
@@ -97,8 +107,12 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
     [g.numpy() for g in step(x)]
     first_s = time.perf_counter() - start
     first_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - setup  # ru_maxrss is KiB on Linux
-    if gpu:
-        tf.config.experimental.reset_memory_stats("GPU:0")
+    device = "GPU:0" if gpu else "CPU:0"
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+        before = tf.config.experimental.get_memory_info(device)["current"]
+    except ValueError:  # CPU without TF_CPU_ALLOCATOR_USE_BFC=1: no allocator statistics
+        before = None
     baseline = _rss_bytes()
     samples = []
     with _RssSampler() as sampler:
@@ -106,11 +120,14 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
             start = time.perf_counter()
             [g.numpy() for g in step(x)]
             samples.append(time.perf_counter() - start)
-    peak, source = sampler.peak - baseline, "sampled peak RSS of a training step above the RSS before it"
-    if gpu:
-        peak, source = tf.config.experimental.get_memory_info("GPU:0")["peak"], "GPU peak (get_memory_info)"
+    rss_peak = sampler.peak - baseline
+    if before is not None:
+        peak = tf.config.experimental.get_memory_info(device)["peak"] - before
+        source = f"{device} allocator's peak above its use before the step (get_memory_info)"
+    else:
+        peak, source = rss_peak, "sampled peak RSS of a training step above the RSS before it"
     return dict(chunk=chunk, layout="time-major" if time_major else "batch-major", loss=loss,
-                peak_bytes=int(peak), memory_source=source, baseline_bytes=baseline,
+                peak_bytes=int(peak), memory_source=source, rss_peak_bytes=int(rss_peak), baseline_bytes=baseline,
                 first_call_peak_bytes=int(first_peak), first_call_s=first_s,
                 median_s=statistics.median(samples), samples_s=samples)
 
@@ -118,8 +135,9 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
 def run(config, out_dir, stream=sys.stderr):
     """Runs every chunk of ``config`` in a child process; writes results.json, results.md, results.png."""
     results = []
-    rows = [(loss, layout, chunk) for loss in config["losses"] for layout in config["layouts"]
-            for chunk in config["chunks"]]
+    rows = [(loss, layout, chunk) for loss, layout in config["cases"] for chunk in config["chunks"]]
+    # Allocator statistics on CPU; set for the measuring children only.
+    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="1")
     for loss, layout, chunk in rows:
         print(f"memory bench: loss={loss} {layout} chunk={chunk} ...", file=stream, flush=True)
         argv = [sys.executable, "-m", "fastcarry.tools.memory_bench", "--child", "--loss", loss, "--cell", config["cell"],
@@ -129,7 +147,7 @@ def run(config, out_dir, stream=sys.stderr):
             argv += ["--chunk", str(chunk)]
         if layout == "time-major":
             argv += ["--time-major"]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"memory bench child (chunk={chunk}) failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -147,19 +165,28 @@ def markdown(report):
              f"one training step", "",
              f"{report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, TensorFlow "
              f"{report['machine']['tensorflow']}; one process per row; memory: {first['memory_source']}; "
-             f"time: median of {report['repeats']} steps after the first. The first call (XLA compilation "
-             f"included) is reported apart.", "",
-             "Loss `dot` is `tensordot(outputs, cotangent, 3)`; `sum` is `reduce_sum(outputs * cotangent)`, "
-             "for which XLA:CPU materializes the product (see `fastcarry/_memory_bench.py`).", "",
+             f"time: median of {report['repeats']} steps after the first. The first call (tracing and XLA "
+             f"compilation included) is reported apart; compile s = first call - one step.", "",
+             "Loss `final` reads the final state only; `dot` is `tensordot(outputs, cotangent, 3)`; `sum` is "
+             "`reduce_sum(outputs * cotangent)`, for which XLA:CPU materializes the product "
+             "(see `fastcarry/tools/memory_bench.py`).", "",
              "| loss | layout | chunk | peak MiB | chunk=None / this | step ms | this / chunk=None | first call s | "
-             "first call peak MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "compile s | first call peak MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         b = base[(r["loss"], r["layout"])]
-        lines.append(f"| {r['loss']} | {r['layout']} | {r['chunk'] or 'None'} | {r['peak_bytes'] / 2**20:.0f} | "
+        lines.append(f"| {r['loss']} | {r['layout']} | {r['chunk'] or 'None'} | {r['peak_bytes'] / 2**20:.1f} | "
                      f"{b['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x | {r['median_s'] * 1e3:.0f} | "
                      f"{r['median_s'] / b['median_s']:.2f}x | {r['first_call_s']:.1f} | "
-                     f"{r['first_call_peak_bytes'] / 2**20:.0f} |")
+                     f"{r['first_call_s'] - r['median_s']:.1f} | {r['first_call_peak_bytes'] / 2**20:.0f} |")
+    target = [r for r in report["results"]
+              if (r["loss"], r["layout"], r["chunk"]) == (TARGET["loss"], TARGET["layout"], TARGET["chunk"])]
+    if target:
+        r, b = target[0], base[(TARGET["loss"], TARGET["layout"])]
+        ratio = b["peak_bytes"] / max(r["peak_bytes"], 1)
+        lines += ["", f"Target (issue 12): loss `{TARGET['loss']}`, chunk={TARGET['chunk']} at least "
+                      f"{TARGET['ratio']:.0f}x below chunk=None: **{ratio:.1f}x** "
+                      f"({'met' if ratio >= TARGET['ratio'] else 'missed'})."]
     return "\n".join(lines) + "\n"
 
 
