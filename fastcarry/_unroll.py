@@ -517,6 +517,13 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       one more forward pass. The gradients are those of ``chunk=None`` (to
       float rounding); T need not be a multiple of C. Without a gradient it
       changes nothing.
+    - a loss of the final state only (sequence classification) costs no
+      ``[B, T, H]`` memory inside a ``tf.function``: the zeros a tape makes
+      for the unused outputs are recognised when traced and never built or
+      read (the backward makes a zero row per step instead), and under XLA
+      the unused outputs are not written. With ``chunk=C`` such a training
+      step needs ``ceil(T / C)`` states and one chunk's activations, nothing
+      of size T. (Eagerly, TF builds those zeros before fastcarry sees them.)
 
     Args:
       cell: ``fc.LSTM``, ``fc.GRU`` or ``fc.SimpleRNN``; built on first use from

@@ -380,8 +380,8 @@ def markdown(report):
     """The speedup table: one row per workload x mode, then the grid medians per mode."""
     m = report["machine"]
     lines = [
-        f"# fastcarry bench\n",
-        f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; "
+        "# fastcarry bench\n",
+        f"{_report.describe(m)}; "
         f"median of {report['repeats']} interleaved repeats, milliseconds per step.\n",
         "| workload | mode | fastcarry ms | keras ms (variant) | tf1 ms | reference ms | roofline ms | torch ms "
         "| vs keras | vs tf1 | vs torch | of roofline |",

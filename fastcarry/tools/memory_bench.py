@@ -163,8 +163,7 @@ def markdown(report):
     first = report["results"][0]
     lines = [f"# fastcarry memory bench: {w['cell']} B={w['batch']} T={w['time']} D={w['input']} H={w['units']}, "
              f"one training step", "",
-             f"{report['machine']['platform']}, {report['machine']['cpu_count']} CPUs, TensorFlow "
-             f"{report['machine']['tensorflow']}; one process per row; memory: {first['memory_source']}; "
+             f"{_report.describe(report['machine'])}; one process per row; memory: {first['memory_source']}; "
              f"time: median of {report['repeats']} steps after the first. The first call (tracing and XLA "
              f"compilation included) is reported apart; compile s = first call - one step.", "",
              "Loss `final` reads the final state only; `dot` is `tensordot(outputs, cotangent, 3)`; `sum` is "

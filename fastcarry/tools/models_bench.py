@@ -210,7 +210,7 @@ def summary(data):
 def markdown(data):
     m = data["machine"]
     lines = ["# fastcarry models benchmarks\n",
-             f"{m['platform']}, {m['cpu_count']} CPUs, TensorFlow {m['tensorflow']}; median of "
+             f"{_report.describe(m)}; median of "
              f"{data['repeats']} interleaved repeats, milliseconds per step.\n",
              "| suite | workload | mode | fastcarry ms (variant) | keras ms (variant) | speedup |",
              "|---|---|---|---:|---:|---:|"]

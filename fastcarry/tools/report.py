@@ -6,14 +6,39 @@ import platform
 import sys
 
 
+def _cpu_model():
+    """The CPU's model name and its widest vector ISA (Linux ``/proc/cpuinfo``), or what ``platform`` knows.
+
+    The VMs these benchmarks run on change hardware between runs (an AVX2 AMD EPYC,
+    an AVX-512/AMX Intel Xeon): the figures are only comparable within one model.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    name = fields.get("model name\t", fields.get("model name", "")).strip() or platform.machine()
+    flags = set(fields.get("flags\t\t", fields.get("flags", "")).split())
+    isa = next((label for flag, label in (("amx_tile", "AVX-512, AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                if flag in flags), None)
+    return f"{name} ({isa})" if isa else name
+
+
 def machine_info():
-    """Platform, processor, Python, CPU count, TensorFlow and numpy versions."""
+    """Platform, CPU model and ISA, Python, CPU count, TensorFlow and numpy versions."""
     import numpy as np
     import tensorflow as tf
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu": _cpu_model(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def describe(machine):
+    """One line naming the machine for a results table: CPU model, core count, TensorFlow."""
+    cpu = machine.get("cpu", machine["processor"])  # results written before "cpu" was recorded
+    return f"{cpu}, {machine['cpu_count']} CPUs, {machine['platform']}, TensorFlow {machine['tensorflow']}"
 
 
 def require_matplotlib():
