@@ -196,3 +196,13 @@ def test_torch_contender_holds_the_same_weights(kind):
         got = _bench.torch_module(cell)(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=2e-6)
     assert _bench.torch_skipped(_bench.Workload("gru-reset-before", 2, 5, 3, 4)) is not None
+
+
+def test_results_name_the_cpu_model():
+    from fastcarry.tools import report as _report
+
+    machine = _report.machine_info()
+    assert machine["cpu"] and _report.describe(machine).startswith(machine["cpu"])
+    older = {k: v for k, v in machine.items() if k != "cpu"}  # results written before "cpu" was recorded
+    assert _report.describe(older).startswith(machine["processor"])
+

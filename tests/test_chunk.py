@@ -112,6 +112,29 @@ def test_a_final_state_loss_reads_no_sequence_cotangent(kind, chunk, monkeypatch
     assert_all_close(dict(zip(names, grads)), {k: want[k] for k in names}, tf.float32, f"{kind} chunk={chunk}")
 
 
+def test_only_cotangents_known_zero_when_traced_count_as_zero():
+    # The must-fail side of the test above: a cotangent that is not zeros
+    # must reach the backward, or output losses would lose their gradient.
+    seen = {}
+
+    @tf.function
+    def trace(x):
+        seen.update({
+            "fill zeros": _unroll._statically_zero(tf.zeros([300, 300])),  # a Fill at this size
+            "small zeros": _unroll._statically_zero(tf.zeros([2, 3])),  # a Const
+            "zeros_like": _unroll._statically_zero(tf.zeros_like(x)),
+            "fill ones": _unroll._statically_zero(tf.ones([300, 300])),
+            "a const": _unroll._statically_zero(tf.constant([[0.0, 1.0]])),
+            "a computed tensor": _unroll._statically_zero(x * 0.0),
+        })
+        return x
+
+    trace(tf.ones([2, 2]))
+    assert seen == {"fill zeros": True, "small zeros": True, "zeros_like": True, "fill ones": False,
+                    "a const": False, "a computed tensor": False}
+    assert _unroll._statically_zero(None) and not _unroll._statically_zero(tf.zeros([2]))  # eager: never
+
+
 @pytest.mark.parametrize("chunk, n_chunks", [(3, 3), (7, 1), (1, 7), (10, 1)])
 def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
     # What bounds the memory: the saving forward returns one state per chunk,
