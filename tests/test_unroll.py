@@ -55,8 +55,16 @@ MODES = {
 }
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("name", list(OPTIONS))
+# graph-autodiff is TF's own gradient of the graph loop, whose structure the
+# options below vary; the options that only change the data (an initial state,
+# lengths alone, a layout) are covered by "all" there and by every option in the
+# fused modes, and skipping them keeps CI inside its time budget.
+AUTODIFF_MODE_OPTIONS = ("plain", "reverse+lengths", "unroll3", "all", "batch1", "time1")
+FUSED_CASES = [(name, mode) for name in OPTIONS for mode in MODES
+               if mode != "graph-autodiff" or name in AUTODIFF_MODE_OPTIONS]
+
+
+@pytest.mark.parametrize("name, mode", FUSED_CASES)
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_fused_equals_reference(kind, name, mode):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name])
