@@ -181,7 +181,7 @@ def _autodiff_backward_fn(core, opts):
         with tf.GradientTape() as tape:
             tape.watch([x, state, w])
             ys, final, _ = forward(x, state, lengths, params)
-        return tape.gradient([ys, final], [x, state, w], output_gradients=[_zeros_if_none([dys], [ys])[0], dfinal],
+        return tape.gradient([ys, final], [x, state, w], output_gradients=[tf.zeros_like(ys) if dys is None else dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return backward
 
@@ -288,13 +288,10 @@ def _statically_zero(cotangent):
     op = cotangent.op
     if op.type == "ZerosLike":
         return True
-    if op.type == "Fill":
-        value = tf.get_static_value(op.inputs[1])
-        return value is not None and not value.any()
-    if op.type == "Const":
-        value = tf.get_static_value(cotangent)
-        return value is not None and not value.any()
-    return False
+    if op.type not in ("Fill", "Const"):
+        return False
+    value = tf.get_static_value(op.inputs[1] if op.type == "Fill" else cotangent)  # Fill(dims, value)
+    return value is not None and not value.any()
 
 
 def _no_second_order(outputs, inputs):

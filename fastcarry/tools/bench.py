@@ -292,12 +292,12 @@ def time_contenders(steps, repeats, progress=None):
     return {name: {"compile_s": compile_s[name], **_summary(samples[name])} for name in names}
 
 
-def _fold_keras(timings):
-    """Replaces the two Keras variants by ``keras``: the one with the lower median, named in ``variant``."""
-    graph, jit = timings.pop("keras-graph"), timings.pop("keras-jit")
-    best, variant = (jit, "jit") if jit["median_s"] < graph["median_s"] else (graph, "graph")
-    timings["keras"] = {**best, "variant": variant,
-                        "variants": {"graph": graph, "jit": jit}}
+def fold_variants(timings, who):
+    """Replaces ``timings``' ``<who>-<variant>`` entries by ``who``: the one with the lowest median, named in
+    ``variant``, all of them kept under ``variants``."""
+    variants = {name[len(who) + 1:]: timings.pop(name) for name in list(timings) if name.startswith(f"{who}-")}
+    best = min(variants, key=lambda v: variants[v]["median_s"])
+    timings[who] = {**variants[best], "variant": best, "variants": variants}
     return timings
 
 
@@ -339,7 +339,7 @@ def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", s
         steps = build_contenders(w, mode)
         timings = time_contenders(
             steps, repeats, lambda name, phase: bar.step(f"{w.label} {mode} {name or phase}"))
-        timings = _fold_keras(timings)
+        timings = fold_variants(timings, "keras")
         for name, skipped in (("reference", reference_skipped(w)), ("torch", torch_skipped(w))):
             if skipped:
                 timings[name] = {"skipped": skipped}
@@ -398,7 +398,7 @@ def markdown(report):
         entries = [e for e in report["results"] if mode in ("all", e["mode"])]
         if entries:
             vk, vt, roof = (statistics.median(col) for col in zip(*map(speedups, entries)))
-            torch_rows = [vs_torch(e) for e in entries if vs_torch(e) is not None]
+            torch_rows = [r for r in map(vs_torch, entries) if r is not None]
             vp = _ratio(statistics.median(torch_rows) if torch_rows else None)
             lines.append(f"| **grid median** | {mode} | | | | | | | **{vk:.2f}x** | **{vt:.2f}x** | **{vp}** | "
                          f"**{roof:.0%}** |")

@@ -166,7 +166,7 @@ def bench(args, stream=sys.stderr):
     if args.models:
         return _bench_models(args, stream)
     workloads = bench_workloads(args)
-    repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
+    repeats = _repeats(args)
     modes = _bench.MODES if args.mode == "both" else (args.mode,)
     report = _bench.run(workloads, modes, repeats, out_dir=args.out, stream=stream)
     print(_bench.markdown(report))
@@ -174,15 +174,20 @@ def bench(args, stream=sys.stderr):
     return 0
 
 
-def _bench_models(args, stream):
+def _repeats(args):
     from fastcarry.tools import bench as _bench
+
+    return args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
+
+
+def _bench_models(args, stream):
     from fastcarry.tools import models_bench as _models
 
     if any(getattr(args, k) is not None for k in ("cell", "cells", "batch", "time", "input", "units")) \
             or args.mode != "both":
         raise SystemExit("fastcarry bench: --models runs its own grid; drop --cell/--cells/--batch/--time/"
                          "--input/--units/--mode")
-    repeats = args.repeats or (_bench.QUICK_REPEATS if args.quick else _bench.FULL_REPEATS)
+    repeats = _repeats(args)
     shapes = _models.QUICK_SHAPES if args.quick else _models.SHAPES
     data = _models.run(args.models, shapes, repeats, out_dir=args.out, stream=stream)
     print(_models.markdown(data))

@@ -180,9 +180,7 @@ def run(suites=SUITES, shapes=SHAPES, repeats=_bench.FULL_REPEATS, out_dir="benc
         steps = build()
         timings = _bench.time_contenders(steps, repeats, lambda name, phase: bar.step(f"{label} {mode} {name or phase}"))
         for who in ("fastcarry", "keras"):  # each at its better variant, named
-            names = [n for n in timings if n.startswith(f"{who}-")]
-            best = min(names, key=lambda n: timings[n]["median_s"])
-            timings[who] = {**timings[best], "variant": best[len(who) + 1:]}
+            _bench.fold_variants(timings, who)
         results.append({"suite": suite, "label": label, "mode": mode, "timings": timings})
         tf.keras.backend.clear_session()
     bar.close()
