@@ -11,6 +11,7 @@ Public surface::
     fc.unroll(fc.FunctionCell(step, H, H, variables), inputs)   # a step function
     fc.unroll(fc.Stack([cell1, cell2]), inputs)     # MultiRNNCell
     fc.bidirectional(cell_fw, cell_bw, inputs)      # bidirectional_dynamic_rnn
+    fc.keras.LSTM(units, return_sequences=True)     # keras.layers.LSTM, run by the fused loop
 
 The cell protocol (``fc.CellProtocol``, ``fc.Core``, ``fc.RecurrentSplit``,
 ``fc.SecondMatmul``) is public: a cell that gives its step as a split gets
@@ -37,6 +38,7 @@ _EXPORTS = {
     "Stack": ("fastcarry._stack", "Stack"),
     "as_cell": ("fastcarry._generic", "as_cell"),
     "bidirectional": ("fastcarry._bidirectional", "bidirectional"),
+    "keras": ("fastcarry.keras", None),
     "GRU": ("fastcarry._cells", "GRU"),
     "LSTM": ("fastcarry._cells", "LSTM"),
     "LSTMState": ("fastcarry.kernels.lstm", "LSTMState"),
@@ -48,6 +50,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
+    from fastcarry import keras as keras
     from fastcarry import reference as reference
     from fastcarry._bidirectional import bidirectional as bidirectional
     from fastcarry._carry import Carry as Carry

@@ -12,6 +12,8 @@ def bidirectional(cell_fw, cell_bw, inputs, initial_state_fw=None, initial_state
     inputs: ``outputs_bw[:, t]`` is the backward cell's output after reading
     steps ``length - 1 .. t``. Both directions share ``sequence_length`` (one
     argument, so they cannot disagree); past a row's length both output zeros.
+    With ``mask`` (in ``unroll_options``) instead, the backward cell runs all
+    of time backwards, skipping masked steps, as Keras's ``Bidirectional`` does.
     Concatenate the two outputs on the last axis for Keras's
     ``Bidirectional(merge_mode="concat")``.
 
@@ -21,7 +23,7 @@ def bidirectional(cell_fw, cell_bw, inputs, initial_state_fw=None, initial_state
       initial_state_fw, initial_state_bw: each cell's state, or None for its zero state.
       sequence_length: ``[B]`` ints, or None.
       time_major: layout of inputs and outputs.
-      **unroll_options: ``unroll``, ``jit_compile``, ``backward``, ``chunk``,
+      **unroll_options: ``mask``, ``unroll``, ``jit_compile``, ``backward``, ``chunk``,
         ``parallel_iterations``, ``swap_memory``: as for ``fc.unroll``, for both
         directions (``reverse`` is this function's to set).
 

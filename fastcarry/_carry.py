@@ -145,7 +145,7 @@ class Carry(tf.Module):
           inputs: ``[batch_size, T, D]`` (``[T, batch_size, D]`` with ``time_major=True``).
           sequence_length: ``[batch_size]`` ints or None; rows past their length
             keep their state, so a row with length 0 carries it unchanged.
-          **unroll_options: ``time_major``, ``reverse``, ``unroll``,
+          **unroll_options: ``mask``, ``time_major``, ``reverse``, ``unroll``,
             ``jit_compile``, ``backward``: as for ``fc.unroll``. The initial
             state is the carried one; assign ``carry.state`` to choose it.
 

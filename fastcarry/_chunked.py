@@ -20,9 +20,12 @@ from fastcarry import _backward, _loop, _time
 from fastcarry._step import weights
 
 
-def shift(lengths, start):
-    """A chunk's own lengths: steps ``[start, start + C)`` of the sequence are its ``[0, C)``."""
-    return None if lengths is None else lengths - start
+def shift(lengths, start, size):
+    """A chunk's own lengths (or ``[size, B]`` mask): steps ``[start, start + size)`` are its ``[0, size)``."""
+    if lengths is None:
+        return None
+    # A slice of static size: XLA needs static shapes inside the chunk loop.
+    return tf.slice(lengths, [start, 0], [size, -1]) if lengths.shape.rank == 2 else lengths - start
 
 
 def _n_chunks(plan):
@@ -52,7 +55,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
 
     def body(i, state, ys, bounds):
         bounds = _time.write_all(bounds, i, state)
-        ys_c, state, _ = _loop.forward(core, params, x_chunk(i), state, shift(plan.lengths, i * chunk), unroll,
+        ys_c, state, _ = _loop.forward(core, params, x_chunk(i), state, shift(plan.lengths, i * chunk, chunk), unroll,
                                        parallel_iterations=parallel_iterations)
         return i + 1, state, time.put(ys, i, ys_c), bounds
 
@@ -64,8 +67,9 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
         ys_tail = None
         if plan.tail:
             bounds = _time.write_all(bounds, plan.n_loop, state)
-            ys_tail, state, _ = _loop.forward(core, params, x_tail, state, shift(plan.lengths, plan.tail.start),
-                                              unroll, parallel_iterations=parallel_iterations)
+            tail_lengths = shift(plan.lengths, plan.tail.start, len(plan.tail))
+            ys_tail, state, _ = _loop.forward(core, params, x_tail, state, tail_lengths, unroll,
+                                              parallel_iterations=parallel_iterations)
     return time.finish(ys, ys_tail), state, [b.stack() for b in bounds]
 
 
@@ -132,12 +136,12 @@ def backward(weights_like, x, lengths, chunk, state_like, boundaries, dys, dfina
     with tf.name_scope("chunks_grad"):
         if plan.tail:
             start = plan.tail.start
-            dx_tail, dstate, dp = chunk_grad(x_tail, start_state(plan.n_loop), shift(plan.lengths, start),
-                                             dys_tail, dstate)
+            dx_tail, dstate, dp = chunk_grad(x_tail, start_state(plan.n_loop),
+                                             shift(plan.lengths, start, len(plan.tail)), dys_tail, dstate)
             dparams = add(dparams, dp)
         if _time.has_loop(plan):
             def body(i, dstate, dparams, dxs):
-                dx_c, dstate, dp = chunk_grad(x_chunk(i), start_state(i), shift(plan.lengths, i * chunk),
+                dx_c, dstate, dp = chunk_grad(x_chunk(i), start_state(i), shift(plan.lengths, i * chunk, chunk),
                                               dys_chunk(i), dstate)
                 return i - 1, dstate, add(dparams, dp), time.put(dxs, i, dx_c)
 

@@ -9,8 +9,16 @@ import tensorflow as tf
 
 
 def valid_rows(t, lengths):
-    """``[B, 1]`` bool: which rows have a real step at time ``t`` (None: all)."""
-    return None if lengths is None else tf.expand_dims(t < lengths, -1)
+    """``[B, 1]`` bool: which rows have a real step at time ``t`` (None: all).
+
+    ``lengths`` is ``[B]`` int32 (steps ``t < lengths`` are real) or a
+    ``[T, B]`` bool mask in processing order (``fc.unroll(mask=...)``).
+    """
+    if lengths is None:
+        return None
+    if lengths.shape.rank == 2:
+        return tf.expand_dims(lengths[t], -1)
+    return tf.expand_dims(t < lengths, -1)
 
 
 def mask(valid, new_state, y, state):

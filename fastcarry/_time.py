@@ -21,6 +21,8 @@ def pad_to_multiple(x, lengths, unroll):
     t = tf.shape(x)[0]
     padded = (t + unroll - 1) // unroll * unroll
     x = tf.pad(x, [[0, padded - t], [0, 0], [0, 0]])
+    if lengths is not None and lengths.shape.rank == 2:  # a [T, B] mask: the padded steps are not real
+        return x, tf.pad(lengths, [[0, padded - t], [0, 0]]), t
     full = tf.fill(tf.shape(x)[1:2], t)
     lengths = full if lengths is None else tf.minimum(lengths, t)
     return x, lengths, t
@@ -38,7 +40,7 @@ class Plan(NamedTuple):
     """How T steps are cut: ``[0, n_loop * unroll)`` in the while loop, ``tail`` (static) after it."""
 
     x: tf.Tensor          # [T_run, B, D], padded when T is dynamic and unroll > 1
-    lengths: object       # [B] int32 or None
+    lengths: object       # [B] int32, a [T_run, B] bool mask, or None
     t_true: object        # T (int when static)
     t_run: object         # T_run >= T
     n_loop: object        # while-loop iterations

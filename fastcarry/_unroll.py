@@ -83,10 +83,17 @@ def _from_processing_order(seq, lengths, opts):
 
 def _reversed(seq, lengths):
     """``seq [T, B, ...]`` backwards in time; with lengths each row within its own length, as
-    bidirectional_dynamic_rnn does with tf.reverse_sequence."""
-    if lengths is None:
+    bidirectional_dynamic_rnn does with tf.reverse_sequence (with a mask, all of time: a mask has no length)."""
+    if lengths is None or lengths.shape.rank == 2:
         return tf.reverse(seq, [0])
     return tf.reverse_sequence(seq, lengths, seq_axis=0, batch_axis=1)
+
+
+def _valid_in_processing_order(lengths, opts):
+    """``lengths`` as the loops read them: a ``[T, B]`` mask is reversed with the steps; lengths stay."""
+    if opts.reverse and lengths is not None and lengths.shape.rank == 2:
+        return tf.reverse(lengths, [0])
+    return lengths
 
 
 def _direct(opts, seq):
@@ -104,12 +111,13 @@ def _forward_fn(core, opts, save_states):
         with tf.name_scope(f"fastcarry_{core.name}"):
             direct = _direct(opts, x)
             x_in = x if direct else _to_processing_order(x, lengths, opts)
+            valid = _valid_in_processing_order(lengths, opts)
             if save_states and opts.chunk is not None:
                 # ``saved`` is only the state at each chunk's start.
-                ys, final, saved = _chunked.forward(core, params, x_in, state, lengths, opts.unroll, opts.chunk,
+                ys, final, saved = _chunked.forward(core, params, x_in, state, valid, opts.unroll, opts.chunk,
                                                     opts.parallel_iterations, batch_major=direct)
             else:
-                ys, final, saved = _loop.forward(core, params, x_in, state, lengths, opts.unroll, save_states,
+                ys, final, saved = _loop.forward(core, params, x_in, state, valid, opts.unroll, save_states,
                                                  opts.parallel_iterations, batch_major=direct)
             return ys if direct else _from_processing_order(ys, lengths, opts), final, saved
     return forward
@@ -132,7 +140,8 @@ def _in_processing_order(x, dys, lengths, opts, grad, convert_dys=True):
 def _chunked_backward(core, opts, chunk_grad, params, x, lengths, state_like, saved, dys, dfinal):
     """``_chunked.backward`` in the caller's layout, without transposed copies of whole sequences when it can."""
     def grad(x_in, dys_in, batch_major=False):
-        return _chunked.backward(weights(core, params), x_in, lengths, opts.chunk, state_like, saved, dys_in, dfinal,
+        return _chunked.backward(weights(core, params), x_in, _valid_in_processing_order(lengths, opts), opts.chunk,
+                                 state_like, saved, dys_in, dfinal,
                                  chunk_grad(core, params, opts.unroll, opts.parallel_iterations),
                                  opts.parallel_iterations, batch_major=batch_major)
 
@@ -153,7 +162,8 @@ def _backward_fn(core, opts):
             direct = _direct(opts, x)
 
             def grad(x_proc, dys_in):
-                return _backward.backward(core, params, x_proc, lengths, opts.unroll, state_like, saved, dys_in, dfinal,
+                return _backward.backward(core, params, x_proc, _valid_in_processing_order(lengths, opts), opts.unroll,
+                                          state_like, saved, dys_in, dfinal,
                                       opts.parallel_iterations, dys_batch_major=direct)
 
             return _in_processing_order(x, dys, lengths, opts, grad, convert_dys=not direct)
@@ -337,6 +347,7 @@ def _swapped_backward(core, opts, jit_compile):
 
     def backward(x, state_like, lengths, params, saved, dys, dfinal):
         x_proc = _to_processing_order(x, lengths, opts)
+        valid = _valid_in_processing_order(lengths, opts)
         dys_proc = None if dys is None else _to_processing_order(dys, lengths, opts)
         time = x_proc.shape[0]
         step = opts.chunk if (opts.chunk is not None and time is not None) else (time or tf.shape(x_proc)[0])
@@ -346,8 +357,8 @@ def _swapped_backward(core, opts, jit_compile):
             stop = min(start + step, time) if isinstance(time, int) else time
             with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
                 piece = [s[start:stop] for s in saved]
-            dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, _chunked.shift(lengths, start), params,
-                                       piece, None if dys is None else dys_proc[start:stop], dstate)
+            dx, dstate, dp = per_chunk(x_proc[start:stop], state_like, _chunked.shift(valid, start, stop - start),
+                                       params, piece, None if dys is None else dys_proc[start:stop], dstate)
             dweights = dp if dweights is None else tf.nest.map_structure(tf.add, dweights, dp)
             dxs.insert(0, dx)
         dx = _from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), lengths, opts)
@@ -452,7 +463,7 @@ def _warn_once(message):
 # Library code is plain Python over static facts: autograph must not turn its
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
-def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
+def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
            swap_memory=False):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
@@ -476,7 +487,9 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
                 ys[t] = where(valid, y, 0)                           # zeros past the end
             return (ys if time_major else transpose(ys)), state
 
-    so with ``reverse=True`` each row runs backwards *within its own length*
+    (with ``mask`` instead of ``sequence_length``, ``valid = mask[:, t]``: any
+    steps may be skipped, left padding and holes included), so with ``reverse=True`` each row runs backwards
+    *within its own length*
     (``tf.reverse_sequence``, as ``bidirectional_dynamic_rnn``), outputs stay
     aligned with their inputs, and the final state is the state after each row's
     last valid step (``dynamic_rnn``'s semantics).
@@ -534,6 +547,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
         a length above T runs all T steps, a negative one none. (Not an error:
         XLA drops ``Assert`` ops, and checking eager values would copy them to
         the host on every call.)
+      mask: ``[B, T]`` bool (``[T, B]`` if ``time_major``), or None: which
+        steps are real; at the others the state is copied through and the
+        output is zero (Keras's mask semantics for the state; Keras's layers
+        repeat the previous output instead, which ``fastcarry.keras`` does).
+        Not with ``sequence_length``. With ``reverse``, all T steps run
+        backwards (a mask has no length to reverse within).
       time_major: layout of ``inputs`` and outputs.
       reverse: run time backwards (see above).
       unroll: int >= 1, time steps per loop iteration (and the input
@@ -567,14 +586,14 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
       ``fc.LSTMState(h [B, H], c [B, H])`` for LSTM, ``[B, H]`` otherwise.
       With T == 0, empty outputs and the initial state.
     """
-    options = dict(sequence_length=sequence_length, time_major=time_major, reverse=reverse, unroll=unroll,
+    options = dict(sequence_length=sequence_length, mask=mask, time_major=time_major, reverse=reverse, unroll=unroll,
                    jit_compile=jit_compile, backward=backward, chunk=chunk, parallel_iterations=parallel_iterations,
                    swap_memory=swap_memory)
     if isinstance(cell, _stack.Stack):
         return _stack.unroll_stack(cell, inputs, initial_state, **options)
     cell = _generic.as_cell(cell)
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations, swap_memory)
+                           backward, chunk, parallel_iterations, swap_memory, mask)
     _validate.build_for(cell, args)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:

@@ -14,7 +14,7 @@ from fastcarry._protocol import SHAPE_MEMBERS, missing_members
 class Args(NamedTuple):
     """Normalised arguments. ``inputs`` as given (layout unchanged); ``batch``/``time``
     are ints when static, else scalar tensors; ``lengths`` ``[B]`` int32 clipped to
-    ``[0, T]``, or None."""
+    ``[0, T]``, a time-major ``[T, B]`` bool mask (from ``mask``), or None."""
 
     inputs: tf.Tensor
     initial_state: object
@@ -37,7 +37,7 @@ BACKWARDS = ("fused", "autodiff")
 
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False):
+          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False, mask=None):
     """Validates ``unroll``'s arguments; returns ``Args``. It does not build the cell (``build_for`` does)."""
     missing = missing_members(cell, SHAPE_MEMBERS)
     if missing:
@@ -59,6 +59,10 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
     batch_axis, time_axis = (1, 0) if time_major else (0, 1)
     batch, time = _dim(inputs, batch_axis), _dim(inputs, time_axis)
     initial_state = check_state(initial_state, cell, inputs.shape[batch_axis])
+    if mask is not None:
+        if sequence_length is not None:
+            raise ValueError("give sequence_length or mask, not both (a mask says everything lengths do)")
+        return Args(inputs, initial_state, _mask(mask, inputs, time_major), batch, time)
     lengths = _lengths(sequence_length, inputs.shape[batch_axis], time)
     return Args(inputs, initial_state, lengths, batch, time)
 
@@ -188,3 +192,16 @@ def _lengths(sequence_length, batch, time):
     # copy of the lengths on every call. (Two plain ops: eagerly ~20 us a call,
     # where tf.clip_by_value's checks cost ~60 us.)
     return tf.maximum(tf.minimum(tf.cast(lengths, tf.int32), tf.cast(time, tf.int32)), 0)
+
+
+def _mask(mask, inputs, time_major):
+    """``mask`` ``[B, T]`` (``[T, B]`` if ``time_major``) bool -> time-major ``[T, B]`` bool."""
+    mask = tf.convert_to_tensor(mask)
+    if mask.dtype != tf.bool:
+        raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype.name}")
+    want = inputs.shape[:2]
+    layout = "[T, B]" if time_major else "[B, T]"
+    if not mask.shape.is_compatible_with(want):
+        raise ValueError(f"mask must have shape {layout} = {want.as_list()} like inputs' first two axes, "
+                         f"got {mask.shape.as_list() if mask.shape.rank is not None else mask.shape}")
+    return mask if time_major else tf.transpose(mask)

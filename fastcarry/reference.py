@@ -113,7 +113,7 @@ def _step_for(cell):
 
 
 @tf.autograph.experimental.do_not_convert
-def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major=False, reverse=False,
+def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
            swap_memory=False):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
@@ -127,7 +127,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     if not isinstance(cell, Stack):
         cell = _generic.as_cell(cell)
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations, swap_memory)
+                           backward, chunk, parallel_iterations, swap_memory, mask)
     _validate.build_for(cell, args)
     if not isinstance(args.time, int):
         raise ValueError(f"reference.unroll needs a static T, got inputs of shape {args.inputs.shape}")
@@ -137,8 +137,8 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, time_major
     ys = [None] * args.time
     for t in (reversed(range(args.time)) if reverse else range(args.time)):
         new_state, y = step(state, x[t])
-        if args.lengths is not None:
-            valid = (t < args.lengths)[:, None]
+        if args.lengths is not None:  # [B] lengths or a [T, B] mask
+            valid = (args.lengths[t] if args.lengths.shape.rank == 2 else t < args.lengths)[:, None]
             new_state = tf.nest.map_structure(lambda n, o: tf.where(valid, n, o), new_state, state)
             y = tf.where(valid, y, tf.zeros_like(y))
         ys[t] = y

@@ -22,6 +22,10 @@ from fastcarry.tools import workload  # noqa: E402
 CELL_KINDS = workload.CELLS
 
 
+# A Keras-style mask for B=3, T=7: holes, left padding, a row with no real step.
+MASK = np.array([[1, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 1, 1], [0] * 7], dtype=bool)
+
+
 def make_cell(kind, units, *, dtype=tf.float32, seed=0, input_dim=None, **kw):
     """A fresh cell of ``kind`` (one of ``CELL_KINDS``), built if ``input_dim`` is given.
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
-from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
+from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _backward, _chunked, _unroll
 from fastcarry.tools import check as _check
 
@@ -21,7 +21,8 @@ OPTIONS = {
     "chunk7": dict(chunk=7, sequence_length=[3, 7, 6]),  # one chunk, no tail
     "chunk10": dict(chunk=10, initial=True),  # tail only
     "chunk3+autodiff": dict(chunk=3, backward="autodiff", sequence_length=[7, 2, 5], initial=True),
-    "chunk3+graph": dict(chunk=3, jit_compile=False, sequence_length=[7, 2, 5], initial=True),
+    "chunk3+graph+mask": dict(chunk=3, jit_compile=False, mask=MASK, initial=True),
+    "chunk3+mask+reverse": dict(chunk=3, mask=MASK, reverse=True, initial=True),
 }
 
 

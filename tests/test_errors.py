@@ -121,6 +121,26 @@ def test_sequence_length_of_float_dtype(run):
         run(_cell(), _x(), sequence_length=[1.0, 2.0])
 
 
+# -- mask ----------------------------------------------------------------------
+
+@UNROLLS
+def test_mask_of_wrong_shape(run):
+    with _raises("mask", "[B, T]", "[2, 3]", "[3, 2]"):
+        run(_cell(), _x(), mask=np.ones((T, B), bool))
+
+
+@UNROLLS
+def test_mask_of_float_dtype(run):
+    with _raises("mask", "bool", "float32"):
+        run(_cell(), _x(), mask=np.ones((B, T), np.float32))
+
+
+@UNROLLS
+def test_mask_and_sequence_length_together(run):
+    with _raises("sequence_length or mask, not both"):
+        run(_cell(), _x(), mask=np.ones((B, T), bool), sequence_length=[1, 2])
+
+
 # Out of [0, T] is not an error: lengths are clipped to [0, T] in every mode, as
 # dynamic_rnn treats them (test_tf1.py holds that equal to dynamic_rnn). Under a
 # caller's XLA compilation a value check could not report anything, so eager

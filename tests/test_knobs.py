@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
-from conftest import assert_all_close, make_cell, random_inputs, random_state
+from conftest import MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _unroll
 from fastcarry.tools import check as _check
 
@@ -79,7 +79,7 @@ def test_bad_parallel_iterations_fails_clearly(value, error, message):
 
 SWAP_CASES = ([(kind, dict(chunk=3, sequence_length=[7, 2, 5], reverse=True, time_major=True))
                for kind in ("lstm", "gru", "gru-reset-before", "rnn")]
-              + [("lstm", dict()), ("gru", dict(chunk=2, jit_compile=False, unroll=3))])
+              + [("lstm", dict()), ("gru", dict(chunk=2, jit_compile=False, unroll=3, mask=MASK))])
 
 
 @pytest.mark.parametrize("kind, options", SWAP_CASES, ids=[f"{k}-{sorted(o)}" for k, o in SWAP_CASES])

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastcarry as fc
-from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
+from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry.tools import check as _check
 from fastcarry import Core
 
@@ -34,6 +34,9 @@ OPTIONS = {
     "all": dict(unroll=3, sequence_length=[6, 1, 7], reverse=True, time_major=True, initial=True),
     "batch1": dict(batch=1, sequence_length=[4], initial=True),
     "time1": dict(time=1, initial=True, unroll=2),
+    # Keras masks: holes, left padding, an all-masked row; with reverse and an unroll remainder.
+    "mask": dict(mask=MASK, initial=True),
+    "mask+reverse": dict(mask=MASK.T, reverse=True, time_major=True, unroll=3, initial=True),
 }
 
 

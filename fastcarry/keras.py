@@ -1,0 +1,185 @@
+"""Keras 3 drop-in layers: ``fastcarry.keras.LSTM``, ``GRU`` and ``SimpleRNN``.
+
+Each is a subclass of the Keras layer of the same name, so the constructor,
+the variables (names, order, shapes), ``get_config``, ``stateful``/
+``reset_states()``, ``Bidirectional``, masking and saving are Keras's own;
+only the time loop differs: ``fastcarry.unroll`` runs the fused kernel on the
+layer's own variables (XLA-compiled, the hand-written backward), also inside
+``model.fit(jit_compile=True)``, where Keras's cuDNN path cannot go::
+
+    from fastcarry import keras as fck
+    model = keras.Sequential([keras.Input((None, 32)), fck.LSTM(128), keras.layers.Dense(1)])
+    fast.set_weights(native.get_weights())       # a Keras LSTM's weights load as they are
+
+Semantics are Keras's, including masks (from ``Embedding(mask_zero=True)``,
+``Masking`` or ``mask=``; right- or left-padded or with holes): at a masked step
+the state is carried through and the output repeats the previous one (zeros
+before the first real step), or is zero with ``zero_output_for_mask=True``.
+``go_backwards`` reverses time and returns outputs in processing order.
+Input ``dropout`` is applied once to the whole sequence, as Keras's cell does
+(one mask for all steps, drawn by the cell: the same numbers as Keras).
+
+What the fused loop cannot run, Keras's own loop runs, exactly, and a warning
+at construction says why (``layer.fused`` is False, ``layer.fallback_reason``
+says why): ``recurrent_dropout``, activations other than the cell's standard
+ones (LSTM/GRU: tanh and sigmoid; SimpleRNN: tanh, relu, sigmoid, linear),
+LSTM/GRU ``implementation=1`` with ``dropout``. ``unroll=True`` (Keras's
+Python-unrolled loop) and ``use_cudnn=True`` are errors: they name other loops.
+
+Shapes: inputs ``[B, T, D]``; outputs ``[B, T, H]`` with ``return_sequences``,
+else ``[B, H]``; states ``[B, H]`` each (LSTM: h, c).
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+
+from fastcarry import _cells, _generic
+from fastcarry._unroll import unroll as _unroll
+
+__all__ = ["GRU", "LSTM", "SimpleRNN"]
+
+
+def _fallback_reason(layer, kind):
+    """Why the fused loop cannot run ``layer`` exactly (None: it can)."""
+    cell = layer.cell
+    if cell.recurrent_dropout:
+        return f"recurrent_dropout={cell.recurrent_dropout} (a new mask on h inside every step)"
+    act = _cells.activation_name(cell.activation)
+    if kind == "simple_rnn":
+        if act not in _cells.ACTIVATIONS:
+            return f"activation={act!r} (the fused SimpleRNN does {', '.join(map(repr, _cells.ACTIVATIONS))})"
+        return None
+    rec = _cells.activation_name(cell.recurrent_activation)
+    if (act, rec) != ("tanh", "sigmoid"):
+        return f"activation={act!r}, recurrent_activation={rec!r} (the fused kernels do 'tanh' and 'sigmoid')"
+    if cell.dropout and getattr(cell, "implementation", 2) == 1:
+        return "implementation=1 with dropout (one dropout mask per gate)"
+    return None
+
+
+def _hold_last_output(ys, mask):
+    """Keras's masked outputs from ``ys [B, T, H]`` (zeros at masked steps) and ``mask [B, T]``.
+
+    At a masked step Keras repeats the previous output (zeros before the
+    first real step). With ``idx[b, t]`` the last real step ``<= t``, the
+    result is ``ys[b, idx]``: the real steps are counted along time, and each
+    count's segment starts at its real step (a segment max finds it), so no
+    second loop over time is needed.
+    """
+    batch, time = tf.shape(ys)[0], tf.shape(ys)[1]
+    count = tf.cumsum(tf.cast(mask, tf.int32), axis=1)                          # [B, T]
+    segment = count + (time + 1) * tf.range(batch)[:, None]
+    steps = tf.broadcast_to(tf.range(time)[None, :], tf.shape(count))
+    start = tf.math.unsorted_segment_max(tf.where(mask, steps, -1), segment, batch * (time + 1))
+    idx = tf.gather(start, segment)                                             # [B, T], -1: none yet
+    held = tf.gather(ys, tf.maximum(idx, 0), axis=1, batch_dims=1)
+    return tf.where((idx >= 0)[..., None], held, tf.zeros_like(held))
+
+
+class _FusedLoop:
+    """The shared part: Keras's ``RNN.inner_loop`` replaced by ``fastcarry.unroll``."""
+
+    _kind = None  # "lstm", "gru" or "simple_rnn"
+
+    def _init_fastcarry(self):
+        if self.unroll:
+            raise ValueError(f"{type(self).__name__}: unroll=True asks for Keras's Python-unrolled loop; "
+                             f"fastcarry.keras runs its own compiled loop, so unroll must be False")
+        if getattr(self, "use_cudnn", "auto") is True:
+            raise ValueError(f"{type(self).__name__}: use_cudnn=True asks for the cuDNN kernel, which XLA cannot "
+                             f"compile; fastcarry.keras replaces it: use_cudnn must be 'auto' or False")
+        # Keras turns XLA off for a layer it would run with cuDNN; this one never does.
+        self.supports_jit = True
+        self.fallback_reason = _fallback_reason(self, self._kind)
+        if self.fallback_reason:
+            warnings.warn(f"fastcarry.keras.{type(self).__name__} {self.name!r}: {self.fallback_reason} runs "
+                          f"Keras's own loop (exact, not fused)", UserWarning, stacklevel=3)
+        self._fastcarry_cell = None
+
+    @property
+    def fused(self):
+        """Whether calls run fastcarry's fused loop (False: Keras's, see ``fallback_reason``)."""
+        return self.fallback_reason is None
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        dim = sequences_shape[-1]
+        if dim is not None:
+            # A later call with another feature size gets Keras's own error naming the layer.
+            self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: int(dim)})
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self.fused:
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        if tf.nest.is_nested(mask):
+            mask = mask[0]
+        if self._fastcarry_cell is None:
+            self._fastcarry_cell = _generic.KerasFusedCell(self.cell, self._kind)
+        x = sequences
+        rate = self.cell.dropout
+        # (Keras's LSTM and GRU cells skip a rate of 1; its SimpleRNN cell does not.)
+        if training and 0.0 < rate and (rate < 1.0 or self._kind == "simple_rnn"):
+            # The cell's own mask (drawn once per call by RNN.call): what Keras multiplies every step by.
+            x = x * tf.expand_dims(self.cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        if mask is not None:
+            mask = tf.cast(mask, tf.bool)
+        if self.go_backwards:
+            x = tf.reverse(x, [1])
+            mask = None if mask is None else tf.reverse(mask, [1])
+        ys, final = _unroll(self._fastcarry_cell, x, list(initial_state), mask=mask)
+        h = final[0]
+        if mask is None:
+            return h, ys, final
+        # With a mask the state is carried through masked steps, so the final h is
+        # the last real step's output; Keras's last output is zeros if no step
+        # was real, and with zero_output_for_mask also if the last step is masked.
+        last_real = mask[:, -1] if self.zero_output_for_mask else tf.reduce_any(mask, axis=1)
+        last = tf.where(last_real[:, None], h, tf.zeros_like(h))
+        outputs = ys if self.zero_output_for_mask or not self.return_sequences else _hold_last_output(ys, mask)
+        return last, outputs, final
+
+
+@keras.saving.register_keras_serializable(package="fastcarry")
+class LSTM(_FusedLoop, keras.layers.LSTM):
+    """``keras.layers.LSTM`` run by fastcarry's fused loop; same arguments, weights and results.
+
+    Weights: ``kernel [D, 4H]``, ``recurrent_kernel [H, 4H]``, ``bias [4H]``,
+    gates i, f, c, o (Keras's layout, Keras's variables).
+    """
+
+    _kind = "lstm"
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self._init_fastcarry()
+
+
+@keras.saving.register_keras_serializable(package="fastcarry")
+class GRU(_FusedLoop, keras.layers.GRU):
+    """``keras.layers.GRU`` run by fastcarry's fused loop; same arguments, weights and results.
+
+    Weights: ``kernel [D, 3H]``, ``recurrent_kernel [H, 3H]``, ``bias`` ``[2, 3H]``
+    with ``reset_after=True`` (the default) else ``[3H]``; gates z, r, h.
+    """
+
+    _kind = "gru"
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self._init_fastcarry()
+
+
+@keras.saving.register_keras_serializable(package="fastcarry")
+class SimpleRNN(_FusedLoop, keras.layers.SimpleRNN):
+    """``keras.layers.SimpleRNN`` run by fastcarry's fused loop; same arguments, weights and results.
+
+    Weights: ``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``.
+    """
+
+    _kind = "simple_rnn"
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self._init_fastcarry()

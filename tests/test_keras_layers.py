@@ -1,0 +1,202 @@
+"""``fastcarry.keras`` layers against Keras 3's layers holding the same weights.
+
+Outputs, states and the gradients of every weight and of the inputs under a
+random cotangent; masks with holes, left padding and an all-masked row;
+``go_backwards``, ``Bidirectional``, ``stateful``, dropout, mixed precision;
+real ``model.fit``/``model.save``/``load_model``.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import MASK, assert_all_close
+from fastcarry import keras as fck
+
+B, T, D, H = 3, 7, 4, 5
+
+KINDS = {
+    "lstm": ("LSTM", {}),
+    "gru": ("GRU", {}),
+    "gru-reset-before": ("GRU", {"reset_after": False}),
+    "rnn": ("SimpleRNN", {}),
+}
+
+
+def _pair(kind, weight_seed=0, **kw):
+    """A Keras layer and a fastcarry.keras layer of ``kind`` with the same random weights, built for D."""
+    name, base = KINDS[kind]
+    native, fast = (getattr(mod, name)(H, **base, **kw) for mod in (keras.layers, fck))
+    for layer in (native, fast):
+        layer.build((B, T, D))
+    rng = np.random.default_rng(weight_seed)
+    weights = [(rng.standard_normal(w.shape) * 0.5).astype(w.dtype) for w in native.get_weights()]
+    native.set_weights(weights)
+    fast.set_weights(weights)
+    return native, fast
+
+
+def _results(layer, x, cotangent_seed=5, **call_kw):
+    """The layer's outputs and the gradients of (inputs, every trainable weight) under a random cotangent."""
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outs = tf.nest.flatten(layer(x, **call_kw))
+    rng = np.random.default_rng(cotangent_seed)
+    cots = [tf.constant(rng.standard_normal(o.shape), o.dtype) for o in outs]
+    grads = tape.gradient(outs, [x] + layer.trainable_weights, output_gradients=cots)
+    return {**{f"out{i}": o for i, o in enumerate(outs)}, "dx": grads[0],
+            **{f"d{i}_{w.name}": g for i, (w, g) in enumerate(zip(layer.trainable_weights, grads[1:]))}}
+
+
+def _inputs(seed=2):
+    return np.random.default_rng(seed).standard_normal((B, T, D)).astype("float32")
+
+
+# Each case mixes options, so a few cases cover them all: masks (holes, left
+# padding, an all-masked row) with both output semantics, reversal, states.
+CASES = {
+    "sequences+mask": (dict(return_sequences=True, return_state=True), dict(mask=MASK)),
+    "backwards+state": (dict(go_backwards=True, return_state=True), {}),
+    "backwards+mask+zero_output": (dict(go_backwards=True, return_sequences=True, zero_output_for_mask=True),
+                                   dict(mask=MASK)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_layer_equals_keras(kind, case):
+    layer_kw, call_kw = CASES[case]
+    native, fast = _pair(kind, **layer_kw)
+    assert fast.fused
+    x = _inputs()
+    assert_all_close(_results(fast, x, **call_kw), _results(native, x, **call_kw), tf.float32, f"{kind} {case}")
+
+
+def test_layer_comparison_can_fail():
+    native, fast = _pair("lstm", return_sequences=True)
+    fast.cell.recurrent_kernel.assign(fast.cell.recurrent_kernel + 1e-3)
+    with pytest.raises(AssertionError, match="recurrent_kernel"):
+        assert_all_close(_results(fast, _inputs(), mask=MASK), _results(native, _inputs(), mask=MASK))
+
+
+def test_same_variables_names_and_order_as_keras():
+    native, fast = _pair("gru")
+    assert [(w.path.split("/", 1)[1], w.shape) for w in fast.weights] == \
+        [(w.path.split("/", 1)[1], w.shape) for w in native.weights]
+
+
+def test_bidirectional_with_a_mask():
+    native, fast = (keras.layers.Bidirectional(mod.LSTM(H, return_sequences=True)) for mod in (keras.layers, fck))
+    for layer in (native, fast):
+        layer.build((B, T, D))
+    assert isinstance(fast.backward_layer, fck.LSTM) and fast.backward_layer.go_backwards
+    rng = np.random.default_rng(0)
+    weights = [(rng.standard_normal(w.shape) * 0.5).astype("float32") for w in native.get_weights()]
+    native.set_weights(weights)
+    fast.set_weights(weights)
+    x = _inputs()
+    assert_all_close(_results(fast, x, mask=MASK), _results(native, x, mask=MASK), tf.float32, "bidirectional")
+
+
+def test_stateful_over_two_calls_and_reset():
+    native, fast = _pair("lstm", stateful=True, return_sequences=True)
+    x = _inputs()
+    for layer in (native, fast):
+        layer.reset_states()
+    for call in range(2):
+        piece = x[:, call * 3:call * 3 + 3]
+        assert_all_close({"y": fast(piece), "h": fast.states[0]}, {"y": native(piece), "h": native.states[0]},
+                         tf.float32, f"call {call}")
+    for layer in (native, fast):
+        layer.reset_states()
+    assert_all_close({"y": fast(x)}, {"y": native(x)}, tf.float32, "after reset_states")
+
+
+def test_input_dropout_draws_keras_mask():
+    """With the same seed both layers draw the same dropout mask; the fused loop applies it as Keras's cell does."""
+    native, fast = _pair("gru", dropout=0.5, seed=7)
+    x = _inputs()
+    assert_all_close(_results(fast, x, training=True), _results(native, x, training=True), tf.float32, "dropout")
+
+
+def test_unsupported_configuration_falls_back_to_keras_with_a_warning():
+    with pytest.warns(UserWarning, match="recurrent_dropout=0.25 .* runs Keras's own loop"):
+        native, fast = _pair("lstm", recurrent_dropout=0.25, return_sequences=True)
+    assert not fast.fused and "recurrent_dropout" in fast.fallback_reason
+    x = _inputs()
+    assert_all_close(_results(fast, x, mask=MASK), _results(native, x, mask=MASK), tf.float32, "fallback")
+
+
+def test_mixed_precision_computes_in_float16():
+    native, fast = _pair("lstm", return_sequences=True, dtype="mixed_float16")
+    x = _inputs()
+    got, want = fast(x, mask=MASK), native(x, mask=MASK)
+    assert got.dtype == want.dtype == tf.float16
+    assert_all_close({"y": got}, {"y": want}, tf.float16, "mixed_float16")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(unroll=True), "unroll must be False"),
+    (dict(use_cudnn=True), "use_cudnn must be 'auto' or False"),
+])
+def test_loop_arguments_that_name_other_loops_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fck.LSTM(H, **kwargs)
+
+
+def test_bad_inputs_after_build_fail_clearly():
+    _, fast = _pair("gru")
+    with pytest.raises(ValueError, match=f"{fast.name}.*expected axis -1 of input shape to have value {D}"):
+        fast(np.zeros((B, T, D + 1), "float32"))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        fast(_inputs(), mask=np.ones((B, T + 1), bool))
+
+
+def _model(module, kind="LSTM", depth=2):
+    return keras.Sequential([
+        keras.Input((T,), dtype="int32"),
+        keras.layers.Embedding(10, D, mask_zero=True),
+        *[getattr(module, kind)(H, return_sequences=i < depth - 1) for i in range(depth)],
+        keras.layers.Dense(1),
+    ])
+
+
+def test_fit_matches_keras_and_save_load_roundtrips(tmp_path, monkeypatch):
+    """Real ``model.fit`` (jit_compile=True), same weights and data: the same loss trajectory; then .keras."""
+    calls = []
+    unroll = fck._unroll
+    monkeypatch.setattr(fck, "_unroll", lambda *a, **k: calls.append(k.get("mask")) or unroll(*a, **k))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 10, (16, T))
+    tokens[:4, :3] = 0      # left padding
+    tokens[4:8, 5:] = 0     # right padding
+    target = rng.standard_normal((16, 1)).astype("float32")
+    native, fast = _model(keras.layers), _model(fck)
+    fast.set_weights(native.get_weights())
+    histories = []
+    for model in (native, fast):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+        histories.append(model.fit(tokens, target, batch_size=8, epochs=3, shuffle=False, verbose=0)
+                         .history["loss"])
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-4)
+    assert len(calls) >= 2 and all(m is not None for m in calls), "fit did not run the fused loop with the mask"
+    path = tmp_path / "m.keras"
+    fast.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.layers[1], fck.LSTM)
+    np.testing.assert_array_equal(loaded.predict(tokens, verbose=0), fast.predict(tokens, verbose=0))
+
+
+def test_fit_with_auto_jit_and_tensorboard_callback(tmp_path):
+    model = _model(fck, "GRU", depth=1)
+    model.compile(optimizer="adam", loss="mse")  # jit_compile="auto" (False on a CPU-only machine)
+    tokens = np.random.default_rng(1).integers(0, 10, (8, T))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback, no retracing warning
+        model.fit(tokens, np.zeros((8, 1), "float32"), epochs=1, verbose=0,
+                  callbacks=[keras.callbacks.TensorBoard(str(tmp_path))])
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
