@@ -94,3 +94,21 @@ def test_profile_side_by_side_with_keras(tmp_path, capsys):
         assert "backward loop" in phases, (name, phases)  # the Keras layer's phases are found too
         assert (out / name / "plugins" / "profile").is_dir()
     assert (out / "summary.png").stat().st_size > 1000 and "## keras" in (out / "summary.md").read_text()
+
+
+def test_demo_trains_both_models_to_the_same_curve(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "demo"
+    args = _cli._parser().parse_args(["demo", "--cell", "gru", "--time", "12", "--units", "4", "--layers", "1",
+                                      "--batch", "8", "--samples", "32", "--epochs", "2", "--out", str(out)])
+    progress = io.StringIO()
+    assert _cli.demo(args, stream=progress) == 0
+    text = capsys.readouterr().out
+    assert "| keras |" in text and "| fastcarry |" in text and "Speedup per epoch" in text
+    assert f"demo.png to {out}" in text
+    assert "epoch 2/2" in progress.getvalue()
+    data = json.loads((out / "demo.json").read_text())
+    assert data["max_relative_loss_difference"] < 1e-4
+    assert [len(h["loss"]) for h in data["history"].values()] == [2, 2]
+    assert (out / "demo.png").stat().st_size > 1000

@@ -73,7 +73,8 @@ def _demo_parser(sub):
     demo.add_argument("--units", type=_positive, default=64, metavar="H", help="units per layer (default 64)")
     demo.add_argument("--layers", type=_positive, default=2, metavar="N", help="recurrent layers (default 2)")
     demo.add_argument("--batch", type=_positive, default=32, metavar="B", help="batch size (default 32)")
-    demo.add_argument("--samples", type=_positive, default=640, metavar="N", help="training samples (default 640)")
+    demo.add_argument("--samples", type=_positive, default=2048, metavar="N",
+                      help="training samples (default 2048)")
     demo.add_argument("--epochs", type=_positive, default=4, metavar="N", help="epochs per model (default 4)")
     demo.add_argument("--out", default="fastcarry-demo", metavar="DIR", help="output directory")
 
