@@ -1,8 +1,8 @@
-"""The README's Python examples run as written, and its training loop trains the RNN.
+"""The README's and the guide's Python examples run as written, and the README's training loop trains the RNN.
 
-Every fenced ``python`` block of README.md is executed, in order, in one
-namespace (as a reader pasting them one after another would). Signatures that
-are not meant to run are fenced as ``text``.
+Every fenced ``python`` block of README.md, then of docs/guide.md, is executed,
+in order, in one namespace (as a reader pasting them one after another would).
+Signatures that are not meant to run are fenced as ``text``.
 """
 
 import linecache
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = README.parent / "docs" / "guide.md"
 
 
 def _exec(source, name, ns):
@@ -24,8 +25,8 @@ def _exec(source, name, ns):
     exec(compile(source, filename, "exec"), ns)
 
 
-def _python_blocks():
-    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+def _python_blocks(path=README):
+    return re.findall(r"^```python\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
 def _quickstart():
@@ -48,14 +49,14 @@ def _train(setup, loop):
 
 
 def test_every_python_block_runs_in_order():
-    blocks = _python_blocks()
-    assert len(blocks) >= 2, "the README should show runnable code"
+    blocks = [(README.name, b) for b in _python_blocks()] + [(f"docs/{GUIDE.name}", b) for b in _python_blocks(GUIDE)]
+    assert len(blocks) >= 6, "the README and the guide should show runnable code"
     ns = {}
-    for i, block in enumerate(blocks):
+    for i, (name, block) in enumerate(blocks):
         try:
             _exec(block, f"python block {i}", ns)
         except Exception as err:  # say which block
-            pytest.fail(f"README python block {i} failed: {type(err).__name__}: {err}\n{block}")
+            pytest.fail(f"{name} python block {i} failed: {type(err).__name__}: {err}\n{block}")
 
 
 def test_the_quickstart_loop_trains_the_rnn():
