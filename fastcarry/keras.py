@@ -1,4 +1,4 @@
-"""Keras 3 drop-in layers: ``fastcarry.keras.LSTM``, ``GRU`` and ``SimpleRNN``.
+"""Keras 3 drop-in layers: ``fastcarry.keras.LSTM``, ``GRU``, ``SimpleRNN`` and ``RNN(cell)``.
 
 Each is a subclass of the Keras layer of the same name, so the constructor,
 the variables (names, order, shapes), ``get_config``, ``stateful``/
@@ -19,6 +19,11 @@ before the first real step), or is zero with ``zero_output_for_mask=True``.
 Input ``dropout`` is applied once to the whole sequence, as Keras's cell does
 (one mask for all steps, drawn by the cell: the same numbers as Keras).
 
+``fastcarry.keras.RNN(cell)`` is ``keras.layers.RNN(cell)`` on ``fastcarry.unroll``: a
+Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` runs fused on its variables,
+any other Keras cell (a user's, or a list of cells: ``StackedRNNCells``) on the
+generic path (its own ``call`` per step, fastcarry's compiled loop and backward).
+
 What the fused loop cannot run, Keras's own loop runs, exactly, and a warning
 at construction says why (``layer.fused`` is False, ``layer.fallback_reason``
 says why): ``recurrent_dropout``, activations other than the cell's standard
@@ -38,7 +43,7 @@ import tensorflow as tf
 from fastcarry import _cells, _generic
 from fastcarry._unroll import unroll as _unroll
 
-__all__ = ["GRU", "LSTM", "SimpleRNN"]
+__all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
 
 
 def _fallback_reason(layer, kind):
@@ -57,6 +62,27 @@ def _fallback_reason(layer, kind):
     if cell.dropout and getattr(cell, "implementation", 2) == 1:
         return "implementation=1 with dropout (one dropout mask per gate)"
     return None
+
+
+def _cells_of(cell):
+    """``cell`` and, for a stack (``StackedRNNCells``), the cells in it."""
+    return [cell, *getattr(cell, "cells", [])]
+
+
+def _rnn_fallback_reason(layer):
+    for cell in _cells_of(layer.cell):
+        for knob in ("dropout", "recurrent_dropout"):
+            if getattr(cell, knob, 0.0):
+                return f"{type(cell).__name__} {knob}={getattr(cell, knob)} (fc.unroll calls cells without dropout)"
+    return None
+
+
+def _last_real_output(ys, mask):
+    """``[B, H]``: each row's output at its last real step (zeros if none), from ``ys [B, T, H]`` and ``mask``."""
+    time = tf.shape(ys)[1]
+    last = time - 1 - tf.argmax(tf.reverse(tf.cast(mask, tf.int32), [1]), axis=1, output_type=tf.int32)
+    out = tf.gather(ys, last, axis=1, batch_dims=1)
+    return tf.where(tf.reduce_any(mask, axis=1)[:, None], out, tf.zeros_like(out))
 
 
 def _hold_last_output(ys, mask):
@@ -92,11 +118,20 @@ class _FusedLoop:
                              f"compile; fastcarry.keras replaces it: use_cudnn must be 'auto' or False")
         # Keras turns XLA off for a layer it would run with cuDNN; this one never does.
         self.supports_jit = True
-        self.fallback_reason = _fallback_reason(self, self._kind)
+        self.fallback_reason = self._why_not_fused()
         if self.fallback_reason:
             warnings.warn(f"fastcarry.keras.{type(self).__name__} {self.name!r}: {self.fallback_reason} runs "
                           f"Keras's own loop (exact, not fused)", UserWarning, stacklevel=3)
         self._fastcarry_cell = None
+
+    def _why_not_fused(self):
+        return _fallback_reason(self, self._kind)
+
+    def _make_cell(self):
+        """The fastcarry cell that runs ``self.cell`` (its output is its state's first component)."""
+        return _generic.KerasFusedCell(self.cell, self._kind)
+
+    _output_is_state = True  # y_t == the state's first component (h), so the last output is the final h
 
     @property
     def fused(self):
@@ -116,9 +151,9 @@ class _FusedLoop:
         if tf.nest.is_nested(mask):
             mask = mask[0]
         if self._fastcarry_cell is None:
-            self._fastcarry_cell = _generic.KerasFusedCell(self.cell, self._kind)
+            self._fastcarry_cell = self._make_cell()
         x = sequences
-        rate = self.cell.dropout
+        rate = getattr(self.cell, "dropout", 0.0)
         # (Keras's LSTM and GRU cells skip a rate of 1; its SimpleRNN cell does not.)
         if training and 0.0 < rate and (rate < 1.0 or self._kind == "simple_rnn"):
             # The cell's own mask (drawn once per call by RNN.call): what Keras multiplies every step by.
@@ -128,7 +163,16 @@ class _FusedLoop:
         if self.go_backwards:
             x = tf.reverse(x, [1])
             mask = None if mask is None else tf.reverse(mask, [1])
-        ys, final = _unroll(self._fastcarry_cell, x, list(initial_state), mask=mask)
+        # Keras may nest the states otherwise than state_size does (a stack's GRUCell: [h] for 6): fastcarry
+        # gets them in the cell's structure, Keras gets the final states back in its own.
+        cell = self._fastcarry_cell
+        state = tf.nest.pack_sequence_as(cell.state_size, tf.nest.flatten(initial_state))
+        ys, final = _unroll(cell, x, state, mask=mask)
+        final = tf.nest.pack_sequence_as(list(initial_state), tf.nest.flatten(final))
+        if not self._output_is_state:
+            if mask is None or self.zero_output_for_mask:  # Keras's last output is then the last step's
+                return ys[:, -1], ys, final
+            return _last_real_output(ys, mask), (_hold_last_output(ys, mask) if self.return_sequences else ys), final
         h = final[0]
         if mask is None:
             return h, ys, final
@@ -183,3 +227,33 @@ class SimpleRNN(_FusedLoop, keras.layers.SimpleRNN):
     def __init__(self, units, **kwargs):
         super().__init__(units, **kwargs)
         self._init_fastcarry()
+
+
+@keras.saving.register_keras_serializable(package="fastcarry")
+class RNN(_FusedLoop, keras.layers.RNN):
+    """``keras.layers.RNN(cell)`` run by ``fastcarry.unroll``; same arguments and results.
+
+    ``cell``: a Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` (fused, on its own
+    variables, when ``fc.as_cell`` can fuse it), any other Keras RNN cell
+    (``state_size`` and ``call(inputs, states)``; the generic path), or a list
+    of cells (Keras's ``StackedRNNCells``). A cell with dropout runs Keras's loop.
+    """
+
+    def __init__(self, cell, **kwargs):
+        super().__init__(cell, **kwargs)
+        self._init_fastcarry()
+
+    def _why_not_fused(self):
+        return _rnn_fallback_reason(self)
+
+    def _make_cell(self):
+        from fastcarry._stack import Stack
+
+        if isinstance(self.cell, keras.layers.StackedRNNCells):
+            # Layer by layer, each cell fused where it can be: fc.Stack's semantics are StackedRNNCells'.
+            return Stack([_generic.as_cell(c) for c in self.cell.cells])
+        return _generic.as_cell(self.cell)
+
+    @property
+    def _output_is_state(self):
+        return isinstance(self._fastcarry_cell, _generic.KerasFusedCell)

@@ -131,12 +131,13 @@ def test_unsupported_configuration_falls_back_to_keras_with_a_warning():
     assert_all_close(_results(fast, x, mask=MASK), _results(native, x, mask=MASK), tf.float32, "fallback")
 
 
-def test_mixed_precision_computes_in_float16():
-    native, fast = _pair("lstm", return_sequences=True, dtype="mixed_float16")
+@pytest.mark.parametrize("policy, dtype", [("mixed_float16", tf.float16), ("mixed_bfloat16", tf.bfloat16)])
+def test_mixed_precision_computes_in_the_policy_dtype(policy, dtype):
+    native, fast = _pair("lstm", return_sequences=True, dtype=policy)
     x = _inputs()
     got, want = fast(x, mask=MASK), native(x, mask=MASK)
-    assert got.dtype == want.dtype == tf.float16
-    assert_all_close({"y": got}, {"y": want}, tf.float16, "mixed_float16")
+    assert got.dtype == want.dtype == dtype
+    assert_all_close({"y": got}, {"y": want}, dtype, policy)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -191,6 +192,18 @@ def test_fit_matches_keras_and_save_load_roundtrips(tmp_path, monkeypatch):
     np.testing.assert_array_equal(loaded.predict(tokens, verbose=0), fast.predict(tokens, verbose=0))
 
 
+def test_eager_fit_equals_compiled_fit():
+    rng = np.random.default_rng(2)
+    tokens, target = rng.integers(0, 10, (8, T)), rng.standard_normal((8, 1)).astype("float32")
+    eager, compiled = _model(fck, "SimpleRNN", depth=1), _model(fck, "SimpleRNN", depth=1)
+    compiled.set_weights(eager.get_weights())
+    losses = []
+    for model, options in ((eager, dict(run_eagerly=True)), (compiled, dict(jit_compile=True))):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", **options)
+        losses.append(model.fit(tokens, target, batch_size=4, epochs=2, shuffle=False, verbose=0).history["loss"])
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
 def test_fit_with_auto_jit_and_tensorboard_callback(tmp_path):
     model = _model(fck, "GRU", depth=1)
     model.compile(optimizer="adam", loss="mse")  # jit_compile="auto" (False on a CPU-only machine)
@@ -200,3 +213,55 @@ def test_fit_with_auto_jit_and_tensorboard_callback(tmp_path):
         model.fit(tokens, np.zeros((8, 1), "float32"), epochs=1, verbose=0,
                   callbacks=[keras.callbacks.TensorBoard(str(tmp_path))])
     assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+
+
+# -- fastcarry.keras.RNN(cell) ------------------------------------------------------------------------------
+
+class _DoubledOutputCell(keras.layers.Layer):
+    """Keras's ``MinimalRNNCell`` example, but its output (2h) is not its state (h): the generic path's last output."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.state_size, self.output_size = units, units, units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
+        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units), name="recurrent_kernel")
+
+    def call(self, inputs, states):
+        h = keras.ops.tanh(keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(states[0], self.recurrent_kernel))
+        return 2.0 * h, [h]
+
+
+RNN_CELLS = {
+    "user-cell": lambda: _DoubledOutputCell(H),
+    "lstm-cell": lambda: keras.layers.LSTMCell(H),
+    "stacked": lambda: [keras.layers.LSTMCell(H), keras.layers.GRUCell(H + 1, reset_after=False)],
+}
+RNN_CASES = {
+    "sequences+mask": (dict(return_sequences=True, return_state=True), dict(mask=MASK)),
+    "last+mask": (dict(return_state=True), dict(mask=MASK)),
+    "backwards+mask+zero_output": (dict(go_backwards=True, return_sequences=True, zero_output_for_mask=True),
+                                   dict(mask=MASK)),
+}
+
+
+@pytest.mark.parametrize("case", list(RNN_CASES))
+@pytest.mark.parametrize("cell", list(RNN_CELLS))
+def test_rnn_of_a_cell_equals_keras_rnn(cell, case):
+    layer_kw, call_kw = RNN_CASES[case]
+    native, fast = keras.layers.RNN(RNN_CELLS[cell](), **layer_kw), fck.RNN(RNN_CELLS[cell](), **layer_kw)
+    for layer in (native, fast):
+        layer.build((B, T, D))
+    rng = np.random.default_rng(0)
+    fast.set_weights([(rng.standard_normal(w.shape) * 0.5).astype("float32") for w in native.get_weights()])
+    native.set_weights(fast.get_weights())
+    assert fast.fused
+    x = _inputs()
+    assert_all_close(_results(fast, x, **call_kw), _results(native, x, **call_kw), tf.float32, f"{cell} {case}")
+
+
+def test_rnn_of_a_cell_with_dropout_falls_back():
+    with pytest.warns(UserWarning, match="GRUCell dropout=0.5"):
+        layer = fck.RNN(keras.layers.GRUCell(H, dropout=0.5))
+    assert not layer.fused
