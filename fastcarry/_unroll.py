@@ -487,12 +487,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
                 ys[t] = where(valid, y, 0)                           # zeros past the end
             return (ys if time_major else transpose(ys)), state
 
-    (with ``mask`` instead of ``sequence_length``, ``valid = mask[:, t]``: any
-    steps may be skipped, left padding and holes included), so with ``reverse=True`` each row runs backwards
-    *within its own length*
-    (``tf.reverse_sequence``, as ``bidirectional_dynamic_rnn``), outputs stay
-    aligned with their inputs, and the final state is the state after each row's
-    last valid step (``dynamic_rnn``'s semantics).
+    With ``mask`` instead of ``sequence_length``, ``valid = mask[:, t]``: any
+    steps may be skipped (left padding, holes). So with ``reverse=True`` each
+    row runs backwards from its last real step (with lengths: *within its own
+    length*, ``tf.reverse_sequence``, as ``bidirectional_dynamic_rnn``), outputs
+    stay aligned with their inputs, and the final state is the state after each
+    row's last real step in processing order (``dynamic_rnn``'s semantics).
 
     Unlike that Python version:
 
