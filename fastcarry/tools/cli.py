@@ -100,7 +100,7 @@ def _profile_parser(sub):
                     "one TensorBoard run per contender under --out, and prints where each step's time goes by "
                     "phase (input projection, recurrent matmul, gates, backward loop, weight gradients, ...), "
                     "side by side. Writes summary.json, summary.md and summary.png to --out, and prints the "
-                    "tensorboard command that opens the runs. Needs matplotlib: pip install 'fastcarry[bench]'.")
+                    "tensorboard command that opens the runs.")
     _workload_arguments(prof, batch=32, time=100, input=128, units=256)
     prof.add_argument("--mode", choices=("train", "infer"), default="train")
     prof.add_argument("--against", choices=("keras",), action="append", default=[],
@@ -132,7 +132,7 @@ def _bench_parser(sub):
         description="Times every contender interleaved in this process and writes results.json, results.md "
                     "(speedup table) and results.png to --out. Without --cell/--batch/--time/--input/--units "
                     "it runs the full grid (slow; --quick for a one-minute grid); with any of them, that one "
-                    "shape (defaults fill the rest). Needs matplotlib: pip install 'fastcarry[bench]'.")
+                    "shape (defaults fill the rest). The TF1 contender needs tf_keras: pip install 'fastcarry[bench]'.")
     bench.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats (about a minute)")
     bench.add_argument("--out", default="bench-results", metavar="DIR", help="output directory")
     bench.add_argument("--cell", choices=("lstm", "gru", "rnn", "gru-reset-before"),

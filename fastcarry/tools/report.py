@@ -42,12 +42,12 @@ def describe(machine):
 
 
 def require_matplotlib():
-    """Imports matplotlib with the Agg backend, or fails naming the ``bench`` extra."""
+    """Imports matplotlib with the Agg backend, or fails saying how to install it (a dependency gone missing)."""
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("fastcarry's benchmarks and profile need matplotlib for their plots: "
-                          "pip install 'fastcarry[bench]'") from e
+        raise ImportError("fastcarry's demo, benchmarks and profile need matplotlib for their plots (a "
+                          "dependency of fastcarry that is missing here): pip install matplotlib") from e
     matplotlib.use("Agg")  # no display: the plot only goes to a file
     import matplotlib.pyplot as plt
 
