@@ -31,6 +31,9 @@ ones (LSTM/GRU: tanh and sigmoid; SimpleRNN: tanh, relu, sigmoid, linear),
 LSTM/GRU ``implementation=1`` with ``dropout``. ``unroll=True`` (Keras's
 Python-unrolled loop) and ``use_cudnn=True`` are errors: they name other loops.
 
+A saved model loads with ``keras.models.load_model`` in any process that has
+imported ``fastcarry.keras`` (the import registers the layers; no ``custom_objects``).
+
 Shapes: inputs ``[B, T, D]``; outputs ``[B, T, H]`` with ``return_sequences``,
 else ``[B, H]``; states ``[B, H]`` each (LSTM: h, c).
 """

@@ -6,6 +6,9 @@ random cotangent; masks with holes, left padding and an all-masked row;
 real ``model.fit``/``model.save``/``load_model``.
 """
 
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -187,9 +190,16 @@ def test_fit_matches_keras_and_save_load_roundtrips(tmp_path, monkeypatch):
     assert len(calls) >= 2 and all(m is not None for m in calls), "fit did not run the fused loop with the mask"
     path = tmp_path / "m.keras"
     fast.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded.layers[1], fck.LSTM)
-    np.testing.assert_array_equal(loaded.predict(tokens, verbose=0), fast.predict(tokens, verbose=0))
+    np.save(tmp_path / "tokens.npy", tokens)
+    # A fresh process, as a user loads a model: importing fastcarry.keras registers the layers.
+    script = (f"import keras, numpy as np, fastcarry.keras as fck\n"
+              f"m = keras.models.load_model({str(path)!r})\n"
+              f"assert [type(l) for l in m.layers[1:3]] == [fck.LSTM, fck.LSTM]\n"
+              f"np.save({str(tmp_path / 'loaded.npy')!r}, m.predict(np.load({str(tmp_path / 'tokens.npy')!r}), verbose=0))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "loaded.npy"), fast.predict(tokens, verbose=0))
 
 
 def test_eager_fit_equals_compiled_fit():
