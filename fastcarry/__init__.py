@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 # name -> (module, attribute; None for the module itself)
 _EXPORTS = {
     "Carry": ("fastcarry._carry", "Carry"),
+    "Config": ("fastcarry._config", "Config"),
     "Cell": ("fastcarry._cells", "Cell"),
     "CellProtocol": ("fastcarry._protocol", "CellProtocol"),
     "Core": ("fastcarry._protocol", "Core"),
@@ -44,6 +45,7 @@ _EXPORTS = {
     "LSTMState": ("fastcarry.kernels.lstm", "LSTMState"),
     "SimpleRNN": ("fastcarry._cells", "SimpleRNN"),
     "reference": ("fastcarry.reference", None),
+    "tune": ("fastcarry._tune", "tune"),
     "unroll": ("fastcarry._unroll", "unroll"),
 }
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry import reference as reference
     from fastcarry._bidirectional import bidirectional as bidirectional
     from fastcarry._carry import Carry as Carry
+    from fastcarry._config import Config as Config
     from fastcarry._cells import GRU as GRU
     from fastcarry._cells import LSTM as LSTM
     from fastcarry._cells import Cell as Cell
@@ -65,6 +68,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry._protocol import RecurrentSplit as RecurrentSplit
     from fastcarry._protocol import SecondMatmul as SecondMatmul
     from fastcarry._stack import Stack as Stack
+    from fastcarry._tune import tune as tune
     from fastcarry._unroll import unroll as unroll
     from fastcarry.kernels.lstm import LSTMState as LSTMState
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _backward, _chunked, _generic, _loop, _stack, _validate
+from fastcarry import _backward, _chunked, _config, _generic, _loop, _stack, _validate
 from fastcarry._protocol import check_core
 from fastcarry._step import weights
 
@@ -460,12 +460,32 @@ def _warn_once(message):
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
+def _configured(config, cell, inputs, time_major, given):
+    """``(unroll, chunk, swap_memory)`` after ``config`` (an ``fc.Config`` or ``"auto"``) fills the defaults."""
+    if isinstance(config, str) and config == "auto":
+        shape = getattr(inputs, "shape", None)
+        if shape is None or len(shape) != 3 or shape[-1] is None:
+            return given["unroll"], given["chunk"], given["swap_memory"]  # check() will say what is wrong
+        from fastcarry import _tune  # the cache: read on the first "auto" call only
+
+        cell.build(int(shape[-1]))
+        batch, steps = (shape[1], shape[0]) if time_major else (shape[0], shape[1])
+        mode = "train" if _record.could_possibly_record() else "infer"
+        config = _tune.lookup(cell.core(), int(shape[-1]), cell.dtype, mode, batch, steps)
+        if config is None:
+            return given["unroll"], given["chunk"], given["swap_memory"]
+    elif not isinstance(config, _config.Config):
+        raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
+    merged = _config.merge(config, given)
+    return merged["unroll"], merged["chunk"], merged["swap_memory"]
+
+
 # Library code is plain Python over static facts: autograph must not turn its
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=False):
+           swap_memory=False, config=None):
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -579,6 +599,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
         inside a caller's ``tf.function(jit_compile=True)`` XLA compiles all of
         it for one device and the host placement is lost. On a CPU-only machine
         host and device are the same memory: it changes nothing numerically.
+      config: None, an ``fc.Config`` (from ``fc.tune``), or ``"auto"``: the
+        cached ``fc.tune`` result for this device, cell and shape (B and T
+        bucketed; ``"train"`` when a tape could record, else ``"infer"``), or
+        the defaults when there is none (logged once at info level). Its
+        ``unroll``, ``chunk`` and ``swap_memory`` apply where the call leaves
+        them at their defaults; given values win. Never tunes by itself.
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -588,10 +614,13 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     """
     options = dict(sequence_length=sequence_length, mask=mask, time_major=time_major, reverse=reverse, unroll=unroll,
                    jit_compile=jit_compile, backward=backward, chunk=chunk, parallel_iterations=parallel_iterations,
-                   swap_memory=swap_memory)
+                   swap_memory=swap_memory, config=config)
     if isinstance(cell, _stack.Stack):
         return _stack.unroll_stack(cell, inputs, initial_state, **options)
     cell = _generic.as_cell(cell)
+    if config is not None:
+        unroll, chunk, swap_memory = _configured(config, cell, inputs, time_major,
+                                                 dict(unroll=unroll, chunk=chunk, swap_memory=swap_memory))
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory, mask)
     _validate.build_for(cell, args)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from fastcarry import _generic, _validate
 from fastcarry._cells import GRU, LSTM, SimpleRNN, LSTMState
+from fastcarry._config import Config
 from fastcarry._stack import Stack
 
 __all__ = ["unroll"]
@@ -115,10 +116,11 @@ def _step_for(cell):
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=False):
+           swap_memory=False, config=None):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
-    ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations`` and ``swap_memory`` are validated like ``fastcarry.unroll``'s and
+    ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory`` and
+    ``config`` are validated like ``fastcarry.unroll``'s and
     then have no effect: this is a Python loop of one step per iteration, run
     as written (eagerly, or traced as written inside a ``tf.function``). T must
     be static. Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` if ``time_major``) ->
@@ -126,6 +128,8 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     """
     if not isinstance(cell, Stack):
         cell = _generic.as_cell(cell)
+    if not (config is None or isinstance(config, Config) or (isinstance(config, str) and config == "auto")):
+        raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
                            backward, chunk, parallel_iterations, swap_memory, mask)
     _validate.build_for(cell, args)

@@ -1,0 +1,205 @@
+"""``fc.Config``, ``fc.unroll(config=...)``, the tune cache and ``fc.tune``."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fastcarry as fc
+from conftest import assert_all_close, make_cell, random_inputs, random_state
+from fastcarry import _tune, _unroll
+from fastcarry.tools import check as _check
+
+B, T, D, H = 2, 5, 3, 4
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh cache directory for the test (and no memoised lookups)."""
+    monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_tune, "_MEMO", {})
+    return tmp_path / "cache" / "tune.json"
+
+
+# -- Config ---------------------------------------------------------------------------------------------------
+
+def test_config_is_a_frozen_hashable_record():
+    cfg = fc.Config(unroll=3, chunk=16)
+    assert cfg.as_kwargs() == {"unroll": 3, "chunk": 16, "swap_memory": False}
+    assert hash(cfg) == hash(fc.Config(unroll=3, chunk=16)) and cfg != fc.Config(unroll=3)
+    assert cfg.describe() == "unroll=3 chunk=16" and fc.Config().describe() == "defaults"
+    with pytest.raises(AttributeError):
+        cfg.unroll = 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(unroll=0), "Config.unroll must be None or an int >= 1, got 0"),
+    (dict(chunk=2.5), "Config.chunk must be None or an int >= 1, got 2.5"),
+    (dict(swap_memory="yes"), "Config.swap_memory must be a bool, got 'yes'"),
+])
+def test_bad_config_fails_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        fc.Config(**kwargs)
+
+
+def _schedules_used(monkeypatch, run):
+    """The ``Schedule`` of every compiled function ``run()`` asks for."""
+    seen, function = [], _unroll._function
+    monkeypatch.setattr(_unroll, "_function", lambda kind, core, opts, jit: seen.append(opts.schedule)
+                        or function(kind, core, opts, jit))
+    run()
+    return seen
+
+
+def test_unroll_applies_a_config_where_the_call_leaves_the_default(monkeypatch):
+    cell = make_cell("gru", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+
+    def train(**kwargs):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fc.unroll(cell, x, **kwargs)[0])
+        return tape.gradient(loss, x)
+
+    seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(unroll=3, chunk=2)))
+    assert {(s.unroll, s.chunk) for s in seen} == {(3, 2)}
+    seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(unroll=3, chunk=2), unroll=1))
+    assert {(s.unroll, s.chunk) for s in seen} == {(1, 2)}  # the given argument wins
+    with pytest.raises(TypeError, match="config must be None, an fc.Config or 'auto', got 'fast'"):
+        fc.unroll(cell, x, config="fast")
+
+
+# -- the cache ------------------------------------------------------------------------------------------------
+
+def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("FASTCARRY_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _tune.cache_path() == str(tmp_path / "xdg" / "fastcarry" / "tune.json")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _tune.cache_path() == str(tmp_path / "home" / ".cache" / "fastcarry" / "tune.json")
+    monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "mine"))
+    assert _tune.cache_path() == str(tmp_path / "mine" / "tune.json")
+
+
+def test_buckets_are_powers_of_two():
+    assert [_tune.bucket(n) for n in (1, 2, 3, 17, 32, 33, 100, 8192)] == [1, 2, 4, 32, 32, 64, 128, 8192]
+
+
+def test_store_and_load_round_trip(cache):
+    assert _tune.store("k", fc.Config(unroll=4), {"median_s": 0.1})
+    assert _tune.load() == {"k": {"config": {"unroll": 4, "chunk": None, "swap_memory": False},
+                                  "record": {"median_s": 0.1}}}
+    assert _tune.clear() == 1 and _tune.load() == {}
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"schema": 999, "entries": {}}), "[1, 2]"])
+def test_a_corrupt_or_foreign_cache_is_moved_aside_and_rebuilt(cache, content):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(content)
+    with pytest.warns(UserWarning, match="could not be read .* moved it to .*tune.json.bad-"):
+        assert _tune.load() == {}
+    assert not cache.exists() and list(cache.parent.glob("tune.json.bad-*"))
+    assert _tune.store("k", fc.Config(), {})
+    assert list(_tune.load()) == ["k"]
+
+
+def test_an_unwritable_cache_warns_and_returns(cache):
+    cache.parent.parent.mkdir(parents=True, exist_ok=True)
+    cache.parent.write_text("a file where the directory should be")
+    with pytest.warns(UserWarning, match="could not write the tune cache"):
+        assert _tune.store("k", fc.Config(), {}) is False
+
+
+def test_concurrent_writers_lose_no_entry(cache):
+    """Two processes writing 25 entries each at once: all 50 are there (the lock), the file always whole."""
+    script = ("import sys\nfrom fastcarry import _tune\nfrom fastcarry._config import Config\n"
+              "for i in range(25):\n    _tune.store(f'{sys.argv[1]}{i}', Config(unroll=1 + i % 4), {})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, who]) for who in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert sorted(_tune.load()) == sorted(f"{w}{i}" for w in "ab" for i in range(25))
+
+
+def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
+    gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"device_name": "NVIDIA A100"})
+    assert _tune.device_info() == {"kind": "GPU", "name": "NVIDIA A100", "cores": 1}
+    assert "GPU:NVIDIA A100:1" in _tune.make_key("lstm", D, H, tf.float32, "train", B, T)
+    assert fc.Config(unroll=1, swap_memory=True) in _tune.candidates(T, "train", _tune.device_info())
+
+
+def test_peak_memory_reads_the_device_allocator(monkeypatch):
+    reads = iter([{"current": 100, "peak": 100}, {"current": 100, "peak": 4196}])
+    monkeypatch.setattr(tf.config.experimental, "reset_memory_stats", lambda name: None)
+    monkeypatch.setattr(tf.config.experimental, "get_memory_info", lambda name: next(reads))
+    assert _tune._peak_memory(lambda: None, {"kind": "GPU"}) == (4096, "allocator")
+
+
+# -- fc.tune --------------------------------------------------------------------------------------------------
+
+def test_tune_stores_what_config_auto_then_uses(cache, monkeypatch):
+    cell = make_cell("lstm", H, input_dim=D)
+    config, rows, key = _tune.run(cell, (B, T, D), mode="infer", budget_s=1)
+    assert {r["config"] for r in rows} == {fc.Config(unroll=u) for u in (1, 2, 4)}
+    assert all(r["median_s"] > 0 and r["compile_s"] > 0 for r in rows)
+    assert json.loads(key)["B"] == 2 and json.loads(key)["T"] == 8 and _tune.load()[key]["config"]["unroll"] \
+        == config.unroll
+    monkeypatch.setattr(_tune, "_MEMO", {})
+    start = time.perf_counter()
+    assert _tune.lookup(cell.core(), D, tf.float32, "infer", B, 7) == config  # T = 7: the same bucket
+    assert time.perf_counter() - start < 1.0
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    seen = _schedules_used(monkeypatch, lambda: fc.unroll(cell, x, config="auto"))
+    assert {s.unroll for s in seen} == {config.unroll}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(budget_s=0), "budget_s must be a number of seconds > 0, got 0"),
+    (dict(memory_limit="lots"), "memory_limit must be a positive number of bytes or a string like '2GiB'"),
+    (dict(mode="eval"), "mode must be one of ('train', 'infer'), got 'eval'"),
+])
+def test_tune_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fc.tune(make_cell("rnn", H), (B, T, D), cache=False, **kwargs)
+
+
+def test_tune_bad_shape():
+    with pytest.raises(ValueError, match=r"shape must be \(B, T, D\).*got \(2, 5\)"):
+        fc.tune(make_cell("rnn", H), (2, 5), cache=False)
+
+
+def test_a_memory_limit_nothing_fits_names_the_smallest_peak(cache):
+    with pytest.raises(ValueError, match=r"memory_limit=1 \(1 bytes\): no candidate fits; the smallest peak "
+                                         r"measured was \d+ bytes, with unroll=\d"):
+        fc.tune(make_cell("rnn", H, input_dim=D), (B, T, D), mode="infer", memory_limit=1, budget_s=1)
+
+
+def test_parse_bytes():
+    assert [_tune.parse_bytes(v) for v in (None, 512, "2GiB", "300 MiB", "1.5GB")] == \
+        [None, 512, 2 ** 31, 300 * 2 ** 20, 1_500_000_000]
+
+
+def test_every_candidate_gives_the_default_results():
+    """Each config fc.tune may choose, on a device that is not the host (swap too), and chunked: same numbers."""
+    cell = make_cell("rnn", H, input_dim=D)  # the knobs' exactness for every cell: test_unroll, test_chunk
+    x, s0 = random_inputs(B, T, D), random_state(cell, B)
+    cot = _check.random_cotangents(cell, B, T, False)
+    want = _check.evaluate(fc.unroll, cell, x, s0, cot)
+    gpu = {"kind": "GPU", "name": "fake", "cores": 1}
+    configs = _tune.candidates(T, "train", gpu) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
+    for config in configs:
+        got = _check.evaluate(fc.unroll, cell, x, s0, cot, config=config)
+        assert_all_close(got, want, tf.float32, config.describe())
+    assert len(configs) == 8
+
+
+def test_candidates_prune_unrolls_beyond_t():
+    cpu = {"kind": "CPU", "name": "x", "cores": 2}
+    assert _tune.candidates(1, "train", cpu) == [fc.Config(unroll=1)]
+    assert _tune.candidates(3, "infer", cpu) == [fc.Config(unroll=1), fc.Config(unroll=2)]
+    assert np.all([not c.swap_memory for c in _tune.candidates(100, "train", cpu)])
