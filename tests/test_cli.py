@@ -112,3 +112,25 @@ def test_demo_trains_both_models_to_the_same_curve(tmp_path, capsys):
     assert data["max_relative_loss_difference"] < 1e-4
     assert [len(h["loss"]) for h in data["history"].values()] == [2, 2]
     assert (out / "demo.png").stat().st_size > 1000
+
+
+def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, monkeypatch, capsys):
+    import json
+
+    from fastcarry import _tune
+
+    monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(_tune, "_MEMO", {})
+    argv = ["tune", "--cell", "rnn", "--batch", "2", "--time", "3", "--input", "3", "--units", "4", "--mode", "infer",
+            "--budget-s", "1", "--out", str(tmp_path / "out")]
+    progress = io.StringIO()
+    assert _cli.tune(_cli._parser().parse_args(argv), stream=progress) == 0
+    text = capsys.readouterr().out
+    assert "| unroll=1 |" in text and "| unroll=2 |" in text and "| unroll=4 |" not in text  # pruned: 4 > T
+    assert "winner: unroll=" in text and "x the defaults" in text and "2/2" in progress.getvalue()
+    data = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert data["key"]["T"] == 4 and len(data["candidates"]) == 2 and (tmp_path / "out" / "tune.png").exists()
+    assert _cli.tune(_cli._parser().parse_args(["tune", "--show"])) == 0
+    assert "1 entries" in capsys.readouterr().out
+    assert _cli.tune(_cli._parser().parse_args(["tune", "--clear"])) == 0
+    assert "removed 1 entries" in capsys.readouterr().out and _tune.load() == {}

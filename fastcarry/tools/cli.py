@@ -1,4 +1,4 @@
-"""The ``fastcarry`` command line: ``fastcarry demo``, ``check``, ``bench`` and ``profile``.
+"""The ``fastcarry`` command line: ``fastcarry demo``, ``check``, ``bench``, ``profile`` and ``tune``.
 
 Arguments are parsed before TensorFlow is imported (``--help`` and usage errors
 answer at once), and TensorFlow is started quietly (``_start_tensorflow``).
@@ -57,7 +57,96 @@ def _parser():
     _bench_parser(sub)
     _profile_parser(sub)
     _demo_parser(sub)
+    _tune_parser(sub)
     return parser
+
+
+def _tune_parser(sub):
+    tune = sub.add_parser(
+        "tune", help="measure fc.unroll's schedules for one shape on this device; cache the fastest",
+        description="Measures every candidate configuration (unroll; chunk where --memory-limit needs it; "
+                    "swap_memory on a GPU) of one cell and shape on this device, interleaved, within "
+                    "--budget-s; prints the candidates, the winner and its speedup over the defaults, and "
+                    "caches it for fc.unroll(..., config='auto'). --show lists the cache, --clear empties it.")
+    _workload_arguments(tune, batch=32, time=100, input=128, units=256)
+    tune.add_argument("--mode", choices=("train", "infer"), default="train")
+    tune.add_argument("--memory-limit", default=None, metavar="BYTES", help="e.g. 2GiB, 300MiB, 1500000000")
+    tune.add_argument("--budget-s", type=float, default=60.0, metavar="S", help="seconds in all (default 60)")
+    tune.add_argument("--out", default=None, metavar="DIR", help="also write tune.json and tune.png here")
+    tune.add_argument("--show", action="store_true", help="list the cache and exit")
+    tune.add_argument("--clear", action="store_true", help="empty the cache and exit")
+
+
+def _mib(n):
+    return "?" if n is None else f"{n / 2 ** 20:.1f}"
+
+
+def tune(args, stream=sys.stderr):
+    """Runs ``fastcarry tune``; prints the candidate table and the winner; returns 0."""
+    import json
+
+    from fastcarry import _tune
+
+    if args.show or args.clear:
+        entries = _tune.load()
+        if args.clear:
+            print(f"removed {_tune.clear()} entries from {_tune.cache_path()}")
+            return 0
+        print(f"{_tune.cache_path()}: {len(entries)} entries")
+        for key, entry in entries.items():
+            facts = json.loads(key)
+            config = " ".join(f"{k}={v}" for k, v in entry["config"].items())
+            print(f"  {facts['cell']} B<={facts['B']} T<={facts['T']} D={facts['D']} H={facts['H']} "
+                  f"{facts['dtype']} {facts['mode']} on {facts['device']}: {config} "
+                  f"({entry['record'].get('median_s', float('nan')) * 1e3:.2f} ms)")
+        return 0
+    from fastcarry._unroll import default_unroll
+    from fastcarry.tools import report as _report
+
+    cell = make_cell(args.cell, args.units, input_size=args.input)
+    progress = _report.Progress(len(_tune.candidates(args.time, args.mode, _tune.device_info())), stream)
+    config, rows, key = _tune.run(cell, (args.batch, args.time, args.input), mode=args.mode,
+                                  memory_limit=args.memory_limit, budget_s=args.budget_s,
+                                  progress=lambda c: progress.step(c.describe()))
+    progress.close()
+    default = next((r for r in rows if r["config"] == _tune.Config(unroll=default_unroll(None, args.batch,
+                                                                                          args.time))), None)
+    lines = [f"fastcarry tune: {args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} {args.mode}",
+             "", "| config | median ms | peak MiB | compile s | vs defaults |", "|---|---:|---:|---:|---:|"]
+    for row in rows:
+        ratio = default["median_s"] / row["median_s"] if default and row["median_s"] == row["median_s"] else None
+        lines.append(f"| {row['config'].describe()} | {row['median_s'] * 1e3:.2f} | {_mib(row['peak_bytes'])} | "
+                     f"{row['compile_s']:.2f} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+    best = next(r for r in rows if r["config"] == config)
+    gain = f", {default['median_s'] / best['median_s']:.2f}x the defaults" if default else ""
+    lines += ["", f"winner: {config.describe()} ({best['median_s'] * 1e3:.2f} ms{gain})"]
+    print("\n".join(lines) + f"; cached in {_tune.cache_path()}")
+    if args.out:
+        _write_tune(args.out, args, config, rows, key, "\n".join(lines))
+        print(f"wrote tune.json, tune.md and tune.png to {args.out}")
+    return 0
+
+
+def _write_tune(out, args, config, rows, key, markdown):
+    import json
+
+    from fastcarry.tools import report as _report
+
+    data = {"machine": _report.machine_info(), "key": json.loads(key), "winner": config.as_kwargs(),
+            "candidates": [{"config": r["config"].as_kwargs(), "median_s": r["median_s"],
+                            "peak_bytes": r["peak_bytes"], "memory": r["memory"], "compile_s": r["compile_s"],
+                            "samples_s": r["samples"]} for r in rows]}
+
+    def plot(path):
+        plt = _report.require_matplotlib()
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        labels = [r["config"].describe() for r in rows]
+        ax.barh(labels, [r["median_s"] * 1e3 for r in rows],
+                color=["tab:orange" if r["config"] == config else "tab:blue" for r in rows])
+        ax.set(xlabel="median ms per step", title=f"fastcarry tune: {args.cell} {args.mode} (winner orange)")
+        _report.save_figure(fig, path)
+
+    _report.write(out, data, markdown, plot, stem="tune")
 
 
 def _demo_parser(sub):
@@ -350,6 +439,8 @@ def main(argv=None):
         return profile(args)
     if args.command == "demo":
         return demo(args)
+    if args.command == "tune":
+        return tune(args)
     return 2
 
 
