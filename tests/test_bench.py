@@ -1,5 +1,6 @@
 """``fastcarry bench`` in-process on a tiny workload: every contender timed, every file written."""
 
+import io
 import json
 
 import pytest
@@ -206,3 +207,15 @@ def test_results_name_the_cpu_model():
     older = {k: v for k, v in machine.items() if k != "cpu"}  # results written before "cpu" was recorded
     assert _report.describe(older).startswith(machine["processor"])
 
+
+
+def test_tune_bench_writes_gain_table_and_plot(tmp_path):
+    from fastcarry.tools import tune_bench
+
+    data = tune_bench.run([("rnn", 2, 3, 3, 4)], modes=("infer",), budget_s=0.5, memory_case=None,
+                          out_dir=str(tmp_path), stream=io.StringIO())
+    (entry,) = data["results"]
+    assert entry["gain"] > 0 and set(entry["candidates"]) == {"unroll=1", "unroll=2"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| rnn 2x3x3x4 | infer |" in table and "Median gain" in table
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -134,3 +134,26 @@ def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, mon
     assert "1 entries" in capsys.readouterr().out
     assert _cli.tune(_cli._parser().parse_args(["tune", "--clear"])) == 0
     assert "removed 1 entries" in capsys.readouterr().out and _tune.load() == {}
+
+
+def test_tune_env_runs_each_setting_in_a_child_process(monkeypatch, capsys):
+    from fastcarry.tools import env_tune
+
+    jobs = []
+
+    def fake_child(job, env):  # the parent's bookkeeping; the real child runs below
+        jobs.append((job["label"], env.get("XLA_FLAGS"), env.get("TF_CPU_ALLOCATOR_USE_BFC")))
+        return {"median_s": 0.002 if job["label"] == "baseline" else 0.001, "compile_s": 1.0}
+
+    monkeypatch.setenv("XLA_FLAGS", "--mine")
+    rows = env_tune.run("rnn", 2, 3, 3, 4, "infer", env_tune.CPU_SETTINGS[::2], rounds=2, runner=fake_child)
+    assert jobs[:3] == [("baseline", "--mine", None), ("TF_CPU_ALLOCATOR_USE_BFC=1", "--mine", "1"),
+                        ("--xla_cpu_multi_thread_eigen=false", "--mine --xla_cpu_multi_thread_eigen=false", None)]
+    assert len(jobs) == 6 and [r["vs_baseline"] for r in rows] == [1.0, 2.0, 2.0]
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(env_tune, "CPU_SETTINGS", ())  # the baseline alone: one real child process
+    argv = ["tune", "--env", "--rounds", "1", "--cell", "rnn", "--batch", "2", "--time", "3", "--input", "3",
+            "--units", "4", "--mode", "infer"]
+    assert _cli.tune(_cli._parser().parse_args(argv), stream=io.StringIO()) == 0
+    text = capsys.readouterr().out
+    assert "| baseline |" in text and "1.00x |" in text and "None of these is set for you" in text

@@ -73,6 +73,10 @@ def _tune_parser(sub):
     tune.add_argument("--memory-limit", default=None, metavar="BYTES", help="e.g. 2GiB, 300MiB, 1500000000")
     tune.add_argument("--budget-s", type=float, default=60.0, metavar="S", help="seconds in all (default 60)")
     tune.add_argument("--out", default=None, metavar="DIR", help="also write tune.json and tune.png here")
+    tune.add_argument("--env", action="store_true",
+                      help="instead: measure process-wide settings (allocator, XLA flags, threads), each in a child "
+                           "process, for this workload; prints what each changed and sets none of them")
+    tune.add_argument("--rounds", type=_positive, default=2, metavar="N", help="--env: rounds of children (2)")
     tune.add_argument("--show", action="store_true", help="list the cache and exit")
     tune.add_argument("--clear", action="store_true", help="empty the cache and exit")
 
@@ -103,6 +107,8 @@ def tune(args, stream=sys.stderr):
     from fastcarry._unroll import default_unroll
     from fastcarry.tools import report as _report
 
+    if args.env:
+        return _tune_env(args, stream)
     cell = make_cell(args.cell, args.units, input_size=args.input)
     progress = _report.Progress(len(_tune.candidates(args.time, args.mode, _tune.device_info())), stream)
     config, rows, key = _tune.run(cell, (args.batch, args.time, args.input), mode=args.mode,
@@ -124,6 +130,23 @@ def tune(args, stream=sys.stderr):
     if args.out:
         _write_tune(args.out, args, config, rows, key, "\n".join(lines))
         print(f"wrote tune.json, tune.md and tune.png to {args.out}")
+    return 0
+
+
+def _tune_env(args, stream):
+    from fastcarry import _tune
+    from fastcarry.tools import env_tune
+    from fastcarry.tools import report as _report
+
+    settings = env_tune.settings_for(_tune.device_info()["kind"])
+    progress = _report.Progress(args.rounds * (len(settings) + 1), stream)
+    rows = env_tune.run(args.cell, args.batch, args.time, args.input, args.units, args.mode, settings,
+                        rounds=args.rounds, progress=progress.step)
+    progress.close()
+    print(f"fastcarry tune --env: {args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
+          f"{args.mode}, each setting in its own process, {args.rounds} rounds\n")
+    print(env_tune.markdown(rows))
+    print("\nNone of these is set for you: they apply to a whole process (set them before TensorFlow starts).")
     return 0
 
 

@@ -1,0 +1,94 @@
+"""``fc.tune`` on the benchmark grid: the tuned config against the defaults, and a memory-limited tune.
+
+For every grid workload and mode, ``fc.tune`` measures its candidates (the
+defaults among them) interleaved in one process; the gain is the defaults'
+median over the winner's, from that same measurement. Then a tune of the
+memory benchmark's LSTM (B16 T8192 D64 H256, training) under a memory limit.
+"""
+
+import statistics
+import sys
+import time
+
+from fastcarry.tools import report as _report
+from fastcarry.tools.workload import make_cell
+
+GRID = [(cell, *shape) for cell in ("lstm", "gru", "rnn")
+        for shape in ((8, 200, 64, 128), (32, 100, 128, 256), (64, 100, 256, 512), (16, 500, 128, 256))]
+QUICK_GRID = [("lstm", 4, 20, 8, 16), ("gru", 4, 20, 8, 16)]
+MEMORY_CASE = ("lstm", 16, 8192, 64, 256)
+
+
+def run(grid, modes=("train", "infer"), budget_s=20, memory_limit="300MiB", memory_case=MEMORY_CASE,
+        out_dir=None, stream=sys.stderr):
+    from fastcarry import _tune
+    from fastcarry._config import Config
+    from fastcarry._unroll import default_unroll
+
+    progress = _report.Progress(len(grid) * len(modes) + (1 if memory_case else 0), stream)
+    results = []
+    for cell_kind, b, t, d, h in grid:
+        for mode in modes:
+            progress.step(f"{cell_kind} {b}x{t}x{d}x{h} {mode}")
+            start = time.perf_counter()
+            config, rows, _ = _tune.run(make_cell(cell_kind, h, input_size=d), (b, t, d), mode=mode,
+                                        budget_s=budget_s, cache=False)
+            default = Config(unroll=default_unroll(None, b, t))
+            by_config = {r["config"]: r for r in rows}
+            results.append({"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "mode": mode, "winner": config.as_kwargs(),
+                            "tune_s": time.perf_counter() - start,
+                            "default_ms": by_config[default]["median_s"] * 1e3,
+                            "tuned_ms": by_config[config]["median_s"] * 1e3,
+                            "gain": by_config[default]["median_s"] / by_config[config]["median_s"],
+                            "candidates": {r["config"].describe(): r["median_s"] * 1e3 for r in rows}})
+    memory = None
+    if memory_case:
+        cell_kind, b, t, d, h = memory_case
+        progress.step(f"{cell_kind} {b}x{t}x{d}x{h} train, memory_limit={memory_limit}")
+        start = time.perf_counter()
+        config, rows, _ = _tune.run(make_cell(cell_kind, h, input_size=d), (b, t, d), mode="train",
+                                    memory_limit=memory_limit, budget_s=60, cache=False)
+        best = next(r for r in rows if r["config"] == config)
+        memory = {"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "memory_limit": memory_limit,
+                  "winner": config.as_kwargs(), "peak_bytes": best["peak_bytes"], "memory": best["memory"],
+                  "median_ms": best["median_s"] * 1e3, "tune_s": time.perf_counter() - start,
+                  "candidates": {r["config"].describe(): {"median_ms": r["median_s"] * 1e3,
+                                                          "peak_bytes": r["peak_bytes"]} for r in rows}}
+    progress.close()
+    data = {"machine": _report.machine_info(), "budget_s": budget_s, "results": results, "memory": memory}
+    if out_dir:
+        _report.write(out_dir, data, markdown(data), lambda path: plot(data, path))
+    return data
+
+
+def markdown(data):
+    lines = ["# fc.tune on the grid: tuned config vs the defaults", "",
+             f"Machine: {_report.describe(data['machine'])}. Budget {data['budget_s']} s per tune; the gain is "
+             f"the defaults' median over the winner's within the same interleaved measurement.", "",
+             "| workload | mode | winner | defaults ms | tuned ms | gain | tune s |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in data["results"]:
+        winner = " ".join(f"{k}={v}" for k, v in r["winner"].items() if v not in (None, False))
+        lines.append(f"| {r['workload']} | {r['mode']} | {winner} | {r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
+                     f"{r['gain']:.2f}x | {r['tune_s']:.1f} |")
+    gains = [r["gain"] for r in data["results"]]
+    if gains:
+        lines += ["", f"Median gain {statistics.median(gains):.2f}x (lowest {min(gains):.2f}x, highest "
+                      f"{max(gains):.2f}x); longest tune {max(r['tune_s'] for r in data['results']):.1f} s."]
+    m = data.get("memory")
+    if m:
+        peak = "?" if m["peak_bytes"] is None else f"{m['peak_bytes'] / 2 ** 20:.1f} MiB"
+        lines += ["", f"Memory-limited tune, {m['workload']} train, memory_limit={m['memory_limit']}: "
+                      f"{' '.join(f'{k}={v}' for k, v in m['winner'].items())}, peak {peak} ({m['memory']}), "
+                      f"{m['median_ms']:.0f} ms per step, tuned in {m['tune_s']:.0f} s."]
+    return "\n".join(lines)
+
+
+def plot(data, path):
+    plt = _report.require_matplotlib()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    labels = [f"{r['workload']} {r['mode']}" for r in data["results"]]
+    ax.barh(labels, [r["gain"] for r in data["results"]])
+    ax.axvline(1.0, color="gray", ls=":")
+    ax.set(xlabel="tuned / defaults speed", title="fc.tune on the grid")
+    _report.save_figure(fig, path)
+
