@@ -52,13 +52,18 @@ def run(grid, modes=("train", "infer"), budget_s=20, memory_limit="300MiB", memo
         memory = {"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "memory_limit": memory_limit,
                   "winner": config.as_kwargs(), "peak_bytes": best["peak_bytes"], "memory": best["memory"],
                   "median_ms": best["median_s"] * 1e3, "tune_s": time.perf_counter() - start,
-                  "candidates": {r["config"].describe(): {"median_ms": r["median_s"] * 1e3,
+                  "candidates": {r["config"].describe(): {"median_ms": _ms(r["median_s"]),
                                                           "peak_bytes": r["peak_bytes"]} for r in rows}}
     progress.close()
     data = {"machine": _report.machine_info(), "budget_s": budget_s, "results": results, "memory": memory}
     if out_dir:
         _report.write(out_dir, data, markdown(data), lambda path: plot(data, path))
     return data
+
+
+def _ms(seconds):
+    """Milliseconds, or None for a candidate that was not timed (it did not fit the memory limit)."""
+    return None if seconds != seconds else seconds * 1e3
 
 
 def markdown(data):
