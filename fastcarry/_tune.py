@@ -306,6 +306,7 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
                 "samples": []}
 
     rows = [measure(c) for c in candidates(steps, mode, device)]
+    chunk = 0  # no chunk left to try
     if limit is not None and mode == "train":
         # chunk only where memory needs it: the largest chunk that fits (fewer boundaries, less recompute
         # overhead), from half of T's bucket down by quarters.
@@ -315,9 +316,14 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
             chunk //= 4
     fitting = [r for r in rows if limit is None or _fits(r, limit)]
     if not fitting:
-        smallest = min((r for r in rows if r["peak_bytes"] is not None), key=lambda r: r["peak_bytes"])
+        measured = [r for r in rows if r["peak_bytes"] is not None]
+        if not measured:
+            raise ValueError(f"memory_limit={memory_limit!r}: this device reports no memory use to compare it with")
+        smallest = min(measured, key=lambda r: r["peak_bytes"])
+        late = " (the budget ran out before smaller chunks were tried: raise budget_s)" if chunk >= 1 else ""
         raise ValueError(f"memory_limit={memory_limit!r} ({limit} bytes): no candidate fits; the smallest peak "
-                         f"measured was {smallest['peak_bytes']} bytes, with {smallest['config'].describe()}")
+                         f"measured was {smallest['peak_bytes']} bytes, with {smallest['config'].describe()}"
+                         f"{late}")
     rounds = 0
     while rounds < 3 or (time.perf_counter() < deadline and rounds < 50):
         for k in range(len(fitting)):  # interleaved, starting one further along each round
@@ -364,7 +370,7 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
     ``swap_memory`` on a GPU (training). Every candidate gives the same results
     (a test holds them equal). Each candidate is compiled and its peak memory
     read once, then all are timed in interleaved rounds until the budget is
-    spent; the fastest median that fits wins.
+    spent (at least 3 rounds, at most 50); the fastest median that fits wins.
 
     Raises ``ValueError`` for a bad ``mode``, ``budget_s``, ``memory_limit`` or
     ``shape``, and when no candidate fits ``memory_limit`` (naming the smallest
