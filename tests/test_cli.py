@@ -51,6 +51,12 @@ def test_check_rejects_bad_seq_lengths():
         _run(["--batch", "1", "--time", "4", "--seq-lengths", "5"])
 
 
+def test_check_with_no_time_steps_passes_and_skips_keras():
+    code, text = _run(["--cell", "gru", "--batch", "2", "--time", "0", "--input", "3", "--units", "4"])
+    assert code == 0, text
+    assert "keras 3: skipped" in text and text.rstrip().endswith("PASS")
+
+
 def test_check_default_workload():
     """(Its output, float32 with the issue's tolerance, is checked by test_check_passes[argv0].)"""
     args = _cli._parser().parse_args(["check"])

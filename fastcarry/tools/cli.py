@@ -390,8 +390,11 @@ def check(args, out=sys.stdout):
         got = _check.evaluate(impl, cell, inputs, initial, cot, weights=weights, **options, **extra)
         fused_jit = fused_jit or got
         failed |= _report(title, _check.compare(got, reference), tol, out)
-    keras_got = _check.evaluate(keras, cell, inputs, initial, cot, weights=keras.weights, **options)
-    failed |= _report("fused jit  vs keras 3", _check.compare(fused_jit, keras_got), tol, out)
+    if args.time > 0:
+        keras_got = _check.evaluate(keras, cell, inputs, initial, cot, weights=keras.weights, **options)
+        failed |= _report("fused jit  vs keras 3", _check.compare(fused_jit, keras_got), tol, out)
+    else:  # Keras 3's layers fail on an empty sequence (a StridedSlice out of bounds inside their loop)
+        print("\nfused jit  vs keras 3: skipped, Keras 3's layers cannot run T = 0", file=out)
     print("FAIL" if failed else "PASS", file=out)
     return 1 if failed else 0
 
