@@ -277,13 +277,20 @@ def _fused_kind(layer):
     for knob in ("dropout", "recurrent_dropout"):
         if getattr(layer, knob, 0.0):
             return f"no: it has {knob}={getattr(layer, knob)}"
+    problem = unfusable_activations(layer, kind)
+    return kind if problem is None else f"no: {problem}"
+
+
+def unfusable_activations(layer, kind):
+    """Why the fused ``kind`` kernel cannot run ``layer``'s activations (None: it can)."""
     act = _cells.activation_name(layer.activation)
     if kind == "simple_rnn":
-        return kind if act in _cells.ACTIVATIONS else f"no: activation={act!r}"
+        return None if act in _cells.ACTIVATIONS else \
+            f"activation={act!r} (the fused SimpleRNN does {', '.join(map(repr, _cells.ACTIVATIONS))})"
     rec = _cells.activation_name(layer.recurrent_activation)
     if (act, rec) != ("tanh", "sigmoid"):
-        return f"no: activation={act!r}, recurrent_activation={rec!r} (the kernels do tanh and sigmoid)"
-    return kind
+        return f"activation={act!r}, recurrent_activation={rec!r} (the fused kernels do 'tanh' and 'sigmoid')"
+    return None
 
 
 def _list_state(core, to_core, from_core):

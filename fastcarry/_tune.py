@@ -7,6 +7,7 @@ device, versions, cell, sizes, dtype, mode and the batch and time buckets, so
 """
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -122,8 +123,9 @@ def clear(path=None):
 
 # -- keys -----------------------------------------------------------------------------------------------------
 
-def device_info():
-    """``{"kind", "name", "cores"}`` of the device fastcarry runs on: the first GPU, else the CPU."""
+@functools.lru_cache(maxsize=None)
+def _device_facts():
+    """Read once per process: ``config="auto"`` asks on every traced (or eager) call."""
     import tensorflow as tf
 
     from fastcarry.tools.report import _cpu_model
@@ -133,6 +135,11 @@ def device_info():
         details = tf.config.experimental.get_device_details(gpus[0])
         return {"kind": "GPU", "name": details.get("device_name", gpus[0].name), "cores": len(gpus)}
     return {"kind": "CPU", "name": _cpu_model(), "cores": os.cpu_count()}
+
+
+def device_info():
+    """``{"kind", "name", "cores"}`` of the device fastcarry runs on: the first GPU, else the CPU."""
+    return dict(_device_facts())
 
 
 def cell_kind(core):
@@ -281,6 +288,7 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
 
     from fastcarry import _generic, _validate
     from fastcarry._protocol import check_core
+    from fastcarry._unroll import default_unroll
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -339,8 +347,6 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
     for row in rows:
         row["median_s"] = statistics.median(row["samples"]) if row["samples"] else math.nan
     best = min(fitting, key=lambda r: r["median_s"])
-    from fastcarry._unroll import default_unroll
-
     default = next((r for r in fitting if r["config"] == Config(unroll=default_unroll(core, batch, steps))), None)
     if default is not None and best["median_s"] * MIN_GAIN > default["median_s"]:
         best = default

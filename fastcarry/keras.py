@@ -43,7 +43,7 @@ import warnings
 import keras
 import tensorflow as tf
 
-from fastcarry import _cells, _generic
+from fastcarry import _generic
 from fastcarry._unroll import unroll as _unroll
 
 __all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
@@ -54,17 +54,10 @@ def _fallback_reason(layer, kind):
     cell = layer.cell
     if cell.recurrent_dropout:
         return f"recurrent_dropout={cell.recurrent_dropout} (a new mask on h inside every step)"
-    act = _cells.activation_name(cell.activation)
-    if kind == "simple_rnn":
-        if act not in _cells.ACTIVATIONS:
-            return f"activation={act!r} (the fused SimpleRNN does {', '.join(map(repr, _cells.ACTIVATIONS))})"
-        return None
-    rec = _cells.activation_name(cell.recurrent_activation)
-    if (act, rec) != ("tanh", "sigmoid"):
-        return f"activation={act!r}, recurrent_activation={rec!r} (the fused kernels do 'tanh' and 'sigmoid')"
-    if cell.dropout and getattr(cell, "implementation", 2) == 1:
+    problem = _generic.unfusable_activations(cell, kind)
+    if problem is None and kind != "simple_rnn" and cell.dropout and getattr(cell, "implementation", 2) == 1:
         return "implementation=1 with dropout (one dropout mask per gate)"
-    return None
+    return problem
 
 
 def _cells_of(cell):

@@ -29,10 +29,8 @@ KINDS = {
 }
 
 
-def _pair(kind, weight_seed=0, **kw):
-    """A Keras layer and a fastcarry.keras layer of ``kind`` with the same random weights, built for D."""
-    name, base = KINDS[kind]
-    native, fast = (getattr(mod, name)(H, **base, **kw) for mod in (keras.layers, fck))
+def _built_alike(native, fast, weight_seed=0):
+    """Both layers built for D and given the same random weights; returns them."""
     for layer in (native, fast):
         layer.build((B, T, D))
     rng = np.random.default_rng(weight_seed)
@@ -40,6 +38,12 @@ def _pair(kind, weight_seed=0, **kw):
     native.set_weights(weights)
     fast.set_weights(weights)
     return native, fast
+
+
+def _pair(kind, weight_seed=0, **kw):
+    """A Keras layer and a fastcarry.keras layer of ``kind`` with the same random weights, built for D."""
+    name, base = KINDS[kind]
+    return _built_alike(*(getattr(mod, name)(H, **base, **kw) for mod in (keras.layers, fck)), weight_seed)
 
 
 def _results(layer, x, cotangent_seed=5, **call_kw):
@@ -93,14 +97,9 @@ def test_same_variables_names_and_order_as_keras():
 
 
 def test_bidirectional_with_a_mask():
-    native, fast = (keras.layers.Bidirectional(mod.LSTM(H, return_sequences=True)) for mod in (keras.layers, fck))
-    for layer in (native, fast):
-        layer.build((B, T, D))
+    native, fast = _built_alike(*(keras.layers.Bidirectional(mod.LSTM(H, return_sequences=True))
+                                  for mod in (keras.layers, fck)))
     assert isinstance(fast.backward_layer, fck.LSTM) and fast.backward_layer.go_backwards
-    rng = np.random.default_rng(0)
-    weights = [(rng.standard_normal(w.shape) * 0.5).astype("float32") for w in native.get_weights()]
-    native.set_weights(weights)
-    fast.set_weights(weights)
     x = _inputs()
     assert_all_close(_results(fast, x, mask=MASK), _results(native, x, mask=MASK), tf.float32, "bidirectional")
 
@@ -260,12 +259,8 @@ RNN_CASES = {
 @pytest.mark.parametrize("cell", list(RNN_CELLS))
 def test_rnn_of_a_cell_equals_keras_rnn(cell, case):
     layer_kw, call_kw = RNN_CASES[case]
-    native, fast = keras.layers.RNN(RNN_CELLS[cell](), **layer_kw), fck.RNN(RNN_CELLS[cell](), **layer_kw)
-    for layer in (native, fast):
-        layer.build((B, T, D))
-    rng = np.random.default_rng(0)
-    fast.set_weights([(rng.standard_normal(w.shape) * 0.5).astype("float32") for w in native.get_weights()])
-    native.set_weights(fast.get_weights())
+    native, fast = _built_alike(keras.layers.RNN(RNN_CELLS[cell](), **layer_kw),
+                                fck.RNN(RNN_CELLS[cell](), **layer_kw))
     assert fast.fused
     x = _inputs()
     assert_all_close(_results(fast, x, **call_kw), _results(native, x, **call_kw), tf.float32, f"{cell} {case}")

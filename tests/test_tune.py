@@ -125,6 +125,8 @@ def test_concurrent_writers_lose_no_entry(cache):
 
 
 def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
+    _tune._device_facts.cache_clear()  # read once per process: read again under the fakes, and after them
+    monkeypatch.setattr(_tune, "_device_facts", _tune._device_facts.__wrapped__)
     gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
     monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"device_name": "NVIDIA A100"})
