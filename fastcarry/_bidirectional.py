@@ -24,7 +24,7 @@ def bidirectional(cell_fw, cell_bw, inputs, initial_state_fw=None, initial_state
       sequence_length: ``[B]`` ints, or None.
       time_major: layout of inputs and outputs.
       **unroll_options: ``mask``, ``unroll``, ``jit_compile``, ``backward``, ``chunk``,
-        ``parallel_iterations``, ``swap_memory``: as for ``fc.unroll``, for both
+        ``parallel_iterations``, ``swap_memory``, ``projection``, ``config``: as for ``fc.unroll``, for both
         directions (``reverse`` is this function's to set).
 
     Returns:

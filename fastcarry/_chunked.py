@@ -32,7 +32,8 @@ def _n_chunks(plan):
     return plan.n_loop + (1 if plan.tail else 0)
 
 
-def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None, batch_major=False):
+def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=None, batch_major=False,
+            hoisted=False):
     """Runs the loop chunk by chunk, keeping the state at every chunk's start.
 
     Args:
@@ -41,6 +42,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
       parallel_iterations: for every while loop (graph only).
       batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
         order), read and written a chunk at a time (see ``fastcarry._time.Time``).
+      hoisted: each chunk's input projection before its loop (``_loop.forward``'s).
 
     Returns:
       ``(ys [T, B, H], final_state, boundaries)``: ``boundaries`` is a list, one
@@ -56,7 +58,7 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
     def body(i, state, ys, bounds):
         bounds = _time.write_all(bounds, i, state)
         ys_c, state, _ = _loop.forward(core, params, x_chunk(i), state, shift(plan.lengths, i * chunk, chunk), unroll,
-                                       parallel_iterations=parallel_iterations)
+                                       parallel_iterations=parallel_iterations, hoisted=hoisted)
         return i + 1, state, time.put(ys, i, ys_c), bounds
 
     with tf.name_scope("chunks"):
@@ -69,27 +71,28 @@ def forward(core, params, x, state, lengths, unroll, chunk, parallel_iterations=
             bounds = _time.write_all(bounds, plan.n_loop, state)
             tail_lengths = shift(plan.lengths, plan.tail.start, len(plan.tail))
             ys_tail, state, _ = _loop.forward(core, params, x_tail, state, tail_lengths, unroll,
-                                              parallel_iterations=parallel_iterations)
+                                              parallel_iterations=parallel_iterations, hoisted=hoisted)
     return time.finish(ys, ys_tail), state, [b.stack() for b in bounds]
 
 
-def fused_chunk_grad(core, params, unroll, parallel_iterations=None):
+def fused_chunk_grad(core, params, unroll, parallel_iterations=None, hoisted=False):
     """One chunk's ``(x, s0, lengths, dys, dfinal) -> (dx, ds0, dparams)`` by the fused backward."""
     def grad(x, state, lengths, dys, dfinal):
         with tf.name_scope("recompute"):  # a phase of its own in fastcarry.profiling
-            _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations)
+            _, _, saved = _loop.forward(core, params, x, state, lengths, unroll, True, parallel_iterations,
+                                        hoisted=hoisted)
         return _backward.backward(core, params, x, lengths, unroll, state, saved, dys, dfinal, parallel_iterations)
     return grad
 
 
-def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None):
+def autodiff_chunk_grad(core, params, unroll, parallel_iterations=None, hoisted=False):
     """One chunk's gradient by TF's autodiff of its forward loop (``backward="autodiff"``)."""
     def grad(x, state, lengths, dys, dfinal):
         w = weights(core, params)
         with tf.GradientTape() as tape, tf.name_scope("recompute"):
             tape.watch([x, state, w])
             ys, final, _ = _loop.forward(core, params, x, state, lengths, unroll,
-                                         parallel_iterations=parallel_iterations)
+                                         parallel_iterations=parallel_iterations, hoisted=hoisted)
         dys = tf.zeros_like(ys) if dys is None else dys  # one chunk's worth
         return tape.gradient([ys, final], [x, state, w], output_gradients=[dys, dfinal],
                              unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+PROJECTIONS = ("per_iteration", "hoisted")  # fc.unroll's projection= values
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -18,16 +20,19 @@ class Config:
       unroll: None (the cell's default) or int >= 1, time steps per loop iteration.
       chunk: None or int >= 1, steps per recomputed chunk of the backward pass.
       swap_memory: park the saved activations in host memory between the passes.
+      projection: ``"per_iteration"`` or ``"hoisted"``, where the forward's input projection runs.
 
     ``as_kwargs()`` gives them as keyword arguments. Given to ``fc.unroll`` as
     ``config=``, a field applies where the call leaves that argument at its
-    default (``unroll=None``, ``chunk=None``, ``swap_memory=False``); an argument
+    default (``unroll=None``, ``chunk=None``, ``swap_memory=False``,
+    ``projection="per_iteration"``); an argument
     given with any other value wins.
     """
 
     unroll: Optional[int] = None
     chunk: Optional[int] = None
     swap_memory: bool = False
+    projection: str = "per_iteration"
 
     def __post_init__(self):
         for name in ("unroll", "chunk"):
@@ -37,9 +42,11 @@ class Config:
                 raise ValueError(f"Config.{name} must be None or an int >= 1, got {value!r}")
         if not isinstance(self.swap_memory, bool):
             raise ValueError(f"Config.swap_memory must be a bool, got {self.swap_memory!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"Config.projection must be one of {PROJECTIONS}, got {self.projection!r}")
 
     def as_kwargs(self):
-        """``{"unroll": .., "chunk": .., "swap_memory": ..}`` for ``fc.unroll``."""
+        """``{"unroll": .., "chunk": .., "swap_memory": .., "projection": ..}`` for ``fc.unroll``."""
         return dataclasses.asdict(self)
 
     def describe(self):

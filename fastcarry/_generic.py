@@ -34,7 +34,7 @@ from fastcarry.kernels import simple_rnn as _simple_rnn
 from fastcarry.kernels.lstm import LSTMState
 
 
-def _identity_project(params, x):
+def identity_project(params, x):
     """A generic cell projects its own inputs inside its step: ``xp_t = x_t``."""
     del params
     return x
@@ -83,7 +83,7 @@ def _generic_core(name, step, output_size, variables, owner):
     def core_step(params, state, xp_t):
         del params  # the step reads its variables itself
         return step(state, xp_t)
-    return Core(name, None, _identity_project, output_size, step=core_step, variables=tuple(variables),
+    return Core(name, None, identity_project, output_size, step=core_step, variables=tuple(variables),
                 owner=owner)
 
 

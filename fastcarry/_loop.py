@@ -19,15 +19,17 @@ from fastcarry._time import Time, has_loop, make_plan, tensor_arrays_like, while
 
 
 def forward(core, params, x, state, lengths, unroll, save_states=False, parallel_iterations=None,
-            batch_major=False):
+            batch_major=False, hoisted=False):
     """Runs the loop.
 
-    The input projection runs per loop iteration, for its ``unroll`` steps at
-    once (``[unroll * B, D] @ [D, G]``), not for all T before the loop: on CPU,
-    an all-steps ``xp [T, B, G]`` costs more in memory traffic than the larger
+    By default the input projection runs per loop iteration, for its
+    ``unroll`` steps at once (``[unroll * B, D] @ [D, G]``): on CPU, an
+    all-steps ``xp [T, B, G]`` costs more in memory traffic than the larger
     matmul saves (GRU B16 T500 D128 H256 inference: 129 ms hoisted, 49 ms in
-    chunks of 10). ``unroll`` therefore sets both the steps per iteration and
-    the projection's chunk.
+    chunks of 10). ``unroll`` then sets both the steps per iteration and the
+    projection's chunk. ``hoisted=True`` makes it one ``[T * B, D] @ [D, G]``
+    before the loop (one large GEMM, what a GPU favours); the loop then reads
+    each iteration's rows one iteration ahead (see ``_hoisted``).
 
     Args:
       core: the cell's ``Core``.
@@ -42,6 +44,7 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
       batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
         order), read and written an iteration at a time (see ``Time``);
         ``saved`` stays time-major.
+      hoisted: project all T steps before the loop (``fc.unroll(projection="hoisted")``).
 
     Returns:
       ``(ys [T, B, H], final_state, saved)`` where ``saved`` is a list of
@@ -70,10 +73,12 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
             state, y = masked_update(split, state, a_t, valid)
         return state, y, saved
 
-    def run_chunk(t0, x_chunk, steps, state, saved):
-        """``steps`` steps from ``t0``: ``x_chunk [steps, B, D]`` -> ``steps`` outputs ``[B, H]``."""
+    def project(x_chunk):
         with tf.name_scope("project"):
-            xp = core.project(params, x_chunk)
+            return core.project(params, x_chunk)
+
+    def run_chunk(t0, xp, steps, state, saved):
+        """``steps`` steps from ``t0``: ``xp [steps, B, G]`` -> ``steps`` outputs ``[B, H]``."""
         ys = []
         for j in range(steps):
             state, y, saved = one_step(t0 + j, state, xp[j], saved)
@@ -84,20 +89,47 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
         # The arrays for ``a`` must exist before the loop.
         saved = saved + tensor_arrays_like(step_shapes(core, params, state, plan.x, 1 if batch_major else 0).a,
                                   plan.t_run)
-    x_chunk, x_tail = time.reader(plan.x)
+    if hoisted:
+        xp_chunk, xp_tail = _hoisted(project, plan, unroll, batch_major)
+    else:
+        x_chunk, x_tail = time.reader(plan.x)
+        xp_chunk = lambda i: project(x_chunk(i))  # noqa: E731
+        xp_tail = project(x_tail) if plan.tail else None
     ys = time.new(x, core.output_size)
     with tf.name_scope("recurrence"):
-        def body(i, state, ys, saved):
-            state, ys_c, saved = run_chunk(i * unroll, x_chunk(i), unroll, state, saved)
-            return i + 1, state, time.put(ys, i, ys_c), saved
+        def body(i, state, ys, saved, *ahead):
+            if hoisted:
+                # Read one iteration ahead (the last one reads itself again).
+                xp, ahead = ahead[0], (xp_chunk(tf.minimum(i + 1, plan.n_loop - 1)),)
+            else:
+                xp = xp_chunk(i)
+            state, ys_c, saved = run_chunk(i * unroll, xp, unroll, state, saved)
+            return (i + 1, state, time.put(ys, i, ys_c), saved, *ahead)
 
         if has_loop(plan):
             # A static trip count: XLA needs fixed-size TensorLists, and on GPU
             # it avoids a host sync per iteration.
-            _, state, ys, saved = tf.while_loop(
-                lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved),
+            # (A run-time T is padded to at least one iteration: chunk 0 exists.)
+            ahead = (xp_chunk(0),) if hoisted else ()
+            _, state, ys, saved, *_ = tf.while_loop(
+                lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved, *ahead),
                 maximum_iterations=plan.n_loop, **while_options(parallel_iterations))
         ys_tail = None
         if plan.tail:
-            state, ys_tail, saved = run_chunk(plan.tail.start, x_tail, len(plan.tail), state, saved)
+            state, ys_tail, saved = run_chunk(plan.tail.start, xp_tail, len(plan.tail), state, saved)
     return time.finish(ys, ys_tail), state, [ta.stack()[: plan.t_true] for ta in saved]
+
+
+def _hoisted(project, plan, unroll, batch_major):
+    """The input projection of all T steps before the loop: ``(read(i) -> [unroll, B, G], tail or None)``.
+
+    One ``[T * B, D] @ [D, G]`` GEMM. Read inside the loop from the ``[T, B, G]``
+    result, XLA:CPU fuses that read (a dynamic slice) into every gate fusion of
+    the step, which then run several times slower (1.5-2.1x slower inference);
+    the loop therefore carries the next iteration's rows as a loop variable,
+    read one iteration ahead, and the step's fusions see a plain operand.
+    ``xp`` is time-major even for a batch-major ``x`` (``Core.project`` takes
+    ``[T, B, D]``).
+    """
+    xp = project(tf.transpose(plan.x, [1, 0, 2]) if batch_major else plan.x)
+    return Time(plan, unroll, batch_major=False).reader(xp)

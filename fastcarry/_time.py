@@ -11,15 +11,18 @@ from tensorflow.compiler.tf2xla.python import xla as _xla
 
 
 def pad_to_multiple(x, lengths, unroll):
-    """Pads time to a multiple of ``unroll`` when T is only known at run time.
+    """Pads time to a multiple of ``unroll``, and to at least one loop iteration, when T is only known at run time.
 
     With a static T the remainder steps are unrolled in Python after the loop
     instead; with a dynamic T their count is not known when tracing, so the
-    padded steps are masked out as if they were past every row's length.
+    padded steps are masked out as if they were past every row's length. At
+    least one iteration: a T of 0 at run time would otherwise leave empty
+    arrays, which TF cannot stack without a static B and XLA cannot slice a
+    step from (a traced function with T unknown, called with T = 0).
     Returns ``(x [T', B, D], lengths [B], T)``.
     """
     t = tf.shape(x)[0]
-    padded = (t + unroll - 1) // unroll * unroll
+    padded = tf.maximum((t + unroll - 1) // unroll, 1) * unroll
     x = tf.pad(x, [[0, padded - t], [0, 0], [0, 0]])
     if lengths is not None and lengths.shape.rank == 2:  # a [T, B] mask: the padded steps are not real
         return x, tf.pad(lengths, [[0, padded - t], [0, 0]]), t
@@ -39,7 +42,7 @@ def pad_time(plan, seq):
 class Plan(NamedTuple):
     """How T steps are cut: ``[0, n_loop * unroll)`` in the while loop, ``tail`` (static) after it."""
 
-    x: tf.Tensor          # [T_run, B, D], padded when T is dynamic and unroll > 1
+    x: tf.Tensor          # [T_run, B, D], padded when T is dynamic (see pad_to_multiple)
     lengths: object       # [B] int32, a [T_run, B] bool mask, or None
     t_true: object        # T (int when static)
     t_run: object         # T_run >= T
@@ -50,15 +53,13 @@ class Plan(NamedTuple):
 def make_plan(x, lengths, unroll, time_axis=0):
     """Cuts ``x``'s T steps (``x [T, B, D]``; ``[B, T, D]`` with ``time_axis=1``, static T only)."""
     t_static = x.shape[time_axis]
-    if t_static is None and unroll > 1:
+    if t_static is None:
         assert time_axis == 0, "only a time-major x can be padded"
         x, lengths, t_true = pad_to_multiple(x, lengths, unroll)
         t_run = tf.shape(x)[0]
         return Plan(x, lengths, t_true, t_run, t_run // unroll, range(0))
-    t_run = t_static if t_static is not None else tf.shape(x)[time_axis]
-    n_loop = t_run // unroll
-    tail = range(n_loop * unroll, t_static) if t_static is not None else range(0)
-    return Plan(x, lengths, t_run, t_run, n_loop, tail)
+    n_loop = t_static // unroll
+    return Plan(x, lengths, t_static, t_static, n_loop, range(n_loop * unroll, t_static))
 
 
 def while_options(parallel_iterations):

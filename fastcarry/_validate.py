@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from fastcarry._config import PROJECTIONS
 from fastcarry._protocol import SHAPE_MEMBERS, missing_members
 
 
@@ -37,7 +38,8 @@ BACKWARDS = ("fused", "autodiff")
 
 
 def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False, mask=None):
+          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False, mask=None,
+          projection="per_iteration"):
     """Validates ``unroll``'s arguments; returns ``Args``. It does not build the cell (``build_for`` does)."""
     missing = missing_members(cell, SHAPE_MEMBERS)
     if missing:
@@ -51,6 +53,8 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
     _optional_count(parallel_iterations, "parallel_iterations")
     if not isinstance(backward, str) or backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    if not isinstance(projection, str) or projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     if swap_memory and backward != "fused":
         raise ValueError(f"swap_memory=True needs backward='fused' (backward={backward!r} saves no activations "
                          f"to swap: it recomputes the forward)")

@@ -116,11 +116,11 @@ def _step_for(cell):
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=False, config=None):
+           swap_memory=False, projection="per_iteration", config=None):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
-    ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory`` and
-    ``config`` are validated like ``fastcarry.unroll``'s and
+    ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory``,
+    ``projection`` and ``config`` are validated like ``fastcarry.unroll``'s and
     then have no effect: this is a Python loop of one step per iteration, run
     as written (eagerly, or traced as written inside a ``tf.function``). T must
     be static. Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` if ``time_major``) ->
@@ -131,7 +131,7 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     if not (config is None or isinstance(config, Config) or (isinstance(config, str) and config == "auto")):
         raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
     args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations, swap_memory, mask)
+                           backward, chunk, parallel_iterations, swap_memory, mask, projection)
     _validate.build_for(cell, args)
     if not isinstance(args.time, int):
         raise ValueError(f"reference.unroll needs a static T, got inputs of shape {args.inputs.shape}")

@@ -23,6 +23,7 @@ OPTIONS = {
     "chunk3+autodiff": dict(chunk=3, backward="autodiff", sequence_length=[7, 2, 5], initial=True),
     "chunk3+graph+mask": dict(chunk=3, jit_compile=False, mask=MASK, initial=True),
     "chunk3+mask+reverse": dict(chunk=3, mask=MASK, reverse=True, initial=True),
+    "chunk3+hoisted": dict(chunk=3, unroll=2, projection="hoisted", sequence_length=[7, 2, 5], initial=True),
 }
 
 

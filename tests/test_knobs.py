@@ -1,6 +1,8 @@
 """``dynamic_rnn``'s knobs: ``parallel_iterations`` reaches the graph loops (and says when it cannot);
-``swap_memory`` parks the saved activations on the host and brings them back chunk by chunk."""
+``swap_memory`` parks the saved activations on the host and brings them back chunk by chunk;
+``projection="hoisted"`` is one matmul before the loop (its exactness: test_unroll, test_chunk)."""
 
+import re
 import warnings
 
 import numpy as np
@@ -151,4 +153,36 @@ def test_swap_memory_inside_a_jit_training_step_runs_and_is_exact():
 def test_bad_swap_memory_fails_clearly(options, error, message):
     with pytest.raises(error) as exc:
         fc.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), **options)
+    assert message in str(exc.value)
+
+
+# -- projection -------------------------------------------------------------------
+
+def _dot_shapes(projection, unroll):
+    """The result shapes of every dot in the compiled LSTM inference at B=3, T=7, D=4, H=5 (G = 4H = 20)."""
+    cell = make_cell("lstm", H, input_dim=D)
+    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(unroll, projection=projection))
+    fn = _unroll._function("infer", cell.core(), opts, True)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    hlo = fn.experimental_get_compiler_ir(x, cell.zero_state(B), None, cell.params())(stage="optimized_hlo")
+    return set(re.findall(r"(f32\[[0-9,]+\])\{[0-9,]*\} dot\(", hlo))
+
+
+def test_projection_hoisted_is_one_matmul_over_all_steps():
+    # per iteration: [unroll * B, D] @ [D, 4H] in the loop (and [B, ..] for the remainder step);
+    # hoisted: one [T * B, D] @ [D, 4H] before it. [B, 4H] is the recurrent matmul.
+    assert _dot_shapes("per_iteration", 2) == {"f32[6,20]", "f32[3,20]"}
+    assert _dot_shapes("hoisted", 2) == {"f32[21,20]", "f32[3,20]"}
+
+
+@pytest.mark.parametrize("value, message", [
+    ("before", "projection must be one of ('per_iteration', 'hoisted'), got 'before'"),
+    (True, "projection must be one of ('per_iteration', 'hoisted'), got True"),
+])
+def test_bad_projection_fails_clearly(value, message):
+    with pytest.raises(ValueError) as exc:
+        fc.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), projection=value)
+    assert message in str(exc.value)
+    with pytest.raises(ValueError) as exc:
+        fc.reference.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), projection=value)
     assert message in str(exc.value)

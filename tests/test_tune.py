@@ -29,9 +29,10 @@ def cache(tmp_path, monkeypatch):
 
 def test_config_is_a_frozen_hashable_record():
     cfg = fc.Config(unroll=3, chunk=16)
-    assert cfg.as_kwargs() == {"unroll": 3, "chunk": 16, "swap_memory": False}
+    assert cfg.as_kwargs() == {"unroll": 3, "chunk": 16, "swap_memory": False, "projection": "per_iteration"}
     assert hash(cfg) == hash(fc.Config(unroll=3, chunk=16)) and cfg != fc.Config(unroll=3)
     assert cfg.describe() == "unroll=3 chunk=16" and fc.Config().describe() == "defaults"
+    assert fc.Config(unroll=1, projection="hoisted").describe() == "unroll=1 projection=hoisted"
     with pytest.raises(AttributeError):
         cfg.unroll = 2
 
@@ -40,6 +41,7 @@ def test_config_is_a_frozen_hashable_record():
     (dict(unroll=0), "Config.unroll must be None or an int >= 1, got 0"),
     (dict(chunk=2.5), "Config.chunk must be None or an int >= 1, got 2.5"),
     (dict(swap_memory="yes"), "Config.swap_memory must be a bool, got 'yes'"),
+    (dict(projection="before"), r"Config.projection must be one of \('per_iteration', 'hoisted'\), got 'before'"),
 ])
 def test_bad_config_fails_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -69,6 +71,8 @@ def test_unroll_applies_a_config_where_the_call_leaves_the_default(monkeypatch):
     assert {(s.unroll, s.chunk) for s in seen} == {(3, 2)}
     seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(unroll=3, chunk=2), unroll=1))
     assert {(s.unroll, s.chunk) for s in seen} == {(1, 2)}  # the given argument wins
+    seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(projection="hoisted")))
+    assert {s.projection for s in seen} == {"hoisted"}
     with pytest.raises(TypeError, match="config must be None, an fc.Config or 'auto', got 'fast'"):
         fc.unroll(cell, x, config="fast")
 
@@ -92,7 +96,8 @@ def test_buckets_are_powers_of_two():
 
 def test_store_and_load_round_trip(cache):
     assert _tune.store("k", fc.Config(unroll=4), {"median_s": 0.1})
-    assert _tune.load() == {"k": {"config": {"unroll": 4, "chunk": None, "swap_memory": False},
+    assert _tune.load() == {"k": {"config": {"unroll": 4, "chunk": None, "swap_memory": False,
+                                             "projection": "per_iteration"},
                                   "record": {"median_s": 0.1}}}
     assert _tune.clear() == 1 and _tune.load() == {}
 
@@ -132,7 +137,9 @@ def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
     monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"device_name": "NVIDIA A100"})
     assert _tune.device_info() == {"kind": "GPU", "name": "NVIDIA A100", "cores": 1}
     assert "GPU:NVIDIA A100:1" in _tune.make_key("lstm", D, H, tf.float32, "train", B, T)
-    assert fc.Config(unroll=1, swap_memory=True) in _tune.candidates(T, "train", _tune.device_info())
+    core = make_cell("lstm", H, input_dim=D).core()
+    assert fc.Config(unroll=1, swap_memory=True) in _tune.variants(fc.Config(unroll=1), core, "train",
+                                                                   _tune.device_info())
 
 
 def test_peak_memory_reads_the_device_allocator(monkeypatch):
@@ -147,7 +154,9 @@ def test_peak_memory_reads_the_device_allocator(monkeypatch):
 def test_tune_stores_what_config_auto_then_uses(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
     config, rows, key = _tune.run(cell, (B, T, D), mode="infer", budget_s=1)
-    assert {r["config"] for r in rows} == {fc.Config(unroll=u) for u in (1, 2, 4)}
+    first = {fc.Config(unroll=u) for u in (1, 2, 4)}
+    assert {r["config"] for r in rows} - first == {r["config"] for r in rows if r["config"].projection == "hoisted"}
+    assert len(rows) == 4 and first <= {r["config"] for r in rows}
     assert all(r["median_s"] > 0 and r["compile_s"] > 0 for r in rows)
     assert json.loads(key)["B"] == 2 and json.loads(key)["T"] == 8 and _tune.load()[key]["config"]["unroll"] \
         == config.unroll
@@ -193,11 +202,12 @@ def test_every_candidate_gives_the_default_results():
     cot = _check.random_cotangents(cell, B, T, False)
     want = _check.evaluate(fc.unroll, cell, x, s0, cot)
     gpu = {"kind": "GPU", "name": "fake", "cores": 1}
-    configs = _tune.candidates(T, "train", gpu) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
+    first = _tune.candidates(T, "train", gpu) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
+    configs = first + [v for c in first for v in _tune.variants(c, cell.core(), "train", gpu)]
     for config in configs:
         got = _check.evaluate(fc.unroll, cell, x, s0, cot, config=config)
         assert_all_close(got, want, tf.float32, config.describe())
-    assert len(configs) == 8
+    assert len(configs) == 15 and len({c for c in configs if c.projection == "hoisted" and c.swap_memory}) == 0
 
 
 def test_candidates_prune_unrolls_beyond_t():
@@ -205,3 +215,58 @@ def test_candidates_prune_unrolls_beyond_t():
     assert _tune.candidates(1, "train", cpu) == [fc.Config(unroll=1)]
     assert _tune.candidates(3, "infer", cpu) == [fc.Config(unroll=1), fc.Config(unroll=2)]
     assert np.all([not c.swap_memory for c in _tune.candidates(100, "train", cpu)])
+
+
+def test_variants_are_the_winner_with_one_knob_changed():
+    cpu, gpu = {"kind": "CPU", "name": "x", "cores": 2}, {"kind": "GPU", "name": "fake", "cores": 1}
+    fused = make_cell("lstm", H, input_dim=D).core()
+    best = fc.Config(unroll=4)
+    assert _tune.variants(best, fused, "train", cpu) == [fc.Config(unroll=4, projection="hoisted")]
+    assert _tune.variants(best, fused, "infer", gpu) == [fc.Config(unroll=4, projection="hoisted")]
+    assert _tune.variants(best, fused, "train", gpu) == [fc.Config(unroll=4, projection="hoisted"),
+                                                         fc.Config(unroll=4, swap_memory=True)]
+    generic = fc.FunctionCell(lambda x, s: (s + x, s + x), state_size=D, output_size=D)
+    generic.build(D)
+    assert _tune.variants(best, generic.core(), "train", cpu) == []  # it projects inside its step
+
+
+def test_sign_test():
+    assert _tune.sign_test(5, 5) == 1 / 32 and _tune.sign_test(0, 4) == 1.0
+    assert _tune.sign_test(4, 5) == 6 / 32 and _tune.sign_test(9, 10) == 11 / 1024
+
+
+def _row(times):
+    return {"rounds": dict(enumerate(times)), "median_s": float(np.median(times))}
+
+
+@pytest.mark.parametrize("times, beats", [
+    ([0.90] * 6, True),                                  # 10% faster in every shared round
+    ([0.90, 1.10] * 3, False),                           # faster in median? no: as often slower
+    ([0.98] * 6, False),                                 # always faster, but by less than MIN_GAIN
+    ([0.90] * 4, False),                                 # 4 of 4 rounds: p = 1/16, not significant
+    ([0.90] * 6 + [1.20], False),                        # 6 of 7: p = 8/128
+    ([0.90] * 9 + [1.20], True),                         # 9 of 10: p = 11/1024
+])
+def test_a_candidate_replaces_the_defaults_only_when_reliably_faster(times, beats):
+    assert _tune._beats(_row(times), _row([1.0] * len(times))) == beats
+
+
+def _fake_steps(monkeypatch, seconds):
+    """fc.tune's candidate steps replaced by sleeps: ``seconds(config)`` per call (no compiling)."""
+    def step(cell, x, mode, config, time_major, lengths):
+        def fn(x):
+            time.sleep(seconds(config))
+            return tf.constant(0.0)
+        return fn
+    monkeypatch.setattr(_tune, "_step", step)
+
+
+def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(cache, monkeypatch):
+    cell = make_cell("lstm", H, input_dim=D)
+    _fake_steps(monkeypatch, lambda c: 0.002 if c.projection == "hoisted" else 0.006)
+    config, rows, _ = _tune.run(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
+    assert config == fc.Config(unroll=2, projection="hoisted")  # the variant of the (default) first winner
+    assert len(next(r for r in rows if r["config"] == config)["samples"]) >= 5
+    _fake_steps(monkeypatch, lambda c: 0.004)  # all the same: noise decides nothing
+    config, _, _ = _tune.run(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
+    assert config == fc.Config(unroll=2)

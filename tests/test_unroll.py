@@ -37,6 +37,10 @@ OPTIONS = {
     # Keras masks: holes, left padding, an all-masked row; with reverse and an unroll remainder.
     "mask": dict(mask=MASK, initial=True),
     "mask+reverse": dict(mask=MASK.T, reverse=True, time_major=True, unroll=3, initial=True),
+    # The projection before the loop: batch-major read in place (jit) with a remainder step; then
+    # time-major, reversed, masked.
+    "hoisted": dict(projection="hoisted", unroll=3, sequence_length=[6, 1, 7], initial=True),
+    "hoisted+all": dict(projection="hoisted", unroll=2, mask=MASK.T, reverse=True, time_major=True, initial=True),
 }
 
 
@@ -64,7 +68,7 @@ MODES = {
 # fused modes, and skipping them keeps CI inside its time budget. The graph mode
 # runs the jit mode's loop code under TF's executor: the options that change
 # only the data are covered there by "all", "reverse+lengths" and "mask+reverse".
-AUTODIFF_MODE_OPTIONS = ("plain", "reverse+lengths", "unroll3", "all", "batch1", "time1")
+AUTODIFF_MODE_OPTIONS = ("plain", "reverse+lengths", "unroll3", "all", "batch1", "time1", "hoisted+all")
 DATA_ONLY_OPTIONS = ("initial_state", "lengths", "time_major", "unroll7", "mask")
 FUSED_CASES = [(name, mode) for name in OPTIONS for mode in MODES
                if (mode != "graph-autodiff" or name in AUTODIFF_MODE_OPTIONS)
@@ -181,9 +185,10 @@ def test_toy_cell_exact(impl, jit_compile, unroll, reverse, lengths):
 
 # -- calling contexts -----------------------------------------------------------
 
-@pytest.mark.parametrize("jit_compile", [True, False], ids=["jit", "graph"])
-@pytest.mark.parametrize("outer_jit", [True, False], ids=["outer-jit", "outer-graph"])
-def test_inside_user_function_with_unknown_shapes(outer_jit, jit_compile):
+@pytest.mark.parametrize("outer_jit, jit_compile, projection", [
+    (True, True, "per_iteration"), (True, False, "per_iteration"), (False, True, "per_iteration"),
+    (False, False, "per_iteration"), (True, True, "hoisted"), (False, False, "hoisted")])
+def test_inside_user_function_with_unknown_shapes(outer_jit, jit_compile, projection):
     """In a user's tf.function traced with B and T unknown, with unroll not dividing T."""
     cell, x, s0, cot, options = _case("gru", dict(sequence_length=[6, 1, 7], initial=True))
     want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, unroll=3, **options)
@@ -192,16 +197,31 @@ def test_inside_user_function_with_unknown_shapes(outer_jit, jit_compile):
 
     @tf.function(jit_compile=outer_jit, input_signature=[spec, tf.TensorSpec([None, H]), tf.TensorSpec([None], tf.int32)])
     def step(x, s0, lengths):
-        return _check_run(cell, x, s0, lengths, cot, jit_compile)
+        return _check_run(cell, x, s0, lengths, cot, jit_compile, projection)
 
     got = step(tf.constant(x, tf.float32), tf.constant(s0, tf.float32), tf.constant(options["sequence_length"]))
     assert_all_close({k: v.numpy() for k, v in got.items()}, {k: want[k] for k in got}, tf.float32)
 
+    # T = 0 at run time: no step runs; the state passes through, with its gradient (chunked too).
+    @tf.function(jit_compile=outer_jit, input_signature=[spec, tf.TensorSpec([None, H])])
+    def empty_step(x, s0):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(s0)
+            runs = [fc.unroll(cell, x, s0, unroll=3, jit_compile=jit_compile, projection=projection, chunk=c)
+                    for c in (None, 2)]
+        return [(ys, final, tape.gradient(final, s0, output_gradients=3 * s0)) for ys, final in runs]
 
-def _check_run(cell, x, s0, lengths, cot, jit_compile):
+    for ys, final, ds in empty_step(tf.zeros([B, 0, D]), tf.constant(s0, tf.float32)):
+        assert ys.shape == (B, 0, H)
+        np.testing.assert_array_equal(final.numpy(), np.float32(s0))
+        np.testing.assert_array_equal(ds.numpy(), 3 * np.float32(s0))
+
+
+def _check_run(cell, x, s0, lengths, cot, jit_compile, projection="per_iteration"):
     with tf.GradientTape() as tape:
         tape.watch([x, s0])
-        ys, final = fc.unroll(cell, x, s0, sequence_length=lengths, unroll=3, jit_compile=jit_compile)
+        ys, final = fc.unroll(cell, x, s0, sequence_length=lengths, unroll=3, jit_compile=jit_compile,
+                              projection=projection)
         loss = tf.reduce_sum(ys * cot.outputs) + tf.reduce_sum(final * cot.state[0])
     dx, ds, dk, drk, db = tape.gradient(loss, [x, s0, cell.kernel, cell.recurrent_kernel, cell.bias])
     return {"outputs": ys, "state": final, "d_inputs": dx, "d_initial_state": ds,
