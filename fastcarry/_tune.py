@@ -275,14 +275,18 @@ def sign_test(wins, n):
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
+def paired_ratios(row, default):
+    """``default``'s time over ``row``'s in each round both were timed in (a run-long drift cancels)."""
+    return [default["rounds"][r] / t for r, t in sorted(row["rounds"].items()) if r in default["rounds"]]
+
+
 def _beats(row, default):
     """Whether ``row`` is reliably faster than ``default``: by ``MIN_GAIN`` in median, and in enough of the
     rounds both were timed in (``SIGNIFICANCE``)."""
     if not row["median_s"] * MIN_GAIN <= default["median_s"]:
         return False
-    pairs = [(default["rounds"][r], t) for r, t in row["rounds"].items() if r in default["rounds"]]
-    wins = sum(1 for d, t in pairs if t < d)
-    return sign_test(wins, len(pairs)) <= SIGNIFICANCE
+    ratios = paired_ratios(row, default)
+    return sign_test(sum(1 for q in ratios if q > 1), len(ratios)) <= SIGNIFICANCE
 
 
 def _check_shape(shape):
@@ -319,7 +323,11 @@ def _step(cell, x, mode, config, time_major, sequence_length):
 
 def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, memory_limit=None, budget_s=60,
         cache=True, progress=None):
-    """``fc.tune``'s work; returns ``(config, rows, key)`` with one row per measured candidate."""
+    """``fc.tune``'s work; returns ``(config, rows, key)`` with one row per measured candidate.
+
+    A row: ``config``, ``compile_s``, ``peak_bytes`` and how it was read (``memory``), ``rounds``
+    (``{round: seconds}``), ``samples`` (the same seconds in round order), ``median_s`` (nan if untimed).
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -417,8 +425,7 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
         _MEMO[key] = best["config"]
     for row in rows:
         del row["fn"]
-        rounds = row.pop("rounds")
-        row["samples"] = [rounds[r] for r in sorted(rounds)]
+        row["samples"] = [row["rounds"][r] for r in sorted(row["rounds"])]
     return best["config"], rows, key
 
 

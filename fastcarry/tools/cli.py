@@ -64,10 +64,11 @@ def _parser():
 def _tune_parser(sub):
     tune = sub.add_parser(
         "tune", help="measure fc.unroll's schedules for one shape on this device; cache the fastest",
-        description="Measures every candidate configuration (unroll; chunk where --memory-limit needs it; "
-                    "swap_memory on a GPU) of one cell and shape on this device, interleaved, within "
-                    "--budget-s; prints the candidates, the winner and its speedup over the defaults, and "
-                    "caches it for fc.unroll(..., config='auto'). --show lists the cache, --clear empties it.")
+        description="Measures candidate configurations of one cell and shape on this device, interleaved, "
+                    "within --budget-s: unroll (and chunk where --memory-limit needs it), then the winner with "
+                    "projection='hoisted' (and swap_memory on a GPU). Prints the candidates, the winner and its "
+                    "speedup over the defaults (a candidate replaces them only when reliably faster), and caches "
+                    "it for fc.unroll(..., config='auto'). --show lists the cache, --clear empties it.")
     _workload_arguments(tune, batch=32, time=100, input=128, units=256)
     tune.add_argument("--mode", choices=("train", "infer"), default="train")
     tune.add_argument("--memory-limit", default=None, metavar="BYTES", help="e.g. 2GiB, 300MiB, 1500000000")
@@ -110,7 +111,9 @@ def tune(args, stream=sys.stderr):
     if args.env:
         return _tune_env(args, stream)
     cell = make_cell(args.cell, args.units, input_size=args.input)
-    progress = _report.Progress(len(_tune.candidates(args.time, args.mode, _tune.device_info())), stream)
+    device = _tune.device_info()
+    progress = _report.Progress(len(_tune.candidates(args.time, args.mode, device))
+                                + len(_tune.variants(_tune.Config(), cell.core(), args.mode, device)), stream)
     config, rows, key = _tune.run(cell, (args.batch, args.time, args.input), mode=args.mode,
                                   memory_limit=args.memory_limit, budget_s=args.budget_s,
                                   progress=lambda c: progress.step(c.describe()))

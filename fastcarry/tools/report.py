@@ -62,6 +62,7 @@ class Progress:
 
     def step(self, label):
         self.done += 1
+        self.total = max(self.total, self.done)  # a total that was only an estimate grows
         filled = self.width * self.done // max(self.total, 1)
         bar = "#" * filled + "." * (self.width - filled)
         # \r rewrites the line in a terminal; padding clears a longer previous label.
