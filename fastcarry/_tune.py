@@ -364,9 +364,9 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
                 "rounds": {}}
 
     def time_rounds(timed, first_round, until):
-        """Interleaved rounds of ``timed`` (each starting one further along) until ``until``, 3..MAX_ROUNDS."""
+        """Interleaved rounds of ``timed`` (each starting one further along) until ``until``, 1..MAX_ROUNDS."""
         n = 0
-        while n < 3 or (time.perf_counter() < until and n < MAX_ROUNDS):
+        while n < 1 or (time.perf_counter() < until and n < MAX_ROUNDS):
             r = first_round + n
             for k in range(len(timed)):
                 row = timed[(r + k) % len(timed)]
@@ -409,7 +409,9 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
     next_round = time_rounds(fitting, 0, time.perf_counter() + (deadline - time.perf_counter()) * FIRST_STAGE)
     medians()
     best = choose(fitting)
-    second = [measure(c) for c in variants(best["config"], core, mode, device)]
+    # The second stage only while budget is left: the budget bounds the whole tuning.
+    later = variants(best["config"], core, mode, device) if time.perf_counter() < deadline else []
+    second = [measure(c) for c in later]
     rows += second
     second = [r for r in second if limit is None or _fits(r, limit)]
     if second:
@@ -444,13 +446,14 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
       mode: ``"train"`` (a forward and backward step) or ``"infer"`` (forward only).
       time_major, sequence_length: as the calls to be tuned will pass them.
       memory_limit: None, bytes, or a string like ``"2GiB"``: the config must peak below it.
-      budget_s: seconds for the whole tuning, compilation included (at least 3 timing rounds run).
+      budget_s: seconds for the whole tuning, compilation included; it overruns only by what one
+        compilation and one round of each stage's candidates take (at least one round runs).
       cache: store the result for ``fc.unroll(..., config="auto")`` and ``fastcarry tune --show``.
 
     The search, in two stages (every candidate gives the same results; a test
     holds them equal). Each candidate is compiled and its peak memory read
     once, then the candidates of a stage are timed in interleaved rounds (at
-    least 3, at most ``MAX_ROUNDS``):
+    least 1, at most ``MAX_ROUNDS``):
 
     1. ``unroll`` in 1, 2, 4 (those above T are pruned: they only add
        remainder steps); with a ``memory_limit`` that none of them fits (train
@@ -460,10 +463,11 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
     2. The first stage's winner with ``projection="hoisted"`` (cells with a
        projection of their own), and on a GPU in training with
        ``swap_memory=True``, timed against that winner and the defaults for the
-       rest of the budget. Pruned this way, not as a full product, because
-       these knobs act on other costs than ``unroll`` does (the projection's
-       GEMM shape and the saved activations' residence, not the per-step loop
-       overhead): a full product would triple the candidates for little.
+       rest of the budget (skipped when none is left). Pruned this way, not as
+       a full product, because these knobs act on other costs than ``unroll``
+       does (the projection's GEMM shape and where the saved activations live,
+       not the per-step loop overhead): a full product would triple the
+       candidates for little.
 
     The fastest median that fits wins, but a candidate replaces the defaults
     only when it is reliably faster: at least ``MIN_GAIN`` (3%) in median and
