@@ -156,7 +156,7 @@ def test_tune_stores_what_config_auto_then_uses(cache, monkeypatch):
     config, rows, key = _tune.run(cell, (B, T, D), mode="infer", budget_s=1)
     first = {fc.Config(unroll=u) for u in (1, 2, 4)}
     assert {r["config"] for r in rows} - first == {r["config"] for r in rows if r["config"].projection == "hoisted"}
-    assert len(rows) == 4 and first <= {r["config"] for r in rows}
+    assert len(rows) in (3, 4) and first <= {r["config"] for r in rows}  # the second stage if budget was left
     assert all(r["median_s"] > 0 and r["compile_s"] > 0 for r in rows)
     assert json.loads(key)["B"] == 2 and json.loads(key)["T"] == 8 and _tune.load()[key]["config"]["unroll"] \
         == config.unroll
