@@ -303,12 +303,13 @@ def _check_shape(shape):
 def _step(cell, x, mode, config, time_major, sequence_length):
     import tensorflow as tf
 
-    from fastcarry._unroll import unroll
+    from fastcarry._unroll import _Named, unroll
 
     kwargs = dict(config.as_kwargs(), time_major=time_major, sequence_length=sequence_length)
     variables = cell.trainable_variables
-    if mode == "infer":
-        return tf.function(lambda x: unroll(cell, x, **kwargs)[0], jit_compile=True)
+
+    def infer(x):
+        return unroll(cell, x, **kwargs)[0]
 
     def train(x):
         with tf.GradientTape() as tape:
@@ -316,9 +317,13 @@ def _step(cell, x, mode, config, time_major, sequence_length):
             outputs, _ = unroll(cell, x, **kwargs)
             loss = tf.reduce_sum(outputs * outputs)
         return tape.gradient(loss, [x, *variables])
+
+    # One function per candidate, each traced once: _Named keeps TF from counting them as retraces of one.
+    fn = _Named(infer if mode == "infer" else train)
+    fn.__name__ = f"fastcarry_tune_{mode}"
     # swap_memory's host placement is lost inside a caller's XLA compilation (fc.unroll's docstring):
     # a plain tf.function keeps fastcarry's own compiled calls, as a user who swaps would run them.
-    return tf.function(train, jit_compile=not config.swap_memory)
+    return tf.function(fn, jit_compile=not config.swap_memory)
 
 
 def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, memory_limit=None, budget_s=60,
@@ -420,6 +425,7 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
         time_rounds(first + second, next_round, deadline)
         medians()
         best = choose(fitting + second)
+    medians()  # also for the rows that did not fit: nan
     record = {"median_s": best["median_s"], "peak_bytes": best["peak_bytes"], "memory": best["memory"],
               "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": len(rows)}
     if cache:

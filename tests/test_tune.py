@@ -270,3 +270,26 @@ def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(
     _fake_steps(monkeypatch, lambda c: 0.004)  # all the same: noise decides nothing
     config, _, _ = _tune.run(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
     assert config == fc.Config(unroll=2)
+
+
+def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
+    calls = []
+
+    def step(cell, x, mode, config, time_major, lengths):
+        def fn(x):
+            calls.append(config)
+            time.sleep(0.001)
+            return tf.constant(0.0)
+        return fn
+
+    def peak(run, device):
+        run()
+        return (10_000 if calls[-1].projection == "hoisted" else 1_000), "fake"
+
+    monkeypatch.setattr(_tune, "_step", step)
+    monkeypatch.setattr(_tune, "_peak_memory", peak)
+    config, rows, _ = _tune.run(make_cell("gru", H, input_dim=D), (B, T, D), mode="train", memory_limit=5_000,
+                                budget_s=0.3, cache=False)
+    hoisted = [r for r in rows if r["config"].projection == "hoisted"]
+    assert config.projection == "per_iteration" and len(hoisted) == 1
+    assert np.isnan(hoisted[0]["median_s"]) and hoisted[0]["samples"] == [] and hoisted[0]["peak_bytes"] == 10_000
