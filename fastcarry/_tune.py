@@ -366,19 +366,20 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
             progress(config)
         # rounds: {round number: seconds}, so two candidates compare on the rounds both ran in.
         return {"config": config, "fn": fn, "compile_s": compile_s, "peak_bytes": peak, "memory": how,
-                "rounds": {}}
+                "rounds": {}, "measure_s": time.perf_counter() - start}
 
     def time_rounds(timed, first_round, until):
-        """Interleaved rounds of ``timed`` (each starting one further along) until ``until``, 1..MAX_ROUNDS."""
-        n = 0
-        while n < 1 or (time.perf_counter() < until and n < MAX_ROUNDS):
-            r = first_round + n
+        """Interleaved rounds of ``timed`` (each starting one further along): one, then more while another
+        round of the same length ends by ``until`` (at most MAX_ROUNDS)."""
+        n, last = 0, 0.0
+        while n < 1 or (n < MAX_ROUNDS and time.perf_counter() + last <= until):
+            r, round_start = first_round + n, time.perf_counter()
             for k in range(len(timed)):
                 row = timed[(r + k) % len(timed)]
                 start = time.perf_counter()
                 tf.nest.map_structure(lambda t: t.numpy(), row["fn"](x))
                 row["rounds"][r] = time.perf_counter() - start
-            n += 1
+            n, last = n + 1, time.perf_counter() - round_start
         return first_round + n
 
     rows = [measure(c) for c in candidates(steps, mode, device)]
@@ -414,8 +415,12 @@ def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, me
     next_round = time_rounds(fitting, 0, time.perf_counter() + (deadline - time.perf_counter()) * FIRST_STAGE)
     medians()
     best = choose(fitting)
-    # The second stage only while budget is left: the budget bounds the whole tuning.
-    later = variants(best["config"], core, mode, device) if time.perf_counter() < deadline else []
+    # The second stage only when its compiles and a round fit in the budget left (each estimated by the
+    # slowest first-stage compile, and a first-stage round): the budget bounds the whole tuning.
+    later = variants(best["config"], core, mode, device)
+    cost = len(later) * max(r["measure_s"] for r in rows) + sum(r["median_s"] for r in fitting)
+    if time.perf_counter() + cost > deadline:
+        later = []
     second = [measure(c) for c in later]
     rows += second
     second = [r for r in second if limit is None or _fits(r, limit)]
@@ -452,8 +457,9 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
       mode: ``"train"`` (a forward and backward step) or ``"infer"`` (forward only).
       time_major, sequence_length: as the calls to be tuned will pass them.
       memory_limit: None, bytes, or a string like ``"2GiB"``: the config must peak below it.
-      budget_s: seconds for the whole tuning, compilation included; it overruns only by what one
-        compilation and one round of each stage's candidates take (at least one round runs).
+      budget_s: seconds for the whole tuning, compilation included: a round or the second stage
+        starts only when it is expected to end in time; only the first stage's compiles and first
+        round always run (and with a ``memory_limit``, the chunk search until a candidate fits).
       cache: store the result for ``fc.unroll(..., config="auto")`` and ``fastcarry tune --show``.
 
     The search, in two stages (every candidate gives the same results; a test
@@ -469,7 +475,8 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
     2. The first stage's winner with ``projection="hoisted"`` (cells with a
        projection of their own), and on a GPU in training with
        ``swap_memory=True``, timed against that winner and the defaults for the
-       rest of the budget (skipped when none is left). Pruned this way, not as
+       rest of the budget (skipped when its compiles and one round would not
+       end within the budget). Pruned this way, not as
        a full product, because these knobs act on other costs than ``unroll``
        does (the projection's GEMM shape and where the saved activations live,
        not the per-step loop overhead): a full product would triple the
