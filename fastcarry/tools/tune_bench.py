@@ -101,6 +101,8 @@ def _ms(seconds):
 
 
 def markdown(data):
+    from fastcarry._config import Config
+
     lines = ["# fc.tune on the grid: tuned config vs the defaults", "",
              f"Machine: {_report.describe(data['machine'])}. Budget {data['budget_s']} s per tune. Gain: the "
              f"median over the tune's rounds of the defaults' time over the winner's in the same round; recheck: "
@@ -109,7 +111,7 @@ def markdown(data):
              "| workload | mode | winner | defaults ms | tuned ms | gain | recheck | tune s |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in data["results"]:
-        winner = " ".join(f"{k}={v}" for k, v in r["winner"].items() if v not in (None, False))
+        winner = Config(**r["winner"]).describe()
         lines.append(f"| {r['workload']} | {r['mode']} | {winner} | {r['default_ms']:.2f} | {r['tuned_ms']:.2f} | "
                      f"{r['gain']:.2f}x | {r['recheck']:.2f}x | {r['tune_s']:.1f} |")
     gains = [r["gain"] for r in data["results"]]
@@ -123,7 +125,7 @@ def markdown(data):
     if m:
         peak = "?" if m["peak_bytes"] is None else f"{m['peak_bytes'] / 2 ** 20:.1f} MiB"
         lines += ["", f"Memory-limited tune, {m['workload']} train, memory_limit={m['memory_limit']}: "
-                      f"{' '.join(f'{k}={v}' for k, v in m['winner'].items())}, peak {peak} ({m['memory']}), "
+                      f"{Config(**m['winner']).describe()}, peak {peak} ({m['memory']}), "
                       f"{m['median_ms']:.0f} ms per step, tuned in {m['tune_s']:.0f} s."]
     return "\n".join(lines)
 
