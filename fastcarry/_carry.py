@@ -146,7 +146,8 @@ class Carry(tf.Module):
           sequence_length: ``[batch_size]`` ints or None; rows past their length
             keep their state, so a row with length 0 carries it unchanged.
           **unroll_options: ``mask``, ``time_major``, ``reverse``, ``unroll``,
-            ``jit_compile``, ``backward``: as for ``fc.unroll``. The initial
+            ``jit_compile``, ``backward``, ``chunk``, ``swap_memory``,
+            ``projection``, ``config``, ...: as for ``fc.unroll``. The initial
             state is the carried one; assign ``carry.state`` to choose it.
 
         Returns:

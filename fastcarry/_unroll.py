@@ -522,8 +522,9 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     - all gates come from one ``h @ recurrent_kernel`` per step (two for a
       reset-before GRU) and the elementwise gate math is left to XLA to fuse;
       ``x[t] @ kernel + bias`` is one matmul per loop iteration for its
-      ``unroll`` steps (on CPU that beats one matmul for all T before the loop,
-      whose ``[T, B, 4H]`` result costs more memory traffic than it saves).
+      ``unroll`` steps (on CPU that mostly beats one matmul for all T before
+      the loop, whose ``[T, B, 4H]`` result costs more memory traffic than it
+      saves; ``projection="hoisted"`` chooses that one).
     - ``backward="fused"`` (default): the gradient is written by hand, as cuDNN
       does it: the forward saves the states and gate pre-activations, a reverse
       loop carries only the state gradient with one ``drec @ recurrent_kernelᵀ``
@@ -605,12 +606,14 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
       projection: where the forward's input projection ``x @ kernel + bias``
         runs: ``"per_iteration"`` (default), one ``[unroll * B, D] @ [D, G]``
         per loop iteration; ``"hoisted"``, one ``[T * B, D] @ [D, G]`` for all
-        T before the loop, its ``[T, B, G]`` result read one iteration ahead.
-        Hoisting is one large GEMM (what a GPU favours) for a ``[T, B, G]``
-        buffer; on this project's CPU it was 0.8-1.0x as fast. It changes
-        speed, never results; the backward (and with ``chunk``, each chunk's
-        recomputed forward) keeps its own input work as large matmuls after its
-        loop either way. A generic cell projects inside its step: no effect.
+        T before the loop, its ``[T, B, G]`` result read one iteration ahead
+        (with ``chunk``: one per chunk, ``[C * B, D]``, also when the backward
+        recomputes it). Hoisting is one large GEMM (what a GPU favours) for a
+        ``[T, B, G]`` buffer; on this project's CPU it measured 0.76-1.12x the
+        per-iteration projection (``benchmarks/README.md``). It changes speed,
+        never results. The backward's input and weight gradients are large
+        matmuls after its loop either way. A generic cell projects inside its
+        step: no effect there.
       config: None, an ``fc.Config`` (from ``fc.tune``), or ``"auto"``: the
         cached ``fc.tune`` result for this device, cell and shape (B and T
         bucketed; ``"train"`` when a tape could record, else ``"infer"``), or
