@@ -7,6 +7,12 @@ by dtype (``fastcarry.tools.check.TOLERANCE``; float32's 2e-5 is the acceptance 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite's shapes are tiny, so most of its time is XLA compiling. LLVM's
+# backend optimisation level changes how fast the machine code runs, not what
+# the HLO computes (the graph passes and the numbers are the same), and level 0
+# compiles ~30% faster. The benchmarks and `fastcarry check` run at XLA's default.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

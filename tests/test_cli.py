@@ -24,8 +24,9 @@ def test_check_passes(argv):
     code, text = _run(argv)
     assert code == 0, text
     assert text.rstrip().endswith("PASS")
-    # Every tensor of all six comparisons is reported.
-    assert text.count("d_recurrent_kernel") == 6 and "vs keras 3" in text and "autodiff jit" in text
+    # Every tensor of all seven comparisons is reported.
+    assert text.count("d_recurrent_kernel") == 7 and "vs keras 3" in text and "autodiff jit" in text
+    assert "hoisted jit" in text
     assert ("chunk=6 jit" if not argv else "chunk=2 jit") in text and "swap_memory jit" in text
     if not argv:
         assert "cell=lstm" in text and "float32, tolerance 2e-05" in text

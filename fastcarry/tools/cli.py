@@ -41,9 +41,10 @@ def _parser():
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser(
         "check", help="compare fastcarry.unroll with the float64 reference and Keras 3 on random data",
-        description="Builds random weights and inputs, runs fastcarry.unroll (XLA and graph), the float64 "
-                    "reference and the Keras 3 layer with the same weights, and compares outputs, final state "
-                    "and every gradient under a random cotangent. Exits 1 on any FAIL.")
+        description="Builds random weights and inputs, runs fastcarry.unroll (XLA and graph; autodiff, hoisted "
+                    "projection, chunk, swap_memory), the float64 reference and the Keras 3 layer with the same "
+                    "weights, and compares outputs, final state and every gradient under a random cotangent. "
+                    "Exits 1 on any FAIL.")
     _workload_arguments(check, batch=4, time=16, input=8, units=16, time_type=_non_negative)
     check.add_argument("--seq-lengths", type=_non_negative, nargs="+", metavar="L",
                        help="one length per batch row, each in [0, T]")
@@ -375,6 +376,7 @@ def check(args, out=sys.stdout):
         ("fused jit  vs reference(float64)", fc.unroll, dict(jit_compile=True), want, None),
         ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
         ("autodiff jit vs reference(float64)", fc.unroll, dict(jit_compile=True, backward="autodiff"), want, None),
+        ("hoisted jit vs reference(float64)", fc.unroll, dict(jit_compile=True, projection="hoisted"), want, None),
     ]
     chunk = args.chunk or max(1, (args.time + 2) // 3)
     if args.time > 0:
