@@ -293,6 +293,10 @@ def unfusable_activations(layer, kind):
     return None
 
 
+# The key prefix of a fused kernel run on Keras's list states: the same math, so the same tuned schedule.
+LIST_STATE_KEY = "keras_list_state"
+
+
 def _list_state(core, to_core, from_core):
     """``core``'s math on Keras's list states: ``to_core(list) -> core state``, ``from_core(core state) -> list``."""
     split = core.split
@@ -307,7 +311,7 @@ def _list_state(core, to_core, from_core):
     second = split.second
     if second is not None:
         second = second._replace(input=lambda state, a: split.second.input(to_core(state), a))
-    return core._replace(key=("keras_list_state",) + tuple(core.key),
+    return core._replace(key=(LIST_STATE_KEY,) + tuple(core.key),
                          split=split._replace(recurrent_input=recurrent_input, update=update, second=second))
 
 

@@ -152,8 +152,17 @@ def device_info():
 
 
 def cell_kind(core):
-    """The cache's name for a cell's math: ``lstm('keras', 0.0)``; a generic cell by its name."""
-    return f"{core.name}{tuple(core.key) if core.key is not None else ''}"
+    """The cache's name for a cell's math: ``lstm('keras', 0.0)``; a generic cell by its name.
+
+    A Keras layer's fused cell (``fastcarry.keras``) has the same name as the fastcarry cell of the same math,
+    so ``fastcarry tune --cell lstm`` serves ``fastcarry.keras.LSTM`` too.
+    """
+    from fastcarry._generic import LIST_STATE_KEY
+
+    if core.key is None:
+        return core.name
+    key = tuple(core.key)
+    return f"{core.name}{key[1:] if key[:1] == (LIST_STATE_KEY,) else key}"
 
 
 def make_key(kind, dim, units, dtype, mode, batch, time_steps, device=None):
@@ -173,12 +182,24 @@ _MEMO = {}
 
 
 def lookup(core, dim, dtype, mode, batch, time_steps):
-    """The cached ``Config`` for this call, or None (one info log line per key that misses)."""
-    if not all(isinstance(v, int) for v in (dim, batch, time_steps)):
-        return None  # a shape known only at run time: no bucket to look up
-    key = make_key(cell_kind(core), dim, core.output_size, dtype, mode, batch, time_steps)
+    """The cached ``Config`` for this call, or None (one info log line per key that misses).
+
+    ``batch`` None (B unknown when traced, as in Keras's ``fit``, whose batches may be partial): the entry
+    for the largest tuned B with everything else equal (the full batch is the one a training run repeats).
+    """
+    if not all(isinstance(v, int) for v in (dim, time_steps)) or not (batch is None or isinstance(batch, int)):
+        return None  # T known only at run time: no bucket to look up
+    key = make_key(cell_kind(core), dim, core.output_size, dtype, mode, batch or 1, time_steps)
+    if batch is None:
+        key = json.dumps(dict(json.loads(key), B=None), sort_keys=True)
     if key not in _MEMO:
-        entry = load().get(key)
+        entries = load()
+        if batch is None:
+            same = [(json.loads(k)["B"], e) for k, e in entries.items() if dict(json.loads(k), B=None) ==
+                    json.loads(key)]
+            entry = max(same, key=lambda b_entry: b_entry[0])[1] if same else None
+        else:
+            entry = entries.get(key)
         _MEMO[key] = None if entry is None else Config(**entry["config"])
         if entry is None:
             _LOG.info("fastcarry: no tuned config for %s; using the defaults (run `fastcarry tune` for this "

@@ -163,7 +163,8 @@ class _FusedLoop:
         # gets them in the cell's structure, Keras gets the final states back in its own.
         cell = self._fastcarry_cell
         state = tf.nest.pack_sequence_as(cell.state_size, tf.nest.flatten(initial_state))
-        ys, final = _unroll(cell, x, state, mask=mask)
+        # config="auto": a `fastcarry tune` result for this shape, if there is one (results are the same).
+        ys, final = _unroll(cell, x, state, mask=mask, config="auto")
         final = tf.nest.pack_sequence_as(list(initial_state), tf.nest.flatten(final))
         if not self._output_is_state:
             if mask is None or self.zero_output_for_mask:  # Keras's last output is then the last step's

@@ -5,6 +5,7 @@ by dtype (``fastcarry.tools.check.TOLERANCE``; float32's 2e-5 is the acceptance 
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The suite's shapes are tiny, so most of its time is XLA compiling. LLVM's
@@ -13,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # compiles ~30% faster. The benchmarks and `fastcarry check` run at XLA's default.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# Never the user's tune cache: config="auto" (fastcarry.keras's layers use it) reads it.
+os.environ["FASTCARRY_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastcarry-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -294,3 +294,34 @@ def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
     hoisted = [r for r in rows if r["config"].projection == "hoisted"]
     assert config.projection == "per_iteration" and len(hoisted) == 1
     assert np.isnan(hoisted[0]["median_s"]) and hoisted[0]["samples"] == [] and hoisted[0]["peak_bytes"] == 10_000
+
+
+def test_lookup_with_the_batch_unknown_takes_the_largest_tuned_batch(cache):
+    core = make_cell("lstm", H, input_dim=D).core()
+    for batch, unroll in ((8, 1), (64, 4)):
+        _tune.store(_tune.make_key(_tune.cell_kind(core), D, H, tf.float32, "train", batch, 100), fc.Config(unroll),
+                    {})
+    assert _tune.lookup(core, D, tf.float32, "train", None, 100) == fc.Config(unroll=4)
+    assert _tune.lookup(core, D, tf.float32, "train", 8, 100) == fc.Config(unroll=1)
+    assert _tune.lookup(core, D, tf.float32, "infer", None, 100) is None  # another mode
+    assert _tune.lookup(core, D, tf.float32, "train", None, None) is None  # T unknown: no bucket
+
+
+def test_keras_layers_use_the_tuned_config_of_the_same_math(cache, monkeypatch):
+    """``fastcarry tune --cell lstm`` (an fc.LSTM) serves fastcarry.keras.LSTM, also traced with B unknown."""
+    from fastcarry import keras as fck
+
+    key = _tune.make_key(_tune.cell_kind(make_cell("lstm", H, input_dim=D).core()), D, H, tf.float32, "train", B, T)
+    _tune.store(key, fc.Config(unroll=3, projection="hoisted"), {})
+    layer = fck.LSTM(H, return_sequences=True)
+    layer.build((None, T, D))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, T, D])])
+    def train(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x))
+        return tape.gradient(loss, x)
+
+    seen = _schedules_used(monkeypatch, lambda: train(tf.zeros([B, T, D])))
+    assert {(s.unroll, s.projection) for s in seen} == {(3, "hoisted")}
