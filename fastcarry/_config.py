@@ -25,8 +25,8 @@ class Config:
     ``as_kwargs()`` gives them as keyword arguments. Given to ``fc.unroll`` as
     ``config=``, a field applies where the call leaves that argument at its
     default (``unroll=None``, ``chunk=None``, ``swap_memory=False``,
-    ``projection="per_iteration"``); an argument
-    given with any other value wins.
+    ``projection="per_iteration"``); an argument given with any other value
+    wins.
     """
 
     unroll: Optional[int] = None
