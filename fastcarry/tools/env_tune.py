@@ -80,27 +80,20 @@ def markdown(rows):
 
 def _child(job):
     """In the child: build the workload, compile its step, time ``repeats`` calls; print the JSON result."""
-    import time
-
     import numpy as np
     import tensorflow as tf
 
     from fastcarry._config import Config
-    from fastcarry._tune import _step
+    from fastcarry._tune import _step, timed_call
     from fastcarry.tools.workload import make_cell
 
     cell = make_cell(job["cell"], job["units"], input_size=job["dim"])
     x = tf.constant(np.random.default_rng(0).standard_normal((job["batch"], job["steps"], job["dim"])), cell.dtype)
     fn = _step(cell, x, job["mode"], Config(), False, None)
 
-    def once():
-        start = time.perf_counter()
-        tf.nest.map_structure(lambda t: t.numpy(), fn(x))
-        return time.perf_counter() - start
-
-    compile_s = once()
-    once()
-    times = [once() for _ in range(job["repeats"])]
+    compile_s = timed_call(fn, x)
+    timed_call(fn, x)
+    times = [timed_call(fn, x) for _ in range(job["repeats"])]
     print(json.dumps({"median_s": statistics.median(times), "compile_s": compile_s}))
 
 

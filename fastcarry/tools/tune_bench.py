@@ -31,7 +31,7 @@ def recheck(cell, shape, mode, tuned, default, rounds=RECHECK_ROUNDS):
     import numpy as np
     import tensorflow as tf
 
-    from fastcarry._tune import _step
+    from fastcarry._tune import _step, timed_call
 
     if tuned == default:
         return 1.0
@@ -39,14 +39,12 @@ def recheck(cell, shape, mode, tuned, default, rounds=RECHECK_ROUNDS):
     fns = {c: _step(cell, x, mode, c, False, None) for c in (default, tuned)}
     for fn in fns.values():
         for _ in range(2):
-            tf.nest.map_structure(lambda t: t.numpy(), fn(x))
+            timed_call(fn, x)
     ratios = []
     for r in range(rounds):
         seconds = {}
         for c in (list(fns) if r % 2 == 0 else list(reversed(fns))):
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fns[c](x))
-            seconds[c] = time.perf_counter() - start
+            seconds[c] = timed_call(fns[c], x)
         ratios.append(seconds[default] / seconds[tuned])
     return statistics.median(ratios)
 
