@@ -33,11 +33,12 @@ _EXPORTS = {
     "Cell": ("fastcarry._cells", "Cell"),
     "CellProtocol": ("fastcarry._protocol", "CellProtocol"),
     "Core": ("fastcarry._protocol", "Core"),
-    "FunctionCell": ("fastcarry._generic", "FunctionCell"),
+    "FunctionCell": ("fastcarry._adapters", "FunctionCell"),
     "RecurrentSplit": ("fastcarry._protocol", "RecurrentSplit"),
     "SecondMatmul": ("fastcarry._protocol", "SecondMatmul"),
     "Stack": ("fastcarry._stack", "Stack"),
-    "as_cell": ("fastcarry._generic", "as_cell"),
+    "TuneReport": ("fastcarry._tune", "TuneReport"),
+    "as_cell": ("fastcarry._adapters", "as_cell"),
     "bidirectional": ("fastcarry._bidirectional", "bidirectional"),
     "keras": ("fastcarry.keras", None),
     "GRU": ("fastcarry._cells", "GRU"),
@@ -46,6 +47,7 @@ _EXPORTS = {
     "SimpleRNN": ("fastcarry._cells", "SimpleRNN"),
     "reference": ("fastcarry.reference", None),
     "tune": ("fastcarry._tune", "tune"),
+    "tune_cache": ("fastcarry.tune_cache", None),
     "unroll": ("fastcarry._unroll", "unroll"),
 }
 
@@ -54,6 +56,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry import keras as keras
     from fastcarry import reference as reference
+    from fastcarry import tune_cache as tune_cache
     from fastcarry._bidirectional import bidirectional as bidirectional
     from fastcarry._carry import Carry as Carry
     from fastcarry._config import Config as Config
@@ -61,13 +64,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry._cells import LSTM as LSTM
     from fastcarry._cells import Cell as Cell
     from fastcarry._cells import SimpleRNN as SimpleRNN
-    from fastcarry._generic import FunctionCell as FunctionCell
-    from fastcarry._generic import as_cell as as_cell
+    from fastcarry._adapters import FunctionCell as FunctionCell
+    from fastcarry._adapters import as_cell as as_cell
     from fastcarry._protocol import CellProtocol as CellProtocol
     from fastcarry._protocol import Core as Core
     from fastcarry._protocol import RecurrentSplit as RecurrentSplit
     from fastcarry._protocol import SecondMatmul as SecondMatmul
     from fastcarry._stack import Stack as Stack
+    from fastcarry._tune import TuneReport as TuneReport
     from fastcarry._tune import tune as tune
     from fastcarry._unroll import unroll as unroll
     from fastcarry.kernels.lstm import LSTMState as LSTMState

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
-from fastcarry._step import masked_update, step_shapes, valid_rows, weights
+from fastcarry._step import masked_update, step_shapes, weights
 from fastcarry._time import (make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, while_options,
                              write_all)
 
@@ -45,20 +45,17 @@ class _Pass(NamedTuple):
     parallel_iterations: object
 
 
-def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, parallel_iterations=None,
-             dys_batch_major=False):
+def backward(core, params, x, validity, schedule, residuals, cotangents, *, dys_batch_major=False):
     """The gradient of ``forward`` by a reverse loop over time.
 
     Args:
-      core, params, x, lengths, unroll: as given to ``forward``.
-      state_like: any value with the state's structure (to rebuild it).
-      saved: ``forward``'s ``saved``, ``[T, B, ...]`` each.
-      dys: ``[T, B, H]`` cotangent of ``ys``, or None for zeros (a loss of the
-        final state only).
-      dfinal: cotangent of the final state (the state's structure).
-      parallel_iterations: as for ``forward``.
-      dys_batch_major: ``dys`` is ``[B, T, H]`` (static T, processing order),
-        read one step at a time instead of as a transposed copy.
+      core, params, x, validity, schedule: as given to ``forward``.
+      residuals: ``forward``'s ``Residuals``, ``[T, B, ...]`` each.
+      cotangents: ``Cotangents``: ``outputs`` ``[T, B, H]``, or None for zeros
+        (a loss of the final state only), and ``state``, of the final state
+        (the state's structure).
+      dys_batch_major: ``cotangents.outputs`` is ``[B, T, H]`` (static T,
+        processing order), read one step at a time instead of as a transposed copy.
 
     Returns:
       ``(dx [T, B, D], dstate0, dweights)``: ``dstate0`` in the state's
@@ -77,9 +74,8 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
     only, writing the cotangents of its results; the weight and input
     gradients are then one VJP of the step over all ``T * B`` rows at once.
     """
-    plan = make_plan(x, lengths, unroll)
-    padded = [pad_time(plan, s) for s in saved]
-    n_state = len(tf.nest.flatten(state_like))
+    state_like, dys, dfinal = cotangents.state, cotangents.outputs, cotangents.state
+    plan = make_plan(x, validity, schedule.unroll)
     if dys is None:  # a zero cotangent: zeros one step at a time, never a [T, B, H] buffer
         y_shape = tf.stack([tf.shape(x)[1], core.output_size])
 
@@ -90,17 +86,18 @@ def backward(core, params, x, lengths, unroll, state_like, saved, dys, dfinal, p
             return time_slice(dys, t, 1)[0]
     else:
         dys_at = tensor_array(dys.dtype, plan.t_run, dys.shape[1:]).unstack(pad_time(plan, dys)).read
-    saved_tas = [tensor_array(s.dtype, plan.t_run, s.shape[1:]).unstack(s) for s in padded]
+    state_tas, a_tas = ([tensor_array(s.dtype, plan.t_run, s.shape[1:]).unstack(pad_time(plan, s)) for s in saved]
+                        for saved in residuals)
 
     def read_state(t):
-        return tf.nest.pack_sequence_as(state_like, [ta.read(t) for ta in saved_tas[:n_state]])
+        return tf.nest.pack_sequence_as(state_like, [ta.read(t) for ta in state_tas])
 
-    run = _Pass(core, params, x, plan, unroll, read_state, dys_at, dfinal, parallel_iterations)
-    states = tf.nest.pack_sequence_as(state_like, saved[:n_state])
+    run = _Pass(core, params, x, plan, schedule.unroll, read_state, dys_at, dfinal, schedule.parallel_iterations)
+    states = tf.nest.pack_sequence_as(state_like, residuals.states)
     with tf.name_scope("recurrence_grad"):
         if core.split is None:
             return _per_step_vjps(run, states)
-        return _fused_vjps(run, saved_tas[n_state:], states, saved[n_state:], state_like)
+        return _fused_vjps(run, a_tas, states, residuals.preactivations, state_like)
 
 
 def _per_step_vjps(run, states):
@@ -120,7 +117,7 @@ def _per_step_vjps(run, states):
 
     def one_vjp(t, dstate, douts):
         state, xp_t = run.read_state(t), xs.read(t)
-        valid = valid_rows(t, plan.lengths)
+        valid = plan.validity.at(t)
         # Past a row's length the step's results are discarded (``mask``): their
         # cotangents are zero and the state's passes through unchanged.
         dnew, dy = _masked_cotangents(valid, dstate, run.dys_at(t))
@@ -229,7 +226,7 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
         a_t = tf.nest.pack_sequence_as(like.a, [ta.read(t) for ta in (das if in_place else a_tas)])
         with tf.GradientTape() as step_tape:
             step_tape.watch([state, a_t])
-            new_state, y = masked_update(split, state, a_t, valid_rows(t, plan.lengths))
+            new_state, y = masked_update(split, state, a_t, plan.validity.at(t))
         dstate_direct, da_t = step_tape.gradient(
             [new_state, y], [state, a_t], output_gradients=[dstate, run.dys_at(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -5,8 +5,8 @@ import tensorflow as tf
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
-from fastcarry import _generic, _validate
-from fastcarry._stack import Stack
+from fastcarry import _validate
+from fastcarry._adapters import as_cell
 from fastcarry._unroll import unroll as _unroll
 
 
@@ -54,8 +54,7 @@ class Carry(tf.Module):
 
     def __init__(self, cell, batch_size, *, truncate=True, name=None):
         super().__init__(name=name)
-        if not isinstance(cell, Stack):
-            cell = _generic.as_cell(cell)
+        cell = as_cell(cell)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if not isinstance(truncate, bool):

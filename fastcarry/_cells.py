@@ -11,25 +11,18 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from fastcarry import _weights
 from fastcarry._protocol import Core, RecurrentSplit, SecondMatmul
+from fastcarry._support import activation_name
+from fastcarry._weights import as_array, check_shape
 from fastcarry.kernels import gru as _gru
 from fastcarry.kernels import lstm as _lstm
 from fastcarry.kernels import simple_rnn as _simple_rnn
+from fastcarry.kernels._params import Params
 from fastcarry.kernels.lstm import LSTMState
+from fastcarry.kernels.simple_rnn import ACTIVATIONS
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-
-
-def _as_array(value, name):
-    try:
-        return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
-    except Exception as err:  # a symbolic tensor, say: say which argument
-        raise TypeError(f"{name} must be a concrete array, variable or eager tensor, got {type(value).__name__}") from err
-
-
-def _check_shape(value, want, name):
-    if tuple(value.shape) != tuple(want):
-        raise ValueError(f"{name} has shape {list(value.shape)}, expected {list(want)}")
 
 
 class Cell(tf.Module):
@@ -140,12 +133,12 @@ class Cell(tf.Module):
         if not isinstance(weights, (list, tuple)) or len(weights) != 3:
             raise ValueError(f"weights must be [kernel, recurrent_kernel, bias], got {type(weights).__name__} "
                              f"of length {len(weights) if hasattr(weights, '__len__') else '?'}")
-        kernel, recurrent, bias = (_as_array(w, n) for w, n in zip(weights, ("kernel", "recurrent_kernel", "bias")))
+        kernel, recurrent, bias = (as_array(w, n) for w, n in zip(weights, ("kernel", "recurrent_kernel", "bias")))
         if kernel.ndim != 2:
             raise ValueError(f"kernel must have rank 2 ([D, G]), got shape {list(kernel.shape)}")
         shapes = self._weight_shapes(kernel.shape[0])
         for value, want, name in zip((kernel, recurrent, bias), shapes, ("kernel", "recurrent_kernel", "bias")):
-            _check_shape(value, want, name)
+            check_shape(value, want, name)
         self.build(int(kernel.shape[0]))
         for var, value in zip((self.kernel, self.recurrent_kernel, self.bias), (kernel, recurrent, bias)):
             var.assign(tf.cast(value, self.dtype))
@@ -168,7 +161,7 @@ class Cell(tf.Module):
     # -- what the loop uses (fastcarry.CellProtocol) ------------------------------
     def params(self):
         """The weights as tensors, in the kernel's ``Params`` NamedTuple (what ``core()``'s functions take)."""
-        return self._params_type(*(tf.convert_to_tensor(v) for v in (self.kernel, self.recurrent_kernel, self.bias)))
+        return Params(*(tf.convert_to_tensor(v) for v in (self.kernel, self.recurrent_kernel, self.bias)))
 
     def _require_built(self, what):
         if not self.built:
@@ -187,40 +180,6 @@ class Cell(tf.Module):
 
     def __repr__(self):
         return f"{type(self).__name__}(units={self.units}, dtype={self.dtype.name}, input_dim={self.input_dim})"
-
-
-def _keras_cell(layer_or_cell, want_class, importer):
-    """The Keras (3 or tf_keras) cell inside ``layer_or_cell``, checked and built."""
-    cell = getattr(layer_or_cell, "cell", layer_or_cell)
-    if type(cell).__name__ != want_class:
-        raise TypeError(f"{importer} expects a keras {want_class[:-4]} layer or {want_class}, "
-                        f"got {type(layer_or_cell).__name__}")
-    if not getattr(cell, "built", False) or getattr(cell, "kernel", None) is None:
-        raise ValueError(f"{importer}: the keras {type(cell).__name__} is not built; call it once or build() it first")
-    for knob in ("dropout", "recurrent_dropout"):
-        if getattr(cell, knob, 0.0):
-            warnings.warn(f"{importer}: the keras cell has {knob}={getattr(cell, knob)}; fastcarry imports the "
-                          "weights only and applies no dropout", stacklevel=3)
-    return cell
-
-
-def activation_name(fn):
-    return getattr(fn, "__name__", repr(fn))
-
-
-def _check_keras_activations(cell, importer, activation="tanh", recurrent_activation="sigmoid"):
-    got = activation_name(cell.activation)
-    if got != activation:
-        raise ValueError(f"{importer}: activation must be {activation!r}, got {got!r}")
-    got = activation_name(cell.recurrent_activation)
-    if got != recurrent_activation:
-        raise ValueError(f"{importer}: recurrent_activation must be {recurrent_activation!r}, got {got!r}")
-
-
-def _keras_weights(cell, bias_shape):
-    kernel, recurrent = _as_array(cell.kernel, "kernel"), _as_array(cell.recurrent_kernel, "recurrent_kernel")
-    bias = _as_array(cell.bias, "bias") if getattr(cell, "use_bias", True) else np.zeros(bias_shape, kernel.dtype)
-    return [kernel, recurrent, bias]
 
 
 # -- the fused cores, one per cell kind (also run on Keras cells' variables: fastcarry._generic) ---------------
@@ -256,9 +215,6 @@ def simple_rnn_core(units, activation):
     return Core("simple_rnn", (activation,), _simple_rnn.project, units, split=split)
 
 
-ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
-
-
 class LSTM(Cell):
     """LSTM cell, Keras 3 layout: gates **i, f, c, o**.
 
@@ -273,7 +229,6 @@ class LSTM(Cell):
     ``input_size`` they are made by ``build(D)`` or on first use.
     """
 
-    _params_type = _lstm.Params
 
     def __init__(self, units, *, input_size=None, forget_bias=0.0, dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
@@ -304,10 +259,9 @@ class LSTM(Cell):
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
         """A new LSTM holding a copy of a built ``keras.layers.LSTM``'s (or ``LSTMCell``'s) weights."""
-        cell = _keras_cell(layer_or_cell, "LSTMCell", "LSTM.from_keras")
-        _check_keras_activations(cell, "LSTM.from_keras")
+        cell = _weights.keras_cell(layer_or_cell, "lstm", "LSTM.from_keras")
         new = cls(cell.units, dtype=cell.kernel.dtype, name=name)
-        new.set_weights(_keras_weights(cell, [4 * cell.units]))
+        new.set_weights(_weights.keras_weights(cell, [4 * cell.units]))
         return new
 
     @classmethod
@@ -319,22 +273,9 @@ class LSTM(Cell):
           bias: ``[4H]``, same gate order.
           forget_bias: the cell's run-time forget bias (``BasicLSTMCell`` default 1.0).
         """
-        kernel, bias = _as_array(kernel, "kernel"), _as_array(bias, "bias")
-        if kernel.ndim != 2 or kernel.shape[1] % 4:
-            raise ValueError(f"kernel must be [D + H, 4H], got shape {list(kernel.shape)}")
-        units = kernel.shape[1] // 4
-        if kernel.shape[0] <= units:
-            raise ValueError(f"kernel must be [D + H, 4H] with D >= 1, got shape {list(kernel.shape)} (H={units})")
-        _check_shape(bias, [4 * units], "bias")
-
-        def keras_order(w):  # i, j, f, o -> i, f, c(=j), o
-            i, j, f, o = np.split(w, 4, axis=-1)
-            return np.concatenate([i, f, j, o], axis=-1)
-
-        kernel, bias = keras_order(kernel), keras_order(bias)
-        d = kernel.shape[0] - units
-        new = cls(units, forget_bias=forget_bias, dtype=kernel.dtype, name=name)
-        new.set_weights([kernel[:d], kernel[d:], bias])
+        weights = _weights.from_tf1_lstm(kernel, bias)
+        new = cls(weights[1].shape[0], forget_bias=forget_bias, dtype=weights[0].dtype, name=name)
+        new.set_weights(weights)
         return new
 
 
@@ -349,7 +290,6 @@ class GRU(Cell):
     variables at once (else ``build(D)`` or first use).
     """
 
-    _params_type = _gru.Params
 
     def __init__(self, units, *, input_size=None, reset_after=True, dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
@@ -372,10 +312,9 @@ class GRU(Cell):
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
         """A new GRU holding a copy of a built ``keras.layers.GRU``'s (or ``GRUCell``'s) weights."""
-        cell = _keras_cell(layer_or_cell, "GRUCell", "GRU.from_keras")
-        _check_keras_activations(cell, "GRU.from_keras")
+        cell = _weights.keras_cell(layer_or_cell, "gru", "GRU.from_keras")
         new = cls(cell.units, reset_after=bool(cell.reset_after), dtype=cell.kernel.dtype, name=name)
-        new.set_weights(_keras_weights(cell, new._weight_shapes(1)[2]))
+        new.set_weights(_weights.keras_weights(cell, new._weight_shapes(1)[2]))
         return new
 
     @classmethod
@@ -388,22 +327,9 @@ class GRU(Cell):
           candidate_kernel: ``[D + H, H]``, applied to ``[x; r * h]``.
           candidate_bias: ``[H]``.
         """
-        gk, gb = _as_array(gate_kernel, "gate_kernel"), _as_array(gate_bias, "gate_bias")
-        ck, cb = _as_array(candidate_kernel, "candidate_kernel"), _as_array(candidate_bias, "candidate_bias")
-        if ck.ndim != 2:
-            raise ValueError(f"candidate_kernel must be [D + H, H], got shape {list(ck.shape)}")
-        units = ck.shape[1]
-        if ck.shape[0] <= units:
-            raise ValueError(f"candidate_kernel must be [D + H, H] with D >= 1, got shape {list(ck.shape)}")
-        _check_shape(gk, [ck.shape[0], 2 * units], "gate_kernel")
-        _check_shape(gb, [2 * units], "gate_bias")
-        _check_shape(cb, [units], "candidate_bias")
-        r_k, u_k = np.split(gk, 2, axis=1)
-        r_b, u_b = np.split(gb, 2)
-        kernel = np.concatenate([u_k, r_k, ck], axis=1)
-        d = kernel.shape[0] - units
-        new = cls(units, reset_after=False, dtype=ck.dtype, name=name)
-        new.set_weights([kernel[:d], kernel[d:], np.concatenate([u_b, r_b, cb])])
+        weights = _weights.from_tf1_gru(gate_kernel, gate_bias, candidate_kernel, candidate_bias)
+        new = cls(weights[1].shape[0], reset_after=False, dtype=weights[0].dtype, name=name)
+        new.set_weights(weights)
         return new
 
 
@@ -416,7 +342,6 @@ class SimpleRNN(Cell):
     (else ``build(D)`` or first use).
     """
 
-    _params_type = _simple_rnn.Params
 
     def __init__(self, units, *, input_size=None, activation="tanh", dtype=tf.float32, seed=None, name=None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
@@ -438,24 +363,15 @@ class SimpleRNN(Cell):
     @classmethod
     def from_keras(cls, layer_or_cell, *, name=None):
         """A new SimpleRNN holding a copy of a built ``keras.layers.SimpleRNN``'s (or cell's) weights."""
-        cell = _keras_cell(layer_or_cell, "SimpleRNNCell", "SimpleRNN.from_keras")
-        activation = activation_name(cell.activation)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"SimpleRNN.from_keras: activation must be one of {sorted(ACTIVATIONS)}, "
-                             f"got {activation!r}")
-        new = cls(cell.units, activation=activation, dtype=cell.kernel.dtype, name=name)
-        new.set_weights(_keras_weights(cell, [cell.units]))
+        cell = _weights.keras_cell(layer_or_cell, "simple_rnn", "SimpleRNN.from_keras")
+        new = cls(cell.units, activation=activation_name(cell.activation), dtype=cell.kernel.dtype, name=name)
+        new.set_weights(_weights.keras_weights(cell, [cell.units]))
         return new
 
     @classmethod
     def from_tf1(cls, kernel, bias, *, activation="tanh", name=None):
         """A new SimpleRNN from TF1 ``BasicRNNCell`` variables: ``kernel [D + H, H]``, ``bias [H]``."""
-        kernel, bias = _as_array(kernel, "kernel"), _as_array(bias, "bias")
-        if kernel.ndim != 2 or kernel.shape[0] <= kernel.shape[1]:
-            raise ValueError(f"kernel must be [D + H, H] with D >= 1, got shape {list(kernel.shape)}")
-        units = kernel.shape[1]
-        _check_shape(bias, [units], "bias")
-        d = kernel.shape[0] - units
-        new = cls(units, activation=activation, dtype=kernel.dtype, name=name)
-        new.set_weights([kernel[:d], kernel[d:], bias])
+        weights = _weights.from_tf1_simple_rnn(kernel, bias)
+        new = cls(weights[1].shape[0], activation=activation, dtype=weights[0].dtype, name=name)
+        new.set_weights(weights)
         return new

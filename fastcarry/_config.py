@@ -1,64 +1,156 @@
-"""``fc.Config``: the knobs of ``fastcarry.unroll`` that change speed or memory, never results.
+"""The records of ``fastcarry.unroll``'s options: ``Options`` as given, ``fc.Config`` (what ``fc.tune`` chooses),
+and the resolved ``Layout`` and ``Schedule`` one compiled function is specialised for.
 
-What ``fc.tune`` returns and ``fc.unroll(..., config=...)`` applies; frozen and
-hashable, so it can key caches and ``tf.function`` traces.
+An option left ``None`` is *not given* (Flax's ``RNN.__call__``): ``resolve``
+fills it from a ``Config``, else from ``DEFAULTS``, so an explicit argument
+always wins over a config. All records are frozen and hashable: they key the
+compiled-function cache and the tune cache. The checks here are the only
+ones of these values: ``Config(unroll=True)`` and ``unroll(unroll=True)`` fail
+alike.
 """
 
 import dataclasses
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-PROJECTIONS = ("per_iteration", "hoisted")  # fc.unroll's projection= values
+PROJECTIONS = ("per_iteration", "hoisted")  # unroll's projection= values
+BACKWARDS = ("fused", "autodiff")  # unroll's backward= values
+DEFAULT_UNROLL = 2  # steps per loop iteration when neither the call nor a config chooses
+
+
+def check_count(value, name):
+    """``value`` is None or an int >= 1: else ``TypeError`` (not an int) or ``ValueError`` (below 1)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise TypeError(f"{name} must be None or an int >= 1, got {value!r}")
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be None or an int >= 1, got {value}")
+
+
+def check_flag(value, name, optional=False):
+    """``value`` is a bool (or None, not given, when ``optional``), else ``TypeError``."""
+    if not (isinstance(value, bool) or (optional and value is None)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def check_choice(value, name, choices, optional=False):
+    """``value`` is one of ``choices`` (or None, not given, when ``optional``), else ``ValueError``."""
+    if not ((optional and value is None) or (isinstance(value, str) and value in choices)):
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A schedule for ``fc.unroll``: ``Config(unroll=2, chunk=256)``.
+    """A schedule for ``fc.unroll``: ``Config(unroll=2, chunk=256)``; each field None (not chosen) or a value.
 
     Fields (each as the ``fc.unroll`` argument of the same name):
-      unroll: None (the cell's default) or int >= 1, time steps per loop iteration.
-      chunk: None or int >= 1, steps per recomputed chunk of the backward pass.
-      swap_memory: park the saved activations in host memory between the passes.
+      unroll: int >= 1, time steps per loop iteration.
+      chunk: int >= 1, steps per recomputed chunk of the backward pass.
+      swap_memory: bool, park the saved activations in host memory between the passes.
       projection: ``"per_iteration"`` or ``"hoisted"``, where the forward's input projection runs.
 
-    ``as_kwargs()`` gives them as keyword arguments. Given to ``fc.unroll`` as
-    ``config=``, a field applies where the call leaves that argument at its
-    default (``unroll=None``, ``chunk=None``, ``swap_memory=False``,
-    ``projection="per_iteration"``); an argument given with any other value
-    wins.
+    Given to ``fc.unroll`` as ``config=``, a field applies where the call
+    leaves that argument None (not given); an argument the call gives wins.
+    Fields left None take ``DEFAULTS``. ``as_kwargs()`` gives the fields as
+    keyword arguments.
     """
 
     unroll: Optional[int] = None
     chunk: Optional[int] = None
-    swap_memory: bool = False
-    projection: str = "per_iteration"
+    swap_memory: Optional[bool] = None
+    projection: Optional[str] = None
 
     def __post_init__(self):
-        for name in ("unroll", "chunk"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                      or value < 1):
-                raise ValueError(f"Config.{name} must be None or an int >= 1, got {value!r}")
-        if not isinstance(self.swap_memory, bool):
-            raise ValueError(f"Config.swap_memory must be a bool, got {self.swap_memory!r}")
-        if self.projection not in PROJECTIONS:
-            raise ValueError(f"Config.projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        check_count(self.unroll, "Config.unroll")
+        check_count(self.chunk, "Config.chunk")
+        check_flag(self.swap_memory, "Config.swap_memory", optional=True)
+        check_choice(self.projection, "Config.projection", PROJECTIONS, optional=True)
 
     def as_kwargs(self):
         """``{"unroll": .., "chunk": .., "swap_memory": .., "projection": ..}`` for ``fc.unroll``."""
         return dataclasses.asdict(self)
 
     def describe(self):
-        """Short text: ``unroll=2 chunk=256``, the defaults left out (``defaults`` when all are)."""
-        parts = [f"{k}={v}" for k, v in self.as_kwargs().items() if v != getattr(Config, k)]
+        """Short text: ``unroll=4 chunk=256``; fields that are None or the defaults left out (``defaults`` if all)."""
+        parts = [f"{k}={v}" for k, v in self.as_kwargs().items() if v is not None and v != DEFAULTS[k]]
         return " ".join(parts) or "defaults"
 
 
-# The value each knob has when the caller does not give it: where a config applies.
-DEFAULTS = Config().as_kwargs()
+# What a knob is when neither the call nor a config gives it.
+DEFAULTS = {"unroll": DEFAULT_UNROLL, "chunk": None, "swap_memory": False, "projection": "per_iteration"}
 
 
-def merge(config, given):
-    """``given`` (the call's knob values) with ``config``'s where the call left a knob at its default."""
-    return {k: (getattr(config, k) if given[k] == DEFAULTS[k] else given[k]) for k in DEFAULTS}
+def default_config():
+    """The schedule ``unroll`` runs when nothing chooses one: ``DEFAULTS`` as a ``Config``."""
+    return Config(**DEFAULTS)
+
+
+class Layout(NamedTuple):
+    """What the data looks like: the caller's axes and direction. Changes the results' meaning."""
+
+    time_major: bool
+    reverse: bool
+
+
+class Schedule(NamedTuple):
+    """How the loop is computed. Changes speed and memory, never results: what an autotuner chooses."""
+
+    unroll: int                      # steps per loop iteration
+    chunk: Optional[int] = None      # exact BPTT in chunks of this many steps (the saving forward and backward)
+    parallel_iterations: Optional[int] = None  # the graph while loops'; None: TF's default
+    projection: str = "per_iteration"  # or "hoisted": the forward's input projection before the loop
+    swap_memory: bool = False        # the saved activations parked in host memory between the passes
+    xla: bool = False                # compiled with XLA (from jit_compile)
+
+    @property
+    def hoisted(self):
+        return self.projection == "hoisted"
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """``fastcarry.unroll``'s keyword options as the call gave them (None: not given), checked when made."""
+
+    time_major: bool = False
+    reverse: bool = False
+    unroll: Optional[int] = None
+    jit_compile: bool = True
+    backward: str = "fused"
+    chunk: Optional[int] = None
+    parallel_iterations: Optional[int] = None
+    swap_memory: Optional[bool] = None
+    projection: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("time_major", "reverse", "jit_compile"):
+            check_flag(getattr(self, name), name)
+        check_flag(self.swap_memory, "swap_memory", optional=True)
+        for name in ("unroll", "chunk", "parallel_iterations"):
+            check_count(getattr(self, name), name)
+        check_choice(self.backward, "backward", BACKWARDS)
+        check_choice(self.projection, "projection", PROJECTIONS, optional=True)
+
+    @property
+    def layout(self):
+        return Layout(self.time_major, self.reverse)
+
+    def resolve(self, config=None):
+        """These options with every knob not given taken from ``config`` (a ``Config`` or None), else ``DEFAULTS``.
+
+        Raises ``ValueError`` for a combination that cannot run (``swap_memory`` without a saving backward).
+        """
+        knobs = {}
+        for name, default in DEFAULTS.items():
+            given, chosen = getattr(self, name), None if config is None else getattr(config, name)
+            knobs[name] = given if given is not None else chosen if chosen is not None else default
+        resolved = dataclasses.replace(self, **knobs)
+        if resolved.swap_memory and resolved.backward != "fused":
+            raise ValueError(f"swap_memory=True needs backward='fused' (backward={resolved.backward!r} saves no "
+                             f"activations to swap: it recomputes the forward)")
+        return resolved
+
+    def schedule(self):
+        """The ``Schedule`` of resolved options (``resolve()`` first)."""
+        return Schedule(int(self.unroll), None if self.chunk is None else int(self.chunk),
+                        None if self.parallel_iterations is None else int(self.parallel_iterations),
+                        self.projection, self.swap_memory, bool(self.jit_compile))

@@ -1,8 +1,8 @@
 """The time loop: runs a cell's pure ``step`` over time; knows no cell math.
 
 Everything here is in *processing order* (the order the steps run in) and
-time-major: ``x [T, B, D]``, ``xp [T, B, G]``, ``ys [T, B, H]``, ``lengths [B]``
-int32 or None. Reversal is the caller's (``fastcarry._unroll``); so is a
+time-major: ``x [T, B, D]``, ``xp [T, B, G]``, ``ys [T, B, H]``, a ``Validity``.
+Reversal is the caller's (``fastcarry._layout``); so is a
 batch-major layout, except that under XLA ``x``, ``ys`` and ``dys`` may stay
 ``[B, T, ..]`` and are then read and written a step at a time (``Time``),
 instead of as transposed copies.
@@ -14,52 +14,48 @@ cell protocol is ``fastcarry._protocol``, the cutting of time ``fastcarry._time`
 import tensorflow as tf
 
 from fastcarry._protocol import preactivation
-from fastcarry._step import masked_step, masked_update, step_shapes, valid_rows
+from fastcarry._records import Residuals
+from fastcarry._step import masked_step, masked_update, step_shapes
 from fastcarry._time import Time, has_loop, make_plan, tensor_arrays_like, while_options, write_all
 
 
-def forward(core, params, x, state, lengths, unroll, save_states=False, parallel_iterations=None,
-            batch_major=False, hoisted=False):
+def forward(core, params, x, state, validity, schedule, *, save=False, batch_major=False):
     """Runs the loop.
 
     By default the input projection runs per loop iteration, for its
-    ``unroll`` steps at once (``[unroll * B, D] @ [D, G]``): on CPU, an
-    all-steps ``xp [T, B, G]`` costs more in memory traffic than the larger
-    matmul saves (GRU B16 T500 D128 H256 inference: 129 ms hoisted, 49 ms in
-    chunks of 10). ``unroll`` then sets both the steps per iteration and the
-    projection's chunk. ``hoisted=True`` makes it one ``[T * B, D] @ [D, G]``
+    ``unroll`` steps at once (``[unroll * B, D] @ [D, G]``): on CPU an
+    all-steps ``xp [T, B, G]`` mostly costs more in memory traffic than the
+    larger matmul saves (``benchmarks/README.md``). ``unroll`` then sets both
+    the steps per iteration and the projection's block.
+    ``schedule.projection == "hoisted"`` makes it one ``[T * B, D] @ [D, G]``
     before the loop (one large GEMM, what a GPU favours); the loop then reads
     each iteration's rows one iteration ahead (see ``_hoisted``).
 
     Args:
       core: the cell's ``Core``.
       params: the cell's weights (a NamedTuple of tensors).
-      x: ``[T, B, D]`` inputs in processing order.
+      x: ``[T, B, D]`` inputs in processing order (``[B, T, D]`` with ``batch_major``).
       state: initial state (the cell's structure of ``[B, ...]`` tensors).
-      lengths: ``[B]`` int32 valid steps per row, or None (all T).
-      unroll: static int >= 1, steps per loop iteration.
-      save_states: also return what ``backward`` needs.
-      parallel_iterations: the while loop's, or None for TF's default; only a
-        graph loop uses it (XLA runs iterations in order).
+      validity: ``Validity`` in processing order.
+      schedule: ``Schedule``; reads ``unroll``, ``parallel_iterations`` (a graph
+        loop's; XLA runs iterations in order) and ``projection``.
+      save: also return the ``Residuals`` ``fastcarry._backward.backward`` needs.
       batch_major: ``x [B, T, D]`` and ``ys [B, T, H]`` (static T, processing
         order), read and written an iteration at a time (see ``Time``);
-        ``saved`` stays time-major.
-      hoisted: project all T steps before the loop (``fc.unroll(projection="hoisted")``).
+        the residuals stay time-major.
 
     Returns:
-      ``(ys [T, B, H], final_state, saved)`` where ``saved`` is a list of
-      ``[T, B, ...]`` stacks: the state *before* every step, one per flattened
-      state component, then (for a core with a ``split``) the flattened
-      ``combine`` result ``a`` of every step; ``[]`` when ``save_states`` is False.
+      ``(ys [T, B, H], final_state, residuals)``: ``Residuals`` with ``save``, else None.
     """
-    plan = make_plan(x, lengths, unroll, time_axis=1 if batch_major else 0)
+    unroll, parallel_iterations, hoisted = schedule.unroll, schedule.parallel_iterations, schedule.hoisted
+    plan = make_plan(x, validity, unroll, time_axis=1 if batch_major else 0)
     time = Time(plan, unroll, batch_major, per_step=True)
-    split = core.split if save_states else None
-    saved = tensor_arrays_like(state, plan.t_run) if save_states else []
+    split = core.split if save else None
+    saved = tensor_arrays_like(state, plan.t_run) if save else []
     n_state = len(saved)
 
     def one_step(t, state, xp_t, saved):
-        valid = valid_rows(t, plan.lengths)
+        valid = plan.validity.at(t)
         # Scopes name the phases a trace shows (fastcarry.profiling).
         if split is None:
             saved = write_all(saved, t, state)
@@ -73,11 +69,11 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
             state, y = masked_update(split, state, a_t, valid)
         return state, y, saved
 
-    def project(x_chunk):
+    def project(x_block):
         with tf.name_scope("project"):
-            return core.project(params, x_chunk)
+            return core.project(params, x_block)
 
-    def run_chunk(t0, xp, steps, state, saved):
+    def run_block(t0, xp, steps, state, saved):
         """``steps`` steps from ``t0``: ``xp [steps, B, G]`` -> ``steps`` outputs ``[B, H]``."""
         ys = []
         for j in range(steps):
@@ -90,34 +86,36 @@ def forward(core, params, x, state, lengths, unroll, save_states=False, parallel
         saved = saved + tensor_arrays_like(step_shapes(core, params, state, plan.x, 1 if batch_major else 0).a,
                                   plan.t_run)
     if hoisted:
-        xp_chunk, xp_tail = _hoisted(project, plan, unroll, batch_major)
+        xp_block, xp_tail = _hoisted(project, plan, unroll, batch_major)
     else:
-        x_chunk, x_tail = time.reader(plan.x)
-        xp_chunk = lambda i: project(x_chunk(i))  # noqa: E731
+        x_block, x_tail = time.reader(plan.x)
+        xp_block = lambda i: project(x_block(i))  # noqa: E731
         xp_tail = project(x_tail) if plan.tail else None
     ys = time.new(x, core.output_size)
     with tf.name_scope("recurrence"):
         def body(i, state, ys, saved, *ahead):
             if hoisted:
                 # Read one iteration ahead (the last one reads itself again).
-                xp, ahead = ahead[0], (xp_chunk(tf.minimum(i + 1, plan.n_loop - 1)),)
+                xp, ahead = ahead[0], (xp_block(tf.minimum(i + 1, plan.n_loop - 1)),)
             else:
-                xp = xp_chunk(i)
-            state, ys_c, saved = run_chunk(i * unroll, xp, unroll, state, saved)
-            return (i + 1, state, time.put(ys, i, ys_c), saved, *ahead)
+                xp = xp_block(i)
+            state, ys_b, saved = run_block(i * unroll, xp, unroll, state, saved)
+            return (i + 1, state, time.put(ys, i, ys_b), saved, *ahead)
 
         if has_loop(plan):
             # A static trip count: XLA needs fixed-size TensorLists, and on GPU
             # it avoids a host sync per iteration.
-            # (A run-time T is padded to at least one iteration: chunk 0 exists.)
-            ahead = (xp_chunk(0),) if hoisted else ()
+            # (A run-time T is padded to at least one iteration: block 0 exists.)
+            ahead = (xp_block(0),) if hoisted else ()
             _, state, ys, saved, *_ = tf.while_loop(
                 lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved, *ahead),
                 maximum_iterations=plan.n_loop, **while_options(parallel_iterations))
         ys_tail = None
         if plan.tail:
-            state, ys_tail, saved = run_chunk(plan.tail.start, xp_tail, len(plan.tail), state, saved)
-    return time.finish(ys, ys_tail), state, [ta.stack()[: plan.t_true] for ta in saved]
+            state, ys_tail, saved = run_block(plan.tail.start, xp_tail, len(plan.tail), state, saved)
+    stacked = [ta.stack()[: plan.t_true] for ta in saved]
+    residuals = Residuals(stacked[:n_state], stacked[n_state:]) if save else None
+    return time.finish(ys, ys_tail), state, residuals
 
 
 def _hoisted(project, plan, unroll, batch_major):

@@ -168,3 +168,28 @@ def check_core(core, owner_name):
         raise TypeError(f"{where} has variables but no owner (compiled functions that close over variables "
                         f"are cached per owner)")
     return core
+
+
+def attached(obj, name):
+    """A dict kept in ``obj``'s own ``__dict__`` under ``name`` (made on first use).
+
+    Caches of what belongs to one object live on it, so they go when it goes
+    (reference cycles through it are collected); a global table keyed by the
+    object would keep it alive through its own entries. Written into
+    ``__dict__`` directly: a Keras layer's ``__setattr__`` would track it.
+    """
+    return vars(obj).setdefault(name, {})
+
+
+def identity_project(params, x):
+    """A generic cell projects its own inputs inside its step: ``xp_t = x_t``."""
+    del params
+    return x
+
+
+def zeros_in(state_size, batch_size, dtype):
+    """Zeros ``[batch_size, size]`` per component of ``state_size`` (ints or shapes), in its structure."""
+    def zeros(size):
+        shape = tf.TensorShape(size).as_list() if not isinstance(size, int) else [size]
+        return tf.zeros(tf.concat([[batch_size], shape], 0), dtype)
+    return tf.nest.map_structure(zeros, state_size)

@@ -1,15 +1,17 @@
-"""``fc.Stack``: cells one above the other (TF1 ``MultiRNNCell``), run layer by layer.
+"""``fc.Stack``: cells one above the other (TF1 ``MultiRNNCell``), a cell itself.
 
 Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` time-major) -> outputs ``[B, T, H_last]``;
 state: a tuple with each layer's state.
 """
 
-from fastcarry import _generic, _validate
+from fastcarry import _validate
+from fastcarry._adapters import as_cell
+from fastcarry._protocol import Core, identity_project
 
 
 def _as_layer(cell, index):
     try:
-        return cell if isinstance(cell, Stack) else _generic.as_cell(cell)
+        return as_cell(cell)
     except TypeError as err:
         raise TypeError(f"cells[{index}]: {err}") from None
 
@@ -23,7 +25,9 @@ class Stack:
     ``fc.bidirectional`` and ``fastcarry.reference.unroll`` all take it, and a
     ``Stack`` may hold another.
 
-    ``fc.unroll`` runs it **layer by layer**: each layer's whole sequence
+    It follows ``fastcarry.CellProtocol``: its ``core()`` is the whole
+    stack's step, every layer inside one step (``MultiRNNCell``'s). But
+    ``fc.unroll`` runs it **layer by layer** (``run_layers``): each layer's whole sequence
     through its own compiled loop, then the next layer's over that layer's
     outputs (its input projection one matmul over all of them). That equals
     running all layers inside one step (``MultiRNNCell`` under ``dynamic_rnn``,
@@ -81,26 +85,46 @@ class Stack:
         """Every layer's trainable variables, in layer order."""
         return [v for cell in self.cells for v in cell.trainable_variables]
 
+    def core(self):
+        """Every layer inside one step (``MultiRNNCell``'s step): ``states`` a tuple, the last layer's output."""
+        cores = [c.core() for c in self.cells]
+
+        def step(params, states, x_t):
+            new_states = []
+            for core, layer_params, state in zip(cores, params, states):
+                state, x_t = core.run_step(layer_params, state, core.project(layer_params, x_t[None])[0])
+                new_states.append(state)
+            return tuple(new_states), x_t
+
+        variables = tuple(v for core in cores for v in core.variables)
+        # A layer whose functions close over its own variables makes the stack's per-owner too.
+        owner = self if any(core.owner is not None for core in cores) else None
+        key = tuple((core.name, core.key, core.output_size) for core in cores)
+        return Core("stack", key, identity_project, self.output_size, step=step, variables=variables, owner=owner)
+
+    def params(self):
+        """A tuple of each layer's ``params()``."""
+        return tuple(c.params() for c in self.cells)
+
     def __repr__(self):
         return f"Stack([{', '.join(map(repr, self.cells))}])"
 
 
-def unroll_stack(stack, inputs, initial_state=None, **options):
-    """``fc.unroll`` of a ``Stack``: layer after layer, each with the same options."""
-    from fastcarry._unroll import unroll  # unroll dispatches here: a cycle at import time otherwise
-
+def run_layers(stack, run, inputs, initial_state, time_major):
+    """``fc.unroll`` of a ``Stack``: ``run(cell, inputs, state) -> (outputs, state)`` layer after layer, each
+    reading the previous layer's outputs; returns the last outputs and a tuple of every layer's final state."""
     if initial_state is not None:
         if not isinstance(initial_state, (tuple, list)) or len(initial_state) != len(stack.cells):
             got = (f"a {type(initial_state).__name__} of {len(initial_state)}"
                    if isinstance(initial_state, (tuple, list)) else type(initial_state).__name__)
             raise TypeError(f"initial_state must be a tuple with one state per layer ({len(stack.cells)}) for "
                             f"a Stack, or None; got {got}")
-        batch = getattr(inputs, "shape", [None, None])[1 if options.get("time_major") else 0]
+        batch = getattr(inputs, "shape", [None, None])[1 if time_major else 0]
         initial_state = [_validate.check_state(s, c, batch, name=f"initial_state[{i}]")
                          for i, (s, c) in enumerate(zip(initial_state, stack.cells))]
     states = []
     outputs = inputs
     for i, cell in enumerate(stack.cells):
-        outputs, state = unroll(cell, outputs, None if initial_state is None else initial_state[i], **options)
+        outputs, state = run(cell, outputs, None if initial_state is None else initial_state[i])
         states.append(state)
     return outputs, tuple(states)

@@ -8,21 +8,9 @@ from typing import NamedTuple
 import tensorflow as tf
 
 
-def valid_rows(t, lengths):
-    """``[B, 1]`` bool: which rows have a real step at time ``t`` (None: all).
-
-    ``lengths`` is ``[B]`` int32 (steps ``t < lengths`` are real) or a
-    ``[T, B]`` bool mask in processing order (``fc.unroll(mask=...)``).
-    """
-    if lengths is None:
-        return None
-    if lengths.shape.rank == 2:
-        return tf.expand_dims(lengths[t], -1)
-    return tf.expand_dims(t < lengths, -1)
-
-
 def mask(valid, new_state, y, state):
-    """``dynamic_rnn``'s masking: past a row's length the state is copied through, the output is zero."""
+    """``dynamic_rnn``'s masking (``valid [B, 1]`` from ``Validity.at``, None: all real): at a step that is not
+    real the state is copied through and the output is zero."""
     if valid is None:
         return new_state, y
     new_state = tf.nest.map_structure(lambda n, o: tf.where(valid, n, o), new_state, state)

@@ -1,5 +1,5 @@
 """Time in the loops: how T steps are cut into loop iterations (``Plan``), and how whole sequences are
-read and written a chunk at a time (``Time``), time-major ``[T, B, ..]`` or, under XLA, batch-major
+read and written a block at a time (``Time``), time-major ``[T, B, ..]`` or, under XLA, batch-major
 ``[B, T, ..]`` without transposed copies.
 """
 
@@ -9,26 +9,24 @@ import tensorflow as tf
 # Private but stable (jax2tf builds on it): XLA's own ops, for ``_time_put``.
 from tensorflow.compiler.tf2xla.python import xla as _xla
 
+from fastcarry._validity import Validity
 
-def pad_to_multiple(x, lengths, unroll):
+
+def pad_to_multiple(x, validity, unroll):
     """Pads time to a multiple of ``unroll``, and to at least one loop iteration, when T is only known at run time.
 
     With a static T the remainder steps are unrolled in Python after the loop
     instead; with a dynamic T their count is not known when tracing, so the
-    padded steps are masked out as if they were past every row's length. At
-    least one iteration: a T of 0 at run time would otherwise leave empty
-    arrays, which TF cannot stack without a static B and XLA cannot slice a
-    step from (a traced function with T unknown, called with T = 0).
-    Returns ``(x [T', B, D], lengths [B], T)``.
+    padded steps are marked as not real (``Validity.padded``). At least one
+    iteration: a T of 0 at run time would otherwise leave empty arrays, which
+    TF cannot stack without a static B and XLA cannot slice a step from (a
+    traced function with T unknown, called with T = 0).
+    Returns ``(x [T', B, D], validity, T)``.
     """
     t = tf.shape(x)[0]
     padded = tf.maximum((t + unroll - 1) // unroll, 1) * unroll
     x = tf.pad(x, [[0, padded - t], [0, 0], [0, 0]])
-    if lengths is not None and lengths.shape.rank == 2:  # a [T, B] mask: the padded steps are not real
-        return x, tf.pad(lengths, [[0, padded - t], [0, 0]]), t
-    full = tf.fill(tf.shape(x)[1:2], t)
-    lengths = full if lengths is None else tf.minimum(lengths, t)
-    return x, lengths, t
+    return x, validity.padded(t, padded - t, tf.shape(x)[1]), t
 
 
 def pad_time(plan, seq):
@@ -43,23 +41,24 @@ class Plan(NamedTuple):
     """How T steps are cut: ``[0, n_loop * unroll)`` in the while loop, ``tail`` (static) after it."""
 
     x: tf.Tensor          # [T_run, B, D], padded when T is dynamic (see pad_to_multiple)
-    lengths: object       # [B] int32, a [T_run, B] bool mask, or None
+    validity: Validity    # which of the T_run steps are real
     t_true: object        # T (int when static)
     t_run: object         # T_run >= T
     n_loop: object        # while-loop iterations
     tail: range           # time steps unrolled in Python after the loop
 
 
-def make_plan(x, lengths, unroll, time_axis=0):
-    """Cuts ``x``'s T steps (``x [T, B, D]``; ``[B, T, D]`` with ``time_axis=1``, static T only)."""
+def make_plan(x, validity, steps, time_axis=0):
+    """Cuts ``x``'s T steps into iterations of ``steps`` (``x [T, B, D]``; ``[B, T, D]`` with ``time_axis=1``,
+    static T only)."""
     t_static = x.shape[time_axis]
     if t_static is None:
         assert time_axis == 0, "only a time-major x can be padded"
-        x, lengths, t_true = pad_to_multiple(x, lengths, unroll)
+        x, validity, t_true = pad_to_multiple(x, validity, steps)
         t_run = tf.shape(x)[0]
-        return Plan(x, lengths, t_true, t_run, t_run // unroll, range(0))
-    n_loop = t_static // unroll
-    return Plan(x, lengths, t_static, t_static, n_loop, range(n_loop * unroll, t_static))
+        return Plan(x, validity, t_true, t_run, t_run // steps, range(0))
+    n_loop = t_static // steps
+    return Plan(x, validity, t_static, t_static, n_loop, range(n_loop * steps, t_static))
 
 
 def while_options(parallel_iterations):
@@ -79,15 +78,15 @@ def tensor_array(dtype, size, element_shape=None):
     return tf.TensorArray(dtype, size=size, element_shape=element_shape)
 
 
-def _chunks(x, plan, unroll):
-    """``x [T_run, B, D]`` as a TensorArray of ``[unroll, B, D]`` chunks, one per loop iteration."""
+def _blocks(x, plan, unroll):
+    """``x [T_run, B, D]`` as a TensorArray of ``[unroll, B, D]`` blocks, one per loop iteration."""
     main = x[: plan.n_loop * unroll] if plan.tail else x
     shape = tf.concat([[plan.n_loop, unroll], tf.shape(x)[1:]], 0)
     return tensor_array(x.dtype, plan.n_loop, tf.TensorShape([unroll]).concatenate(x.shape[1:])).unstack(
         tf.reshape(main, shape))
 
 
-def _stack_chunks(ta, tail_part, t_true):
+def _stack_blocks(ta, tail_part, t_true):
     """A ``[N, C, B, ..]`` TensorArray or None, then a ``[tail, B, ..]`` part or None -> ``[T, B, ..]``."""
     parts = []
     if ta is not None:
@@ -99,7 +98,7 @@ def _stack_chunks(ta, tail_part, t_true):
 
 
 def time_slice(seq, start, size):
-    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one chunk, transposed alone.
+    """``seq [B, T, H]`` steps ``[start, start + size)`` as ``[size, B, H]``: one block, transposed alone.
 
     Explicit sizes, not -1: with a run-time start and -1 sizes, TF's XLA
     lowering pads the whole input to twice its size in every dimension.
@@ -121,12 +120,12 @@ def _time_put(seq, start, piece):
 
 
 class Time(NamedTuple):
-    """How a loop reads and writes whole sequences, one ``[C, B, ..]`` chunk per iteration.
+    """How a loop reads and writes whole sequences, one ``[C, B, ..]`` block per iteration.
 
-    Time-major (``[T, B, ..]`` in processing order): TensorArrays, of chunks, or
+    Time-major (``[T, B, ..]`` in processing order): TensorArrays, of blocks, or
     of steps with ``per_step`` (small C: the tail's steps then go into the same
     array instead of a concatenated copy of the whole result).
-    Batch-major (``[B, T, ..]``, static T, not reversed; XLA only): each chunk is sliced
+    Batch-major (``[B, T, ..]``, static T, not reversed; XLA only): each block is sliced
     out and transposed alone, and results are written into a ``[B, T, ..]``
     buffer as they are made, so no transposed copy of a whole sequence exists
     (for the memory benchmark's LSTM, 128 MiB of outputs and 32 MiB of inputs;
@@ -134,34 +133,34 @@ class Time(NamedTuple):
     """
 
     plan: Plan
-    chunk: int
+    steps: int  # steps per block (a loop iteration's unroll, or a BPTT chunk)
     batch_major: bool
     per_step: bool = False
 
     def reader(self, seq):
-        """``(read(i) -> chunk i, tail [len(tail), B, ..] or None)``; call outside any loop."""
-        plan, chunk = self.plan, self.chunk
+        """``(read(i) -> block i, tail [len(tail), B, ..] or None)``; call outside any loop."""
+        plan, steps = self.plan, self.steps
         if self.batch_major:
-            return ((lambda i: time_slice(seq, i * chunk, chunk)),
+            return ((lambda i: time_slice(seq, i * steps, steps)),
                     time_slice(seq, plan.tail.start, len(plan.tail)) if plan.tail else None)
-        read = _chunks(seq, plan, chunk).read if has_loop(plan) else None
+        read = _blocks(seq, plan, steps).read if has_loop(plan) else None
         return read, seq[plan.tail.start:] if plan.tail else None
 
     def new(self, like, width):
-        """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` chunks into."""
+        """An empty result with ``like``'s layout, B and T and ``width`` features, to ``put`` blocks into."""
         if self.batch_major:
             return tf.zeros(tf.stack([tf.shape(like)[0], self.plan.t_true, width]), like.dtype)
         step = tf.TensorShape([like.shape[1], width])
         if self.per_step:
             return tensor_array(like.dtype, self.plan.t_run, step)
-        return tensor_array(like.dtype, self.plan.n_loop, tf.TensorShape([self.chunk]).concatenate(step))
+        return tensor_array(like.dtype, self.plan.n_loop, tf.TensorShape([self.steps]).concatenate(step))
 
     def put(self, result, i, value, start=None):
         """Chunk ``i`` into ``result``: ``value [C, B, width]``, or with ``per_step`` a list of C ``[B, width]``.
 
         ``start`` (a step) replaces ``i`` for the tail.
         """
-        start = i * self.chunk if start is None else start
+        start = i * self.steps if start is None else start
         if not self.per_step:
             return _time_put(result, start, value) if self.batch_major else result.write(i, value)
         # One write per step, which XLA fuses into the step's last fusion.
@@ -175,7 +174,7 @@ class Time(NamedTuple):
             if tail_value is not None:
                 result = self.put(result, None, tail_value, start=self.plan.tail.start)
             return result if self.batch_major else result.stack()[: self.plan.t_true]
-        return _stack_chunks(result if has_loop(self.plan) else None, tail_value, self.plan.t_true)
+        return _stack_blocks(result if has_loop(self.plan) else None, tail_value, self.plan.t_true)
 
 
 def tensor_arrays_like(structure, size):

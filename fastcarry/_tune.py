@@ -1,214 +1,61 @@
-"""``fc.tune``: measure ``fc.unroll``'s schedules on this device and shape, keep the fastest that fits; the cache.
+"""``fc.tune``: measure ``fc.unroll``'s schedules on this device and shape, keep the fastest that fits.
 
 Every knob tuned here changes speed or memory, never results (``fc.Config``).
-Results are cached in one JSON file per user (``cache_path()``), keyed by
-device, versions, cell, sizes, dtype, mode and the batch and time buckets, so
-``fc.unroll(..., config="auto")`` finds them without measuring again.
+The result goes into the tune cache (``fastcarry.tune_cache``), where
+``fc.unroll(..., config="auto")`` finds it without measuring again. This module
+sits above ``unroll`` (it calls it); the cache sits below.
 """
 
-import contextlib
 import dataclasses
-import functools
-import json
-import logging
 import math
-import os
 import re
 import statistics
-import tempfile
-import threading
 import time
-import warnings
+from typing import NamedTuple
 
-from fastcarry._config import Config
+from fastcarry import tune_cache
+from fastcarry._config import Config, default_config
+from fastcarry._measure import device_info, peak_memory, step_function, timed_call
+from fastcarry._protocol import identity_project
 
-SCHEMA = 1
 MODES = ("train", "infer")
 UNROLLS = (1, 2, 4)
 # A candidate replaces the defaults only when its median is this much faster: picking the best of several
-# medians that differ by noise alone finds a "winner" that a second measurement shows slower (on the grid, a
-# 1.02x winner rechecked at 0.88x).
+# medians that differ by noise alone finds a "winner" that a second measurement shows slower.
 MIN_GAIN = 1.03
 # ... and when it beat the defaults in enough of the rounds both were timed in that chance is an unlikely
-# explanation (a one-sided sign test at this level): training steps on this VM move by +-5% between two
-# measurements of one config, so 1.07x medians rechecked at 0.94-0.99x.
+# explanation (a one-sided sign test at this level): two measurements of one config differ by several
+# percent on a shared VM (benchmarks/README.md).
 SIGNIFICANCE = 0.05
 # The share of the timing budget (after compiling) spent on the unroll candidates; the rest times the
 # variants of their winner (projection, swap_memory) against it and the defaults.
 FIRST_STAGE = 0.6
 MAX_ROUNDS = 50  # per stage
-_LOG = logging.getLogger("fastcarry")
 
 
-# -- the cache ------------------------------------------------------------------------------------------------
+class TuneReport(NamedTuple):
+    """What ``fc.tune(..., report=True)`` returns: the chosen ``config``, every measured row, the cache ``key``.
 
-def cache_dir():
-    """``$FASTCARRY_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastcarry``, else ``~/.cache/fastcarry``."""
-    if os.environ.get("FASTCARRY_CACHE_DIR"):
-        return os.environ["FASTCARRY_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "fastcarry")
-
-
-def cache_path():
-    return os.path.join(cache_dir(), "tune.json")
-
-
-def bucket(n):
-    """``n`` rounded up to a power of two: B = 17..32 share one cache entry, T = 65..128 another."""
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
-
-
-@contextlib.contextmanager
-def _locked(path):
-    """An exclusive lock on ``path + ".lock"`` (POSIX ``flock``; elsewhere none) while the cache is rewritten."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: writes stay atomic (rename), concurrent updates may lose one entry
-        yield
-        return
-    with open(path + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _read(path):
-    """The cache's entries, or {} for no file. A corrupt or foreign file is moved aside with a warning."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
-            raise ValueError(f"not a fastcarry tune cache of schema {SCHEMA}")
-        return data["entries"]
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        aside = f"{path}.bad-{int(time.time())}"
-        with contextlib.suppress(OSError):
-            os.replace(path, aside)
-        warnings.warn(f"fastcarry: the tune cache {path} could not be read ({err}); moved it to {aside} and "
-                      f"starting a new one", UserWarning, stacklevel=3)
-        return {}
-
-
-def load(path=None):
-    """Every cached entry: ``{key: {"config": {...}, "record": {...}}}``."""
-    return _read(path or cache_path())
-
-
-def store(key, config, record, path=None):
-    """Adds ``key -> config`` (with ``record``: what was measured) to the cache: locked, atomic (temp + rename).
-
-    Returns False, with a warning, when the cache cannot be written (the result is still the caller's).
+    A row is a dict: ``config``, ``compile_s``, ``peak_bytes`` and how it was read (``memory``: ``"allocator"``,
+    ``"rss"`` or ``"unavailable"``), ``rounds`` (``{round: seconds}``), ``samples`` (those seconds in round
+    order) and ``median_s`` (nan if not timed: it did not fit the memory limit).
     """
-    path = path or cache_path()
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with _locked(path):
-            entries = _read(path)
-            entries[key] = {"config": config.as_kwargs(), "record": record}
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tune-", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"schema": SCHEMA, "entries": entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        return True
-    except OSError as err:
-        warnings.warn(f"fastcarry: could not write the tune cache {path} ({err}); the tuned config is returned "
-                      f"but not kept (set FASTCARRY_CACHE_DIR to a writable directory)", UserWarning, stacklevel=3)
-        return False
 
+    config: Config
+    rows: list
+    key: str
 
-def clear(path=None):
-    """Empties the cache (removes its file); returns how many entries it had."""
-    path = path or cache_path()
-    n = len(_read(path))
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
-    return n
+    def row(self, config):
+        """The row measured for ``config``, or None."""
+        return next((r for r in self.rows if r["config"] == config), None)
 
+    def gain(self, config):
+        """The median over shared rounds of the defaults' time over ``config``'s (1.0 for the defaults)."""
+        default, row = self.row(default_config()), self.row(config)
+        if config == default_config() or default is None or row is None:
+            return 1.0
+        return statistics.median(paired_ratios(row, default))
 
-# -- keys -----------------------------------------------------------------------------------------------------
-
-@functools.lru_cache(maxsize=None)
-def _device_facts():
-    """Read once per process: ``config="auto"`` asks on every traced (or eager) call."""
-    import tensorflow as tf
-
-    from fastcarry.tools.report import _cpu_model
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return {"kind": "GPU", "name": details.get("device_name", gpus[0].name), "cores": len(gpus)}
-    return {"kind": "CPU", "name": _cpu_model(), "cores": os.cpu_count()}
-
-
-def device_info():
-    """``{"kind", "name", "cores"}`` of the device fastcarry runs on: the first GPU, else the CPU."""
-    return dict(_device_facts())
-
-
-def cell_kind(core):
-    """The cache's name for a cell's math: ``lstm('keras', 0.0)``; a generic cell by its name.
-
-    A Keras layer's fused cell (``fastcarry.keras``) has the same name as the fastcarry cell of the same math,
-    so ``fastcarry tune --cell lstm`` serves ``fastcarry.keras.LSTM`` too.
-    """
-    from fastcarry._generic import LIST_STATE_KEY
-
-    if core.key is None:
-        return core.name
-    key = tuple(core.key)
-    return f"{core.name}{key[1:] if key[:1] == (LIST_STATE_KEY,) else key}"
-
-
-def make_key(kind, dim, units, dtype, mode, batch, time_steps, device=None):
-    """The cache key (a JSON string) for these facts; B and T bucketed (``bucket``)."""
-    import tensorflow as tf
-
-    import fastcarry
-
-    device = device or device_info()
-    facts = {"device": f"{device['kind']}:{device['name']}:{device['cores']}", "tensorflow": tf.__version__,
-             "fastcarry": fastcarry.__version__, "cell": kind, "D": int(dim), "H": int(units),
-             "dtype": tf.as_dtype(dtype).name, "mode": mode, "B": bucket(batch), "T": bucket(time_steps)}
-    return json.dumps(facts, sort_keys=True)
-
-
-_MEMO = {}
-
-
-def lookup(core, dim, dtype, mode, batch, time_steps):
-    """The cached ``Config`` for this call, or None (one info log line per key that misses).
-
-    ``batch`` None (B unknown when traced, as in Keras's ``fit``, whose batches may be partial): the entry
-    for the largest tuned B with everything else equal (the full batch is the one a training run repeats).
-    """
-    if not all(isinstance(v, int) for v in (dim, time_steps)) or not (batch is None or isinstance(batch, int)):
-        return None  # T known only at run time: no bucket to look up
-    key = make_key(cell_kind(core), dim, core.output_size, dtype, mode, batch or 1, time_steps)
-    if batch is None:
-        key = json.dumps(dict(json.loads(key), B=None), sort_keys=True)
-    if key not in _MEMO:
-        entries = load()
-        if batch is None:
-            want = json.loads(key)
-            same = [(facts["B"], e) for facts, e in ((json.loads(k), e) for k, e in entries.items())
-                    if dict(facts, B=None) == want]
-            entry = max(same, key=lambda b_entry: b_entry[0])[1] if same else None
-        else:
-            entry = entries.get(key)
-        _MEMO[key] = None if entry is None else Config(**entry["config"])
-        if entry is None:
-            _LOG.info("fastcarry: no tuned config for %s; using the defaults (run `fastcarry tune` for this "
-                      "shape)", key)
-    return _MEMO[key]
-
-
-# -- measuring ------------------------------------------------------------------------------------------------
 
 def parse_bytes(value):
     """``memory_limit``: None, bytes (int), or text like ``"2GiB"``, ``"300MiB"``, ``"1.5GB"``."""
@@ -222,57 +69,10 @@ def parse_bytes(value):
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_memory(run, device):
-    """Peak memory of ``run()`` above what was in use before, and how it was read.
-
-    The device allocator's peak (``get_memory_info``: GPUs; a CPU only with
-    ``TF_CPU_ALLOCATOR_USE_BFC=1``), else the process's resident memory,
-    sampled every millisecond (coarse: freed memory the C library keeps mapped
-    is not seen again).
-    """
-    import tensorflow as tf
-
-    name = "GPU:0" if device["kind"] == "GPU" else "CPU:0"
-    try:
-        tf.config.experimental.reset_memory_stats(name)
-        before = tf.config.experimental.get_memory_info(name)["current"]
-        run()
-        peak = tf.config.experimental.get_memory_info(name)["peak"]
-        if peak > 0:
-            return peak - before, "allocator"
-    except (ValueError, RuntimeError, tf.errors.OpError):
-        pass
-    if not os.path.exists("/proc/self/statm"):
-        run()
-        return None, "unavailable"
-    samples, done = [], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            samples.append(_rss_bytes())
-            time.sleep(0.001)
-
-    before = _rss_bytes()
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        run()
-    finally:
-        done.set()
-        thread.join()
-    return max(samples + [_rss_bytes()]) - before, "rss"
-
-
-def candidates(time_steps, mode, device):
+def candidates(time_steps):
     """The first stage: each ``unroll`` in ``UNROLLS`` up to T (more steps per iteration than T only add
-    remainder steps), unchunked, the projection per iteration."""
-    del mode, device  # the same unrolls everywhere; variants() depends on them
-    return [Config(unroll=u) for u in UNROLLS if u <= max(time_steps, 1)]
+    remainder steps), the rest of the schedule the defaults."""
+    return [dataclasses.replace(default_config(), unroll=u) for u in UNROLLS if u <= max(time_steps, 1)]
 
 
 def variants(best, core, mode, device):
@@ -282,12 +82,10 @@ def variants(best, core, mode, device):
     generic cell projects inside its step); ``swap_memory`` for training on a
     device that is not the host (on the host it parks nothing anywhere else).
     """
-    from fastcarry import _generic
-
     out = []
-    if core.project is not _generic.identity_project:
+    if core.project is not identity_project:
         out.append(dataclasses.replace(best, projection="hoisted"))
-    if mode == "train" and device["kind"] != "CPU":
+    if mode == "train" and device["type"] != "CPU":
         out.append(dataclasses.replace(best, swap_memory=True))
     return out
 
@@ -302,7 +100,7 @@ def paired_ratios(row, default):
     return [default["rounds"][r] / t for r, t in sorted(row["rounds"].items()) if r in default["rounds"]]
 
 
-def _beats(row, default):
+def beats(row, default):
     """Whether ``row`` is reliably faster than ``default``: by ``MIN_GAIN`` in median, and in enough of the
     rounds both were timed in (``SIGNIFICANCE``)."""
     if not row["median_s"] * MIN_GAIN <= default["median_s"]:
@@ -322,160 +120,122 @@ def _check_shape(shape):
     return tuple(shape)
 
 
-def timed_call(fn, x):
-    """Seconds for ``fn(x)`` with its results copied to the host (so the work is done, not just queued)."""
-    import tensorflow as tf
-
-    start = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), fn(x))
-    return time.perf_counter() - start
-
-
-def _step(cell, x, mode, config, time_major, sequence_length):
-    import tensorflow as tf
-
-    from fastcarry._unroll import _Named, unroll
+def _step(cell, mode, config, time_major, sequence_length):
+    """The step ``fc.tune`` times for ``config``: ``fc.unroll`` (inference), or its gradient w.r.t. the inputs
+    and the cell's variables under a square loss (training)."""
+    from fastcarry._unroll import unroll
 
     kwargs = dict(config.as_kwargs(), time_major=time_major, sequence_length=sequence_length)
-    variables = cell.trainable_variables
-
-    def infer(x):
-        return unroll(cell, x, **kwargs)[0]
-
-    def train(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            outputs, _ = unroll(cell, x, **kwargs)
-            loss = tf.reduce_sum(outputs * outputs)
-        return tape.gradient(loss, [x, *variables])
-
-    # One function per candidate, each traced once: _Named keeps TF from counting them as retraces of one.
-    fn = _Named(infer if mode == "infer" else train)
-    fn.__name__ = f"fastcarry_tune_{mode}"
     # swap_memory's host placement is lost inside a caller's XLA compilation (fc.unroll's docstring):
     # a plain tf.function keeps fastcarry's own compiled calls, as a user who swaps would run them.
-    return tf.function(fn, jit_compile=not config.swap_memory)
+    return step_function(lambda x: unroll(cell, x, **kwargs)[0], cell.trainable_variables, mode, wrt_inputs=True,
+                         jit_compile=not config.swap_memory, name="fastcarry_tune")
 
 
-def run(cell, shape, *, mode="train", time_major=False, sequence_length=None, memory_limit=None, budget_s=60,
-        cache=True, progress=None):
-    """``fc.tune``'s work; returns ``(config, rows, key)`` with one row per measured candidate.
+def _fits(row, limit):
+    return limit is None or (row["peak_bytes"] is not None and row["peak_bytes"] <= limit)
 
-    A row: ``config``, ``compile_s``, ``peak_bytes`` and how it was read (``memory``), ``rounds``
-    (``{round: seconds}``), ``samples`` (the same seconds in round order), ``median_s`` (nan if untimed).
-    """
-    import numpy as np
-    import tensorflow as tf
 
-    from fastcarry import _generic, _validate
-    from fastcarry._protocol import check_core
-    from fastcarry._unroll import default_unroll
+class _Tuning:
+    """One tuning run: the cell, its example inputs, the deadline, and the rows measured so far."""
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not budget_s > 0:
-        raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
-    limit = parse_bytes(memory_limit)
-    batch, steps, dim = _check_shape(shape)
-    cell = _generic.as_cell(cell)
-    cell.build(dim)
-    core = check_core(cell.core(), type(cell).__name__)
-    device = device_info()
-    key = make_key(cell_kind(core), dim, core.output_size, cell.dtype, mode, batch, steps, device)
-    layout = (steps, batch, dim) if time_major else (batch, steps, dim)
-    x = tf.constant(np.random.default_rng(0).standard_normal(layout), cell.dtype)
-    lengths = None if sequence_length is None else _validate._lengths(sequence_length, batch, steps)
-    deadline = time.perf_counter() + budget_s
+    def __init__(self, cell, x, mode, time_major, lengths, deadline, progress):
+        self.cell, self.x, self.mode, self.time_major, self.lengths = cell, x, mode, time_major, lengths
+        self.deadline, self.progress, self.device = deadline, progress, device_info()
+        self.rows = []
 
-    def measure(config):
-        fn = _step(cell, x, mode, config, time_major, lengths)
+    def measure(self, config):
+        """Compiles ``config``'s step and reads its peak memory once; adds and returns its row."""
+        fn = _step(self.cell, self.mode, config, self.time_major, self.lengths)
         start = time.perf_counter()
-        compile_s = timed_call(fn, x)
-        peak, how = _peak_memory(lambda: timed_call(fn, x), device)
-        if progress:
-            progress(config)
+        compile_s = timed_call(fn, self.x)
+        peak, how = peak_memory(lambda: timed_call(fn, self.x), self.device)
+        if self.progress:
+            self.progress(config)
         # rounds: {round number: seconds}, so two candidates compare on the rounds both ran in.
-        return {"config": config, "fn": fn, "compile_s": compile_s, "peak_bytes": peak, "memory": how,
-                "rounds": {}, "measure_s": time.perf_counter() - start}
+        row = {"config": config, "fn": fn, "compile_s": compile_s, "peak_bytes": peak, "memory": how,
+               "rounds": {}, "measure_s": time.perf_counter() - start}
+        self.rows.append(row)
+        return row
 
-    def time_rounds(timed, first_round, until):
+    def time_rounds(self, timed, first_round, until):
         """Interleaved rounds of ``timed`` (each starting one further along): one, then more while another
-        round of the same length ends by ``until`` (at most MAX_ROUNDS)."""
+        round of the same length ends by ``until`` (at most ``MAX_ROUNDS``); returns the next round's number."""
         n, last = 0, 0.0
         while n < 1 or (n < MAX_ROUNDS and time.perf_counter() + last <= until):
             r, round_start = first_round + n, time.perf_counter()
             for k in range(len(timed)):
                 row = timed[(r + k) % len(timed)]
-                row["rounds"][r] = timed_call(row["fn"], x)
+                row["rounds"][r] = timed_call(row["fn"], self.x)
             n, last = n + 1, time.perf_counter() - round_start
+        self.medians()
         return first_round + n
 
-    rows = [measure(c) for c in candidates(steps, mode, device)]
-    chunk = 0  # no chunk left to try
-    if limit is not None and mode == "train":
-        # chunk only where memory needs it: the largest chunk that fits (fewer boundaries, less recompute
-        # overhead), from half of T's bucket down by quarters.
-        chunk = bucket(steps) // 2
-        while chunk >= 1 and not any(_fits(r, limit) for r in rows) and time.perf_counter() < deadline:
-            rows.append(measure(Config(unroll=min(2, steps), chunk=chunk)))
-            chunk //= 4
-    fitting = [r for r in rows if limit is None or _fits(r, limit)]
-    if not fitting:
-        measured = [r for r in rows if r["peak_bytes"] is not None]
+    def medians(self):
+        for row in self.rows:
+            row["median_s"] = statistics.median(row["rounds"].values()) if row["rounds"] else math.nan
+
+    def fitting_first_stage(self, steps, limit, memory_limit):
+        """The first stage's rows that fit ``limit``: the unrolls, and chunks while none fits (train only)."""
+        for config in candidates(steps):
+            self.measure(config)
+        chunk = 0  # no chunk left to try
+        if limit is not None and self.mode == "train":
+            # chunk only where memory needs it: the largest chunk that fits (fewer boundaries, less recompute
+            # overhead), from half of T's bucket down by quarters.
+            chunk = tune_cache.bucket(steps) // 2
+            while chunk >= 1 and not any(_fits(r, limit) for r in self.rows) and time.perf_counter() < self.deadline:
+                self.measure(dataclasses.replace(default_config(), unroll=min(2, steps), chunk=chunk))
+                chunk //= 4
+        fitting = [r for r in self.rows if _fits(r, limit)]
+        if fitting:
+            return fitting
+        measured = [r for r in self.rows if r["peak_bytes"] is not None]
         if not measured:
             raise ValueError(f"memory_limit={memory_limit!r}: this device reports no memory use to compare it with")
         smallest = min(measured, key=lambda r: r["peak_bytes"])
         late = " (the budget ran out before smaller chunks were tried: raise budget_s)" if chunk >= 1 else ""
         raise ValueError(f"memory_limit={memory_limit!r} ({limit} bytes): no candidate fits; the smallest peak "
-                         f"measured was {smallest['peak_bytes']} bytes, with {smallest['config'].describe()}"
-                         f"{late}")
-    default = next((r for r in fitting if r["config"] == Config(unroll=default_unroll(core, batch, steps))), None)
+                         f"measured was {smallest['peak_bytes']} bytes, with {smallest['config'].describe()}{late}")
 
-    def medians():
-        for row in rows:
-            row["median_s"] = statistics.median(row["rounds"].values()) if row["rounds"] else math.nan
+    def search(self, core, steps, limit, memory_limit):
+        """Both stages (see ``tune``); returns the winning row."""
+        fitting = self.fitting_first_stage(steps, limit, memory_limit)
+        default = next((r for r in fitting if r["config"] == default_config()), None)
 
-    def choose(timed):
-        """The fastest of ``timed`` that reliably beats the defaults, else the defaults (when they fit)."""
-        eligible = [r for r in timed if default is None or r is default or _beats(r, default)]
-        return min(eligible, key=lambda r: r["median_s"])
+        def choose(timed):
+            """The fastest of ``timed`` that reliably beats the defaults, else the defaults (when they fit)."""
+            eligible = [r for r in timed if default is None or r is default or beats(r, default)]
+            return min(eligible, key=lambda r: r["median_s"])
 
-    next_round = time_rounds(fitting, 0, time.perf_counter() + (deadline - time.perf_counter()) * FIRST_STAGE)
-    medians()
-    best = choose(fitting)
-    # The second stage only when its compiles and a round fit in the budget left (each estimated by the
-    # slowest first-stage compile, and a first-stage round): the budget bounds the whole tuning.
-    later = variants(best["config"], core, mode, device)
-    cost = len(later) * max(r["measure_s"] for r in rows) + sum(r["median_s"] for r in fitting)
-    if time.perf_counter() + cost > deadline:
-        later = []
-    second = [measure(c) for c in later]
-    rows += second
-    second = [r for r in second if limit is None or _fits(r, limit)]
-    if second:
-        # The winner's variants, timed against it and the defaults in rounds of their own.
-        first = [best] if default is None or best is default else [default, best]
-        time_rounds(first + second, next_round, deadline)
-        medians()
-        best = choose(fitting + second)
-    medians()  # also for the rows that did not fit: nan
-    record = {"median_s": best["median_s"], "peak_bytes": best["peak_bytes"], "memory": best["memory"],
-              "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": len(rows)}
-    if cache:
-        store(key, best["config"], record)
-        _MEMO[key] = best["config"]
-    for row in rows:
-        del row["fn"]
-        row["samples"] = [row["rounds"][r] for r in sorted(row["rounds"])]
-    return best["config"], rows, key
+        now = time.perf_counter()
+        next_round = self.time_rounds(fitting, 0, now + (self.deadline - now) * FIRST_STAGE)
+        best = choose(fitting)
+        # The second stage only when its compiles and a round fit in the budget left (each estimated by the
+        # slowest first-stage compile, and a first-stage round): the budget bounds the whole tuning.
+        later = variants(best["config"], core, self.mode, self.device)
+        cost = len(later) * max(r["measure_s"] for r in self.rows) + sum(r["median_s"] for r in fitting)
+        if time.perf_counter() + cost > self.deadline:
+            later = []
+        second = [r for r in (self.measure(c) for c in later) if _fits(r, limit)]
+        if second:
+            # The winner's variants, timed against it and the defaults in rounds of their own.
+            first = [best] if default is None or best is default else [default, best]
+            self.time_rounds(first + second, next_round, self.deadline)
+            best = choose(fitting + second)
+        self.medians()  # also for the rows that did not fit: nan
+        return best
 
 
-def _fits(row, limit):
-    return row["peak_bytes"] is not None and row["peak_bytes"] <= limit
+def _check(mode, budget_s):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(budget_s, bool) or not isinstance(budget_s, (int, float)) or not budget_s > 0:
+        raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
 
 
 def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, memory_limit=None, budget_s=60,
-         cache=True):
+         cache=True, report=False, progress=None):
     """Measures ``fc.unroll``'s schedules for ``cell`` at ``shape`` on this device; returns the fastest ``fc.Config``.
 
     Args:
@@ -489,6 +249,8 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
         starts only when it is expected to end in time; only the first stage's compiles and first
         round always run (and with a ``memory_limit``, the chunk search until a candidate fits).
       cache: store the result for ``fc.unroll(..., config="auto")`` and ``fastcarry tune --show``.
+      report: return a ``TuneReport`` (the config, every measured row, the cache key) instead.
+      progress: None, or ``progress(config)`` called as each candidate has been compiled.
 
     The search, in two stages (every candidate gives the same results; a test
     holds them equal). Each candidate is compiled and its peak memory read
@@ -504,11 +266,10 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
        projection of their own), and on a GPU in training with
        ``swap_memory=True``, timed against that winner and the defaults for the
        rest of the budget (skipped when its compiles and one round would not
-       end within the budget). Pruned this way, not as
-       a full product, because these knobs act on other costs than ``unroll``
-       does (the projection's GEMM shape and where the saved activations live,
-       not the per-step loop overhead): a full product would triple the
-       candidates for little.
+       end within the budget). Pruned this way, not as a full product, because
+       these knobs act on other costs than ``unroll`` does (the projection's
+       GEMM shape and where the saved activations live, not the per-step loop
+       overhead): a full product would triple the candidates for little.
 
     The fastest median that fits wins, but a candidate replaces the defaults
     only when it is reliably faster: at least ``MIN_GAIN`` (3%) in median and
@@ -520,7 +281,30 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
     ``shape``, and when no candidate fits ``memory_limit`` (naming the smallest
     peak measured and its config).
     """
-    config, _, _ = run(cell, shape, mode=mode, time_major=time_major, sequence_length=sequence_length,
-                       memory_limit=memory_limit, budget_s=budget_s, cache=cache)
-    return config
+    import numpy as np
+    import tensorflow as tf
 
+    from fastcarry._adapters import as_cell
+    from fastcarry._protocol import check_core
+    from fastcarry._validate import check_lengths
+
+    _check(mode, budget_s)
+    limit = parse_bytes(memory_limit)
+    batch, steps, dim = _check_shape(shape)
+    cell = as_cell(cell)
+    cell.build(dim)
+    core = check_core(cell.core(), type(cell).__name__)
+    key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
+    x = tf.constant(np.random.default_rng(0).standard_normal((steps, batch, dim) if time_major else (batch, steps, dim)),
+                    cell.dtype)
+    tuning = _Tuning(cell, x, mode, time_major, check_lengths(sequence_length, batch, steps),
+                     time.perf_counter() + budget_s, progress)
+    best = tuning.search(core, steps, limit, memory_limit)
+    if cache:
+        tune_cache.store(key, best["config"], {
+            "median_s": best["median_s"], "peak_bytes": best["peak_bytes"], "memory": best["memory"],
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": len(tuning.rows)})
+    for row in tuning.rows:
+        del row["fn"]
+        row["samples"] = [row["rounds"][r] for r in sorted(row["rounds"])]
+    return TuneReport(best["config"], tuning.rows, key) if report else best["config"]

@@ -8,25 +8,21 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from fastcarry._config import PROJECTIONS
 from fastcarry._protocol import SHAPE_MEMBERS, missing_members
+from fastcarry._validity import Validity
 
 
 class Args(NamedTuple):
     """Normalised arguments. ``inputs`` as given (layout unchanged); ``batch``/``time``
-    are ints when static, else scalar tensors; ``lengths`` ``[B]`` int32 clipped to
-    ``[0, T]``, a time-major ``[T, B]`` bool mask (from ``mask``), or None."""
+    are ints when static, else scalar tensors; ``validity`` a ``Validity`` in the
+    caller's time order (lengths ``[B]`` int32 clipped to ``[0, T]``, or a
+    time-major ``[T, B]`` bool mask)."""
 
     inputs: tf.Tensor
     initial_state: object
-    lengths: object
+    validity: Validity
     batch: object
     time: object
-
-
-def _flag(value, name):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def _dim(tensor, axis):
@@ -34,31 +30,14 @@ def _dim(tensor, axis):
     return static if static is not None else tf.shape(tensor)[axis]
 
 
-BACKWARDS = ("fused", "autodiff")
-
-
-def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-          backward="fused", chunk=None, parallel_iterations=None, swap_memory=False, mask=None,
-          projection="per_iteration"):
-    """Validates ``unroll``'s arguments; returns ``Args``. It does not build the cell (``build_for`` does)."""
+def check(cell, inputs, initial_state, options, *, sequence_length=None, mask=None):
+    """Validates ``unroll``'s data arguments for ``cell`` and ``options`` (an ``Options``, itself checked when
+    made); returns ``Args``. It does not build the cell (``build_for`` does)."""
     missing = missing_members(cell, SHAPE_MEMBERS)
     if missing:
         raise TypeError(f"cell must be a fastcarry cell (fastcarry.CellProtocol; see fc.as_cell for Keras and TF1 "
                         f"cells), got {type(cell).__name__}, which lacks {', '.join(missing)}")
-    for value, name in ((time_major, "time_major"), (reverse, "reverse"), (jit_compile, "jit_compile"),
-                        (swap_memory, "swap_memory")):
-        _flag(value, name)
-    _optional_count(unroll, "unroll")
-    _optional_count(chunk, "chunk")
-    _optional_count(parallel_iterations, "parallel_iterations")
-    if not isinstance(backward, str) or backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    if not isinstance(projection, str) or projection not in PROJECTIONS:
-        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-    if swap_memory and backward != "fused":
-        raise ValueError(f"swap_memory=True needs backward='fused' (backward={backward!r} saves no activations "
-                         f"to swap: it recomputes the forward)")
-
+    time_major = options.time_major
     inputs = _inputs(inputs, cell, time_major)
     batch_axis, time_axis = (1, 0) if time_major else (0, 1)
     batch, time = _dim(inputs, batch_axis), _dim(inputs, time_axis)
@@ -66,16 +45,9 @@ def check(cell, inputs, initial_state, sequence_length, time_major, reverse, unr
     if mask is not None:
         if sequence_length is not None:
             raise ValueError("give sequence_length or mask, not both (a mask says everything lengths do)")
-        return Args(inputs, initial_state, _mask(mask, inputs, time_major), batch, time)
-    lengths = _lengths(sequence_length, inputs.shape[batch_axis], time)
-    return Args(inputs, initial_state, lengths, batch, time)
-
-
-def _optional_count(value, name):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-        raise TypeError(f"{name} must be None or an int >= 1, got {value!r}")
-    if value is not None and value < 1:
-        raise ValueError(f"{name} must be None or an int >= 1, got {value}")
+        return Args(inputs, initial_state, Validity(mask=_mask(mask, inputs, time_major)), batch, time)
+    lengths = check_lengths(sequence_length, inputs.shape[batch_axis], time)
+    return Args(inputs, initial_state, Validity(lengths=lengths), batch, time)
 
 
 def _inputs(inputs, cell, time_major):
@@ -180,7 +152,8 @@ def check_state(state, cell, batch, name="initial_state"):
     return tf.nest.pack_sequence_as(size, leaves)
 
 
-def _lengths(sequence_length, batch, time):
+def check_lengths(sequence_length, batch, time):
+    """``sequence_length`` as ``[B]`` int32 clipped to ``[0, T]``, or None."""
     if sequence_length is None:
         return None
     lengths = tf.convert_to_tensor(sequence_length)

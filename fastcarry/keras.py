@@ -43,34 +43,18 @@ import warnings
 import keras
 import tensorflow as tf
 
-from fastcarry import _generic
+from fastcarry._adapters import as_cell
+from fastcarry._keras_fused import KerasFusedCell
+from fastcarry._stack import Stack
+from fastcarry._support import not_supported_reasons
 from fastcarry._unroll import unroll as _unroll
 
 __all__ = ["GRU", "LSTM", "RNN", "SimpleRNN"]
 
 
-def _fallback_reason(layer, kind):
-    """Why the fused loop cannot run ``layer`` exactly (None: it can)."""
-    cell = layer.cell
-    if cell.recurrent_dropout:
-        return f"recurrent_dropout={cell.recurrent_dropout} (a new mask on h inside every step)"
-    problem = _generic.unfusable_activations(cell, kind)
-    if problem is None and kind != "simple_rnn" and cell.dropout and getattr(cell, "implementation", 2) == 1:
-        return "implementation=1 with dropout (one dropout mask per gate)"
-    return problem
-
-
 def _cells_of(cell):
     """``cell`` and, for a stack (``StackedRNNCells``), the cells in it."""
     return [cell, *getattr(cell, "cells", [])]
-
-
-def _rnn_fallback_reason(layer):
-    for cell in _cells_of(layer.cell):
-        for knob in ("dropout", "recurrent_dropout"):
-            if getattr(cell, knob, 0.0):
-                return f"{type(cell).__name__} {knob}={getattr(cell, knob)} (fc.unroll calls cells without dropout)"
-    return None
 
 
 def _last_real_output(ys, mask):
@@ -121,11 +105,12 @@ class _FusedLoop:
         self._fastcarry_cell = None
 
     def _why_not_fused(self):
-        return _fallback_reason(self, self._kind)
+        # The layer applies the cell's input dropout itself (one mask for all steps, as Keras's cell does).
+        return "; ".join(not_supported_reasons(self.cell, "fused", kind=self._kind, input_dropout=True)) or None
 
     def _make_cell(self):
         """The fastcarry cell that runs ``self.cell`` (its output is its state's first component)."""
-        return _generic.KerasFusedCell(self.cell, self._kind)
+        return KerasFusedCell(self.cell, self._kind)
 
     _output_is_state = True  # y_t == the state's first component (h), so the last output is the final h
 
@@ -241,16 +226,15 @@ class RNN(_FusedLoop, keras.layers.RNN):
         self._init_fastcarry()
 
     def _why_not_fused(self):
-        return _rnn_fallback_reason(self)
+        # fc.unroll calls every cell of the stack without dropout, fused or not.
+        return "; ".join(r for c in _cells_of(self.cell) for r in not_supported_reasons(c, "generic")) or None
 
     def _make_cell(self):
-        from fastcarry._stack import Stack
-
         if isinstance(self.cell, keras.layers.StackedRNNCells):
             # Layer by layer, each cell fused where it can be: fc.Stack's semantics are StackedRNNCells'.
-            return Stack([_generic.as_cell(c) for c in self.cell.cells])
-        return _generic.as_cell(self.cell)
+            return Stack([as_cell(c) for c in self.cell.cells])
+        return as_cell(self.cell)
 
     @property
     def _output_is_state(self):
-        return isinstance(self._fastcarry_cell, _generic.KerasFusedCell)
+        return isinstance(self._fastcarry_cell, KerasFusedCell)

@@ -12,9 +12,11 @@ is the same thing as reversing each row within its own length.
 
 import tensorflow as tf
 
-from fastcarry import _generic, _validate
+from fastcarry import _validate
+from fastcarry._adapters import LayerCell, as_cell
 from fastcarry._cells import GRU, LSTM, SimpleRNN, LSTMState
-from fastcarry._config import Config
+from fastcarry._config import Config, Options
+from fastcarry._keras_fused import KerasFusedCell
 from fastcarry._stack import Stack
 
 __all__ = ["unroll"]
@@ -69,6 +71,7 @@ def _gru_step(cell):
     return step
 
 
+# Written again, not imported from the kernels: the reference shares nothing with the fused path.
 _ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": lambda v: v}
 
 
@@ -91,7 +94,10 @@ def _generic_step(cell):
 
 
 def _stack_step(stack):
-    """All layers inside one step, as ``MultiRNNCell`` does (``fastcarry.unroll`` runs them layer by layer)."""
+    """All layers inside one step, as ``MultiRNNCell`` does (``fastcarry.unroll`` runs them layer by layer).
+
+    Each layer by its own reference step: ``Stack.core()`` would run the layers' fused kernels.
+    """
     steps = [_step_for(cell) for cell in stack.cells]
 
     def step(states, x):
@@ -107,16 +113,16 @@ def _step_for(cell):
     for kind, make in ((LSTM, _lstm_step), (GRU, _gru_step), (SimpleRNN, _simple_rnn_step), (Stack, _stack_step)):
         if isinstance(cell, kind):
             return make(cell)
-    if isinstance(cell, _generic.KerasFusedCell):
+    if isinstance(cell, KerasFusedCell):
         # The Keras layer's own call, not the fused kernel that fastcarry.unroll runs on its weights.
-        return _generic.LayerCell(cell.layer).step
+        return LayerCell(cell.layer).step
     return _generic_step(cell)
 
 
 @tf.autograph.experimental.do_not_convert
 def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
            unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=False, projection="per_iteration", config=None):
+           swap_memory=None, projection=None, config=None):
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
     ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory``,
@@ -126,12 +132,12 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     be static. Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` if ``time_major``) ->
     ``(outputs [B, T, H], state)``.
     """
-    if not isinstance(cell, Stack):
-        cell = _generic.as_cell(cell)
+    options = Options(time_major, reverse, unroll, jit_compile, backward, chunk, parallel_iterations,
+                      swap_memory, projection).resolve()
     if not (config is None or isinstance(config, Config) or (isinstance(config, str) and config == "auto")):
         raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
-    args = _validate.check(cell, inputs, initial_state, sequence_length, time_major, reverse, unroll, jit_compile,
-                           backward, chunk, parallel_iterations, swap_memory, mask, projection)
+    cell = as_cell(cell)
+    args = _validate.check(cell, inputs, initial_state, options, sequence_length=sequence_length, mask=mask)
     _validate.build_for(cell, args)
     if not isinstance(args.time, int):
         raise ValueError(f"reference.unroll needs a static T, got inputs of shape {args.inputs.shape}")
@@ -141,8 +147,9 @@ def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None,
     ys = [None] * args.time
     for t in (reversed(range(args.time)) if reverse else range(args.time)):
         new_state, y = step(state, x[t])
-        if args.lengths is not None:  # [B] lengths or a [T, B] mask
-            valid = (args.lengths[t] if args.lengths.shape.rank == 2 else t < args.lengths)[:, None]
+        if not args.validity.all_real:  # [B] lengths or a [T, B] mask
+            real = args.validity
+            valid = (real.mask[t] if real.mask is not None else t < real.lengths)[:, None]
             new_state = tf.nest.map_structure(lambda n, o: tf.where(valid, n, o), new_state, state)
             y = tf.where(valid, y, tf.zeros_like(y))
         ys[t] = y

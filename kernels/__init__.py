@@ -3,7 +3,7 @@
 One module per cell, all pure functions of tensors (no variables, no loops),
 each the pieces of a ``fastcarry.Core`` with a ``fastcarry.RecurrentSplit``:
 
-- ``Params``: a NamedTuple of the weights, in Keras 3's layout.
+- ``Params``: a NamedTuple of the weights, in Keras 3's layout (one type for all three: ``_params``).
 - ``project(params, x) -> xp``: the input projection for several steps at
   once, ``x [T, B, D] -> xp [T, B, G]``, as one matmul; the loop calls it per
   chunk of ``unroll`` steps, and the backward for all T at once.

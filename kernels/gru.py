@@ -25,15 +25,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from fastcarry.kernels._params import Params as Params  # the weights, shared by every kernel
 from fastcarry.kernels._project import dense_over_time
 
-
-class Params(NamedTuple):
-    """GRU weights: ``kernel [D, 3H]``, ``recurrent_kernel [H, 3H]``, ``bias [2, 3H]`` or ``[3H]``."""
-
-    kernel: tf.Tensor
-    recurrent_kernel: tf.Tensor
-    bias: tf.Tensor
 
 
 def project(params, x, reset_after=True):

@@ -19,15 +19,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from fastcarry.kernels._params import Params as Params  # the weights, shared by every kernel
 from fastcarry.kernels._project import dense_over_time
 
-
-class Params(NamedTuple):
-    """LSTM weights: ``kernel [D, 4H]``, ``recurrent_kernel [H, 4H]``, ``bias [4H]``."""
-
-    kernel: tf.Tensor
-    recurrent_kernel: tf.Tensor
-    bias: tf.Tensor
 
 
 class LSTMState(NamedTuple):

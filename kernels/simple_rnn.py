@@ -2,22 +2,18 @@
 
     h' = activation(x_t @ kernel + bias + h @ recurrent_kernel)
 
-``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``.
+``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``; ``activation`` one of ``ACTIVATIONS``.
 """
-
-from typing import NamedTuple
 
 import tensorflow as tf
 
+from fastcarry.kernels._params import Params as Params  # the weights, shared by every kernel
 from fastcarry.kernels._project import dense_over_time
 
 
-class Params(NamedTuple):
-    """SimpleRNN weights: ``kernel [D, H]``, ``recurrent_kernel [H, H]``, ``bias [H]``."""
 
-    kernel: tf.Tensor
-    recurrent_kernel: tf.Tensor
-    bias: tf.Tensor
+# The activations the fused SimpleRNN runs, by Keras's names.
+ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
 
 
 def project(params, x):

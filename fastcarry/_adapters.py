@@ -13,10 +13,10 @@ Three contracts are accepted:
 
 Such a cell runs on the *generic* path: ``unroll``'s loops call its step as it
 is, and the backward is TF's VJP of that step (see ``fastcarry._backward``).
-A Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` with the standard
-activations and no dropout runs on the *fused* path instead, the fused kernel
-reading the layer's own variables (no copy); ``fc.as_cell(cell, fused=False)``
-keeps it generic.
+A Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` the fused kernels can run
+(``fastcarry._support.not_supported_reasons``) runs on the *fused* path instead,
+the fused kernel reading the layer's own variables (no copy,
+``fastcarry._keras_fused``); ``fc.as_cell(cell, fused=False)`` keeps it generic.
 
 Shapes: ``x_t [B, D]``, each state component ``[B, size]``, ``y_t [B, output_size]``.
 """
@@ -26,18 +26,9 @@ import re
 
 import tensorflow as tf
 
-from fastcarry import _cells
-from fastcarry._protocol import SHAPE_MEMBERS, Core, missing_members
-from fastcarry.kernels import gru as _gru
-from fastcarry.kernels import lstm as _lstm
-from fastcarry.kernels import simple_rnn as _simple_rnn
-from fastcarry.kernels.lstm import LSTMState
-
-
-def identity_project(params, x):
-    """A generic cell projects its own inputs inside its step: ``xp_t = x_t``."""
-    del params
-    return x
+from fastcarry._keras_fused import KerasFusedCell
+from fastcarry._protocol import SHAPE_MEMBERS, Core, attached, identity_project, missing_members, zeros_in
+from fastcarry._support import fused_kind, not_supported_reasons
 
 
 def _describe(structure):
@@ -93,13 +84,6 @@ def _tf_variable(v, where):
     if not isinstance(inner, tf.Variable):
         raise TypeError(f"{where} holds {type(v).__name__} {getattr(v, 'name', '')!r}, which is not a tf.Variable")
     return inner
-
-
-def _zeros(state_size, batch_size, dtype):
-    def zeros(size):
-        shape = tf.TensorShape(size).as_list() if not isinstance(size, int) else [size]
-        return tf.zeros(tf.concat([[batch_size], shape], 0), dtype)
-    return tf.nest.map_structure(zeros, state_size)
 
 
 def _snake(name):
@@ -163,7 +147,7 @@ class FunctionCell:
 
     def zero_state(self, batch_size, dtype=None):
         """Zeros in ``state_size``'s structure, ``[batch_size, size]`` each."""
-        return _zeros(self.state_size, batch_size, self.dtype if dtype is None else dtype)
+        return zeros_in(self.state_size, batch_size, self.dtype if dtype is None else dtype)
 
     def core(self):
         return _generic_core(self.name, checked_step(self.step, f"{self.name}'s step"), self.output_size,
@@ -176,17 +160,6 @@ class FunctionCell:
         return f"FunctionCell({self.name!r}, state_size={self.state_size!r}, output_size={self.output_size})"
 
 
-def attached(obj, name):
-    """A dict kept in ``obj``'s own ``__dict__`` under ``name`` (made on first use).
-
-    Caches of what belongs to one object live on it, so they go when it goes
-    (reference cycles through it are collected); a global table keyed by the
-    object would keep it alive through its own entries. Written into
-    ``__dict__`` directly: a Keras layer's ``__setattr__`` would track it.
-    """
-    return vars(obj).setdefault(name, {})
-
-
 class LayerCell:
     """A Keras or TF1 cell object (see the module docstring) as a fastcarry cell on the generic path.
 
@@ -195,11 +168,10 @@ class LayerCell:
     """
 
     def __init__(self, layer):
-        for knob in ("dropout", "recurrent_dropout"):
-            if getattr(layer, knob, 0.0):
-                raise ValueError(f"the {type(layer).__name__} has {knob}={getattr(layer, knob)}, but fastcarry "
-                                 f"calls cells as Keras does at inference, with no dropout; make it without "
-                                 f"{knob} (or apply dropout to the inputs and outputs of fc.unroll)")
+        reasons = not_supported_reasons(layer, "generic")
+        if reasons:
+            raise ValueError(f"{'; '.join(reasons)}: make the cell without dropout (or apply dropout to the "
+                             f"inputs and outputs of fc.unroll)")
         self.layer = layer
         self.tf1 = callable(getattr(layer, "zero_state", None))
         self.name = _snake(type(layer).__name__)
@@ -246,7 +218,7 @@ class LayerCell:
             return layer.zero_state(batch_size, dtype)
         initial = getattr(layer, "get_initial_state", None)
         if initial is None:
-            return _zeros(self.state_size, batch_size, dtype)
+            return zeros_in(self.state_size, batch_size, dtype)
         kwargs = {"dtype": dtype} if "dtype" in inspect.signature(initial).parameters else {}
         state = initial(batch_size=batch_size, **kwargs)
         return [tf.cast(s, dtype) for s in (state if isinstance(state, (list, tuple)) else [state])]
@@ -262,120 +234,6 @@ class LayerCell:
 
     def __repr__(self):
         return f"fc.as_cell({type(self.layer).__name__}, fused=False)"
-
-
-# -- the fused path for Keras's own cells ---------------------------------------------------------------------
-
-def _fused_kind(layer):
-    """``"lstm"``, ``"gru"`` or ``"simple_rnn"`` for a Keras (3 or tf_keras) cell the fused kernels run, or the
-    reason it cannot be fused (a string starting with "no:")."""
-    kinds = {"LSTMCell": "lstm", "GRUCell": "gru", "SimpleRNNCell": "simple_rnn"}
-    kind = kinds.get(type(layer).__name__)
-    # (TF1's legacy GRUCell shares the name, not the layout: it has zero_state.)
-    if kind is None or not type(layer).__module__.startswith(("keras", "tf_keras")) or hasattr(layer, "zero_state"):
-        return f"no: {type(layer).__name__} is not keras.layers.LSTMCell, GRUCell or SimpleRNNCell"
-    for knob in ("dropout", "recurrent_dropout"):
-        if getattr(layer, knob, 0.0):
-            return f"no: it has {knob}={getattr(layer, knob)}"
-    problem = unfusable_activations(layer, kind)
-    return kind if problem is None else f"no: {problem}"
-
-
-def unfusable_activations(layer, kind):
-    """Why the fused ``kind`` kernel cannot run ``layer``'s activations (None: it can)."""
-    act = _cells.activation_name(layer.activation)
-    if kind == "simple_rnn":
-        return None if act in _cells.ACTIVATIONS else \
-            f"activation={act!r} (the fused SimpleRNN does {', '.join(map(repr, _cells.ACTIVATIONS))})"
-    rec = _cells.activation_name(layer.recurrent_activation)
-    if (act, rec) != ("tanh", "sigmoid"):
-        return f"activation={act!r}, recurrent_activation={rec!r} (the fused kernels do 'tanh' and 'sigmoid')"
-    return None
-
-
-# The key prefix of a fused kernel run on Keras's list states: the same math, so the same tuned schedule.
-LIST_STATE_KEY = "keras_list_state"
-
-
-def _list_state(core, to_core, from_core):
-    """``core``'s math on Keras's list states: ``to_core(list) -> core state``, ``from_core(core state) -> list``."""
-    split = core.split
-
-    def recurrent_input(state):
-        return split.recurrent_input(to_core(state))
-
-    def update(state, a):
-        new, y = split.update(to_core(state), a)
-        return from_core(new), y
-
-    second = split.second
-    if second is not None:
-        second = second._replace(input=lambda state, a: split.second.input(to_core(state), a))
-    return core._replace(key=(LIST_STATE_KEY,) + tuple(core.key),
-                         split=split._replace(recurrent_input=recurrent_input, update=update, second=second))
-
-
-class KerasFusedCell:
-    """A Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` run by the fused kernel on the layer's own variables.
-
-    Made by ``fc.as_cell``. ``params()`` reads the layer's ``kernel``,
-    ``recurrent_kernel`` and ``bias`` (cast to its compute dtype), so the
-    caller's tape sends their gradients to those variables; nothing is copied.
-    The state is Keras's: ``[h, c]`` for LSTM, ``[h]`` otherwise.
-    """
-
-    def __init__(self, layer, kind):
-        self.layer = layer
-        self.kind = kind
-        self.units = int(layer.units)
-        self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or layer.dtype)
-        self.state_size = [self.units, self.units] if kind == "lstm" else [self.units]
-        self.output_size = self.units
-        self.input_dim = None
-
-    @property
-    def trainable_variables(self):
-        """The layer's (its own variables, which the fused kernel reads)."""
-        return list(self.layer.trainable_variables)
-
-    def build(self, input_dim):
-        layer = self.layer
-        if not layer.built:
-            with tf.init_scope():
-                layer.build((None, int(input_dim)))
-        got = int(layer.kernel.shape[0])
-        if got != input_dim:
-            raise ValueError(f"inputs have feature dim {input_dim}, expected {got} (the keras "
-                             f"{type(layer).__name__} was built for {got})")
-        self.input_dim = got
-
-    def zero_state(self, batch_size, dtype=None):
-        return _zeros(self.state_size, batch_size, self.dtype if dtype is None else dtype)
-
-    def core(self):
-        layer = self.layer
-        if self.kind == "lstm":
-            core = _cells.lstm_core(self.units, 0.0)
-            return _list_state(core, lambda s: LSTMState(*s), lambda s: [s.h, s.c])
-        if self.kind == "gru":
-            core = _cells.gru_core(self.units, bool(layer.reset_after))
-        else:
-            core = _cells.simple_rnn_core(self.units, _cells.activation_name(layer.activation))
-        return _list_state(core, lambda s: s[0], lambda s: [s])
-
-    def params(self):
-        layer = self.layer
-        kernel, recurrent = layer.kernel, layer.recurrent_kernel
-        if getattr(layer, "use_bias", True):
-            bias = tf.convert_to_tensor(layer.bias)
-        else:
-            shape = [2, 3 * self.units] if self.kind == "gru" and layer.reset_after else [kernel.shape[-1]]
-            bias = tf.zeros(shape, self.dtype)
-        types = {"lstm": _lstm.Params, "gru": _gru.Params, "simple_rnn": _simple_rnn.Params}
-        return types[self.kind](*(tf.cast(tf.convert_to_tensor(w), self.dtype) for w in (kernel, recurrent, bias)))
-
-    def __repr__(self):
-        return f"fc.as_cell({type(self.layer).__name__}, fused=True)"
 
 
 _ACCEPTED = ("a fastcarry cell (fc.LSTM, fc.GRU, fc.SimpleRNN, fc.FunctionCell, fc.Stack, or any object with "
@@ -415,13 +273,14 @@ def as_cell(cell, *, fused=None):
     lacks = _lacks(cell)
     if lacks:
         raise TypeError(f"cell must be {_ACCEPTED}; got {type(cell).__name__}, which lacks {', '.join(lacks)}")
-    kind = _fused_kind(cell)
-    if fused is True and kind.startswith("no:"):
-        raise ValueError(f"fused=True: the fused kernels cannot run this {type(cell).__name__} ({kind[4:]})")
-    key = "fused" if (fused is not False and not kind.startswith("no:")) else "generic"
+    reasons = not_supported_reasons(cell, "fused") if fused is not False else []
+    if fused is True and reasons:
+        raise ValueError(f"fused=True: the fused kernels cannot run this {type(cell).__name__} "
+                         f"({'; '.join(reasons)})")
+    key = "fused" if (fused is not False and not reasons) else "generic"
     # Kept on the layer, so an eager loop does not build (and probe) one per call.
     adapters = attached(cell, "_fastcarry_cells")
     if key not in adapters:
-        adapters[key] = KerasFusedCell(cell, kind) if key == "fused" else LayerCell(cell)
+        adapters[key] = KerasFusedCell(cell, fused_kind(cell)) if key == "fused" else LayerCell(cell)
     return adapters[key]
 
