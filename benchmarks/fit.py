@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from fastcarry.tools import cli as _cli  # noqa: E402
 
 if __name__ == "__main__":
-    _cli._start_tensorflow()
+    _cli.start_tensorflow()
     from fastcarry.tools import fit_bench  # noqa: E402
 
     quick = "--quick" in sys.argv[1:]
@@ -22,6 +22,6 @@ if __name__ == "__main__":
     for cell in ("lstm", "gru"):
         shape = dict(batch=8, steps=20, dim=8, units=16, samples=64, epochs=3) if quick else \
             dict(batch=32, steps=100, dim=32, units=128, samples=2048, epochs=7)
-        data = fit_bench.run(cell, "random", depth=2, out_dir=None if quick else os.path.join(results, cell),
-                             **shape)
+        data = fit_bench.run(fit_bench.FitRun(cell, "random", depth=2, **shape),
+                             out_dir=None if quick else os.path.join(results, cell))
         print(fit_bench.markdown(data), "\n")

@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 from fastcarry.tools import cli as _cli  # noqa: E402
 
 if __name__ == "__main__":
-    _cli._start_tensorflow()
+    _cli.start_tensorflow()
     from fastcarry.tools import tune_bench  # noqa: E402
 
     quick = "--quick" in sys.argv[1:]

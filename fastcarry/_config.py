@@ -66,23 +66,23 @@ class Config:
         check_flag(self.swap_memory, "Config.swap_memory", optional=True)
         check_choice(self.projection, "Config.projection", PROJECTIONS, optional=True)
 
+    @classmethod
+    def defaults(cls):
+        """The schedule ``fc.unroll`` runs when neither the call nor a config chooses one: ``Config(unroll=2)``,
+        the other fields not chosen (``DEFAULTS``)."""
+        return cls(unroll=DEFAULT_UNROLL)
+
     def as_kwargs(self):
         """``{"unroll": .., "chunk": .., "swap_memory": .., "projection": ..}`` for ``fc.unroll``."""
         return dataclasses.asdict(self)
 
     def describe(self):
-        """Short text: ``unroll=4 chunk=256``; fields that are None or the defaults left out (``defaults`` if all)."""
-        parts = [f"{k}={v}" for k, v in self.as_kwargs().items() if v is not None and v != DEFAULTS[k]]
-        return " ".join(parts) or "defaults"
+        """Short text: ``unroll=4 chunk=256``, the fields not chosen left out (``defaults`` if none is)."""
+        return " ".join(f"{k}={v}" for k, v in self.as_kwargs().items() if v is not None) or "defaults"
 
 
 # What a knob is when neither the call nor a config gives it.
 DEFAULTS = {"unroll": DEFAULT_UNROLL, "chunk": None, "swap_memory": False, "projection": "per_iteration"}
-
-
-def default_config():
-    """The schedule ``unroll`` runs when nothing chooses one: ``DEFAULTS`` as a ``Config``."""
-    return Config(**DEFAULTS)
 
 
 class Layout(NamedTuple):

@@ -14,7 +14,7 @@ import time
 from typing import NamedTuple
 
 from fastcarry import tune_cache
-from fastcarry._config import Config, default_config
+from fastcarry._config import Config
 from fastcarry._measure import device_info, peak_memory, step_function, timed_call
 from fastcarry._protocol import identity_project
 
@@ -51,8 +51,8 @@ class TuneReport(NamedTuple):
 
     def gain(self, config):
         """The median over shared rounds of the defaults' time over ``config``'s (1.0 for the defaults)."""
-        default, row = self.row(default_config()), self.row(config)
-        if config == default_config() or default is None or row is None:
+        default, row = self.row(Config.defaults()), self.row(config)
+        if config == Config.defaults() or default is None or row is None:
             return 1.0
         return statistics.median(paired_ratios(row, default))
 
@@ -72,7 +72,7 @@ def parse_bytes(value):
 def candidates(time_steps):
     """The first stage: each ``unroll`` in ``UNROLLS`` up to T (more steps per iteration than T only add
     remainder steps), the rest of the schedule the defaults."""
-    return [dataclasses.replace(default_config(), unroll=u) for u in UNROLLS if u <= max(time_steps, 1)]
+    return [Config(unroll=u) for u in UNROLLS if u <= max(time_steps, 1)]
 
 
 def variants(best, core, mode, device):
@@ -185,7 +185,7 @@ class _Tuning:
             # overhead), from half of T's bucket down by quarters.
             chunk = tune_cache.bucket(steps) // 2
             while chunk >= 1 and not any(_fits(r, limit) for r in self.rows) and time.perf_counter() < self.deadline:
-                self.measure(dataclasses.replace(default_config(), unroll=min(2, steps), chunk=chunk))
+                self.measure(Config(unroll=min(2, steps), chunk=chunk))
                 chunk //= 4
         fitting = [r for r in self.rows if _fits(r, limit)]
         if fitting:
@@ -201,7 +201,7 @@ class _Tuning:
     def search(self, core, steps, limit, memory_limit):
         """Both stages (see ``tune``); returns the winning row."""
         fitting = self.fitting_first_stage(steps, limit, memory_limit)
-        default = next((r for r in fitting if r["config"] == default_config()), None)
+        default = next((r for r in fitting if r["config"] == Config.defaults()), None)
 
         def choose(timed):
             """The fastest of ``timed`` that reliably beats the defaults, else the defaults (when they fit)."""

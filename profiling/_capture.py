@@ -15,6 +15,7 @@ import time
 
 import tensorflow as tf
 
+from fastcarry._measure import block
 from fastcarry.profiling import _summary, _xspace
 
 STEP_NAME = "train"
@@ -44,15 +45,6 @@ def _writable(logdir):
 def _runs(logdir):
     root = os.path.join(logdir, "plugins", "profile")
     return set(os.listdir(root)) if os.path.isdir(root) else set()
-
-
-def block(result):
-    """Waits until every tensor in ``result`` (any nest) is computed."""
-    for value in tf.nest.flatten(result):
-        if isinstance(value, tf.Variable):
-            value.read_value().numpy()
-        elif tf.is_tensor(value) and hasattr(value, "numpy"):
-            value.numpy()
 
 
 class Profile:

@@ -11,7 +11,7 @@ forward recurrent matmul    ``.../recurrence/.../recurrent_matmul`` (``h @ recur
 forward gates               the rest of the forward loop (``gates``: the elementwise update,
                             the saved activations' writes, the loop's own bookkeeping)
 backward loop               ``fastcarry_<cell>_grad/.../recurrence_grad`` (and the chunk loop)
-weight/input gradients      ``weights_grad``, ``project_grad``: the large matmuls after the loop
+weight/input gradients      ``weights_grad``: the large matmuls after the loop
 layout                      ``layout`` (to and from the processing order) and transposes
 chunk recompute             ``recompute``: ``chunk=``'s re-run of a chunk's forward
 host<->device copies        ``fastcarry_swap`` (``swap_memory``) and every memcpy the trace shows
@@ -73,7 +73,7 @@ def classify(name, kind, opcode, scope=FASTCARRY):
         return RECOMPUTE
     if "/layout/" in name or _TRANSPOSE.search(name) or opcode in ("Transpose", "_MklTranspose", "transpose"):
         return LAYOUT
-    if "weights_grad" in name or "project_grad" in name:
+    if "weights_grad" in name:
         return WEIGHT_GRADIENTS
     if "recurrence_grad" in name or "chunks_grad" in name:
         return BACKWARD_LOOP

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 # XLA_FLAGS, and only programs compiled with it record op events (test_profiling;
 # the compiled functions are shared across test files).
 import fastcarry.profiling  # noqa: E402,F401
-from fastcarry.tools import check as _check  # noqa: E402
+import harness  # noqa: E402
 from fastcarry.tools import workload  # noqa: E402
 
 CELL_KINDS = workload.CELLS
@@ -61,8 +61,8 @@ def random_inputs(batch, time, dim, time_major=False, seed=2):
 
 def assert_all_close(got, want, dtype=tf.float32, context=""):
     """Every tensor of ``got`` equals ``want``'s within ``TOLERANCE[dtype]`` relative to max |want|."""
-    tol = _check.TOLERANCE[tf.as_dtype(dtype)]
-    rows = _check.compare(got, want)
+    tol = harness.TOLERANCE[tf.as_dtype(dtype)]
+    rows = harness.compare(got, want)
     bad = [r for r in rows if not r.relative <= tol]
     assert not bad, f"{context}: beyond {tol:g} relative: " + ", ".join(
         f"{r.name} {r.relative:.2e} (abs {r.max_abs:.2e})" for r in bad)

@@ -14,13 +14,13 @@ TINY = ["--cell", "gru", "--batch", "2", "--time", "5", "--input", "3", "--units
 
 
 def _bench_args(argv):
-    return _cli._parser().parse_args(["bench", *argv])
+    return _cli.parser().parse_args(["bench", *argv])
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    assert _cli.bench(_bench_args([*TINY, "--out", str(out)])) == 0
+    assert _bench.run(_bench_args([*TINY, "--out", str(out)])) == 0
     return out
 
 
@@ -76,20 +76,20 @@ def test_bad_arguments_fail_clearly(argv, message, capsys):
 @pytest.mark.parametrize("argv", [["--quick", "--units", "4"], ["--cells", "rnn", "--cell", "gru"]])
 def test_a_grid_with_a_custom_shape_is_refused(argv):
     with pytest.raises(SystemExit, match="--quick and --cells choose a fixed grid"):
-        _cli.bench(_bench_args(argv))
+        _bench.run(_bench_args(argv))
 
 
 def test_cells_choose_the_grid_cells():
-    got = _cli.bench_workloads(_bench_args(["--quick", "--cells", "gru-reset-before,rnn"]))
+    got = _bench.workloads_for(_bench_args(["--quick", "--cells", "gru-reset-before,rnn"]))
     assert [w.cell for w in got] == ["gru-reset-before", "rnn"]
     assert {w[1:] for w in got} == {w[1:] for w in _bench.QUICK_GRID}
-    full = _cli.bench_workloads(_bench_args(["--cells", "lstm"]))
+    full = _bench.workloads_for(_bench_args(["--cells", "lstm"]))
     assert full == [w for w in _bench.FULL_GRID if w.cell == "lstm"]
 
 
 def test_bad_workload_in_the_api_is_refused(tmp_path):
     with pytest.raises(ValueError, match="units must be >= 1"):
-        _bench.run([_bench.Workload("lstm", 2, 5, 3, 0)], repeats=1, out_dir=str(tmp_path))
+        _bench.run_grid([_bench.Workload("lstm", 2, 5, 3, 0)], repeats=1, out_dir=str(tmp_path))
 
 
 def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
@@ -142,7 +142,7 @@ def test_models_suites_time_both_contenders_and_write_every_file(tmp_path, monke
 
     monkeypatch.setattr(_models, "QUICK_SHAPES", ((2, 5, 3, 4),))
     argv = ["--models", "stack,generic,bidirectional", "--quick", "--repeats", "1", "--out", str(tmp_path)]
-    assert _cli.bench(_bench_args(argv)) == 0
+    assert _bench.run(_bench_args(argv)) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     got = [(e["suite"], e["label"], e["mode"]) for e in data["results"]]
     assert got == [("stack", "2-layer LSTM 2x5x3x4", "train"),
@@ -173,7 +173,7 @@ def test_models_option_rejects_bad_suites(argv, message, capsys):
 
 def test_models_option_refuses_a_custom_shape():
     with pytest.raises(SystemExit, match="--models runs its own grid"):
-        _cli.bench(_bench_args(["--models", "--units", "8"]))
+        _bench.run(_bench_args(["--models", "--units", "8"]))
 
 
 # -- the PyTorch contender (when PyTorch is installed) -----------------------------------------------------------

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry.tools import check as _check
+import harness
 
 B, T, D, H = 3, 6, 4, 5
 SPLIT = 3
@@ -63,7 +63,7 @@ def _case(kind, name, seed=0):
     cell = make_cell(kind, H, seed=seed, input_dim=D)
     x = random_inputs(B, T, D, seed=seed + 2)
     s0 = random_state(cell, B, seed=seed + 3) if initial else None
-    cot = _check.random_cotangents(cell, B, T, seed=seed + 4)
+    cot = harness.random_cotangents(cell, B, T, seed=seed + 4)
     return cell, x, s0, cot, options
 
 
@@ -73,8 +73,8 @@ def test_two_untruncated_calls_equal_one_pass(kind, name):
     # Seed case 1, fixed: outputs, loss and every gradient (inputs, initial
     # state, weights) of two stateful halves equal one pass over the whole.
     cell, x, s0, cot, options = _case(kind, name)
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
-    got = _check.evaluate(carried(truncate=False), cell, x, s0, cot, **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    got = harness.evaluate(carried(truncate=False), cell, x, s0, cot, **options)
     assert_all_close(got, want, tf.float32, f"{kind} {name}")
 
 
@@ -82,8 +82,8 @@ def test_two_untruncated_calls_equal_one_pass(kind, name):
                          ids=["chunk", "chunk+swap+graph"])
 def test_untruncated_calls_compose_with_chunk_and_swap_memory(options):
     cell, x, s0, cot, _ = _case("lstm", "initial_state+lengths")
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, sequence_length=LENGTHS)
-    got = _check.evaluate(carried(truncate=False), cell, x, s0, cot, sequence_length=LENGTHS, **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, sequence_length=LENGTHS)
+    got = harness.evaluate(carried(truncate=False), cell, x, s0, cot, sequence_length=LENGTHS, **options)
     assert_all_close(got, want, tf.float32, f"Carry with {options}")
 
 
@@ -91,8 +91,8 @@ def test_untruncated_calls_compose_with_chunk_and_swap_memory(options):
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_truncated_calls_equal_explicit_truncation(kind, name):
     cell, x, s0, cot, options = _case(kind, name)
-    want = _check.evaluate(truncated, cell, x, s0, cot, **options)
-    got = _check.evaluate(carried(truncate=True), cell, x, s0, cot, **options)
+    want = harness.evaluate(truncated, cell, x, s0, cot, **options)
+    got = harness.evaluate(carried(truncate=True), cell, x, s0, cot, **options)
     assert_all_close(got, want, tf.float32, f"{kind} {name}")
 
 
@@ -101,8 +101,8 @@ def test_truncation_changes_the_first_chunks_gradients(kind):
     # The twin that must differ: if truncate=True leaked gradients (or
     # truncate=False cut them), one of the two tests above would pass wrongly.
     cell, x, s0, cot, options = _case(kind, "initial_state+lengths")
-    full = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
-    cut = _check.evaluate(carried(truncate=True), cell, x, s0, cot, **options)
+    full = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    cut = harness.evaluate(carried(truncate=True), cell, x, s0, cot, **options)
     np.testing.assert_allclose(cut["outputs"], full["outputs"], rtol=1e-5, atol=1e-6)
     assert np.max(np.abs(cut["d_inputs"][:, :SPLIT] - full["d_inputs"][:, :SPLIT])) > 1e-3
     np.testing.assert_allclose(cut["d_inputs"][:, SPLIT:], full["d_inputs"][:, SPLIT:], rtol=1e-5, atol=1e-6)
@@ -235,10 +235,10 @@ def test_masked_reset_zeroes_only_those_rows_and_keeps_the_rest_differentiable(k
         y2, s = fc.unroll(cell, inputs[:, SPLIT:], s)
         return tf.concat([y1, y2], 1), s
 
-    want = _check.evaluate(written_out, cell, x, None, cot)
-    got = _check.evaluate(with_reset, cell, x, None, cot)
+    want = harness.evaluate(written_out, cell, x, None, cot)
+    got = harness.evaluate(with_reset, cell, x, None, cot)
     assert_all_close(got, want, tf.float32, f"{kind} masked reset")
-    full = _check.evaluate(fc.unroll, cell, x, None, cot)
+    full = harness.evaluate(fc.unroll, cell, x, None, cot)
     # Kept rows see the whole past; reset rows do not (so the test can tell).
     np.testing.assert_allclose(got["d_inputs"][1], full["d_inputs"][1], rtol=1e-5, atol=1e-6)
     assert np.max(np.abs(got["d_inputs"][0, :SPLIT] - full["d_inputs"][0, :SPLIT])) > 1e-3

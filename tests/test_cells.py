@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry.tools import check as _check
+import harness
 
 B, T, D, H = 2, 3, 4, 5
 
@@ -264,10 +264,10 @@ def test_jit_graph_and_reference_agree(kind):
     cell = make_cell(kind, H, seed=0, input_dim=D)
     x = random_inputs(B, T, D)
     s0 = random_state(cell, B)
-    cot = _check.random_cotangents(cell, B, T, seed=6)
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot)
+    cot = harness.random_cotangents(cell, B, T, seed=6)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot)
     for name, impl, options in (("jit", fc.unroll, dict(jit_compile=True)),
                                 ("graph", fc.unroll, dict(jit_compile=False)),
                                 ("reference float32", fc.reference.unroll, {})):
-        got = _check.evaluate(impl, cell, x, s0, cot, **options)
+        got = harness.evaluate(impl, cell, x, s0, cot, **options)
         assert_all_close(got, want, tf.float32, f"{kind} {name}")

@@ -6,8 +6,11 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _backward, _chunked, _unroll
-from fastcarry.tools import check as _check
+from fastcarry import _backward, _boundary, _chunked, _functions, _strategies
+from fastcarry._config import Layout, Schedule
+from fastcarry._records import Cotangents, Inputs
+from fastcarry._validity import Validity
+import harness
 
 B, T, D, H = 3, 7, 4, 5
 # The bound for chunked against unchunked gradients, float32, relative to max |unchunked|.
@@ -33,12 +36,12 @@ def _case(kind, options, seed=0):
     cell = make_cell(kind, H, seed=seed, input_dim=D)
     x = random_inputs(B, T, D, options.get("time_major", False), seed=seed + 2)
     s0 = random_state(cell, B, seed=seed + 3) if initial else None
-    cot = _check.random_cotangents(cell, B, T, options.get("time_major", False), seed=seed + 4)
+    cot = harness.random_cotangents(cell, B, T, options.get("time_major", False), seed=seed + 4)
     return cell, x, s0, cot, options
 
 
 def _assert_within(got, want, bound, context):
-    bad = [r for r in _check.compare(got, want) if not r.relative <= bound]
+    bad = [r for r in harness.compare(got, want) if not r.relative <= bound]
     assert not bad, f"{context}: beyond {bound:g}: " + ", ".join(f"{r.name} {r.relative:.2e}" for r in bad)
 
 
@@ -54,10 +57,10 @@ CASES = ([(kind, "chunk3+all") for kind in CELL_KINDS]
 def test_chunked_equals_unchunked_and_reference(kind, name):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name])
     unchunked = {k: v for k, v in options.items() if k != "chunk"}
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **unchunked)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, **unchunked)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
     _assert_within(got, want, CHUNK_TOLERANCE, f"{kind} {name} vs chunk=None")
-    reference = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    reference = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
     assert_all_close(got, reference, tf.float32, f"{kind} {name} vs reference")
 
 
@@ -68,13 +71,13 @@ def test_a_chunk_grad_that_drops_the_carried_gradient_is_caught(monkeypatch):
 
     def truncating(*args):
         grad = fused_chunk_grad(*args)
-        return lambda x, s, lengths, dys, dfinal: grad(x, s, lengths, dys, tf.nest.map_structure(tf.zeros_like, dfinal))
+        return lambda inputs, cot: grad(inputs, cot._replace(state=tf.nest.map_structure(tf.zeros_like, cot.state)))
 
     cell, x, s0, cot, options = _case("lstm", OPTIONS["chunk3"])
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot)
-    monkeypatch.setattr(_unroll, "_FUNCTIONS", {})
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot)
+    monkeypatch.setattr(_functions, "_FUNCTIONS", {})
     monkeypatch.setattr(_chunked, "fused_chunk_grad", truncating)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
     with pytest.raises(AssertionError, match="d_inputs"):
         _assert_within(got, want, CHUNK_TOLERANCE, "truncating chunk grad")
 
@@ -89,10 +92,10 @@ def test_a_final_state_loss_reads_no_sequence_cotangent(kind, chunk, monkeypatch
     real = _backward.backward
 
     def spy(*args, **kwargs):
-        saw_none.append(args[7] is None)  # dys, at trace time
+        saw_none.append(args[6].outputs is None)  # dys, at trace time
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_unroll, "_FUNCTIONS", {})  # traced afresh, through the spy
+    monkeypatch.setattr(_functions, "_FUNCTIONS", {})  # traced afresh, through the spy
     monkeypatch.setattr(_backward, "backward", spy)
     weights = [cell.kernel, cell.recurrent_kernel, cell.bias]
 
@@ -107,8 +110,8 @@ def test_a_final_state_loss_reads_no_sequence_cotangent(kind, chunk, monkeypatch
     s0_32 = tf.nest.map_structure(lambda s: tf.constant(s, tf.float32), s0)
     grads = [np.asarray(g) for g in tf.nest.flatten(step(tf.constant(x, tf.float32), s0_32))]
     assert saw_none and all(saw_none), f"the backward was traced with a [B, T, H] cotangent: {saw_none}"
-    final_only = _check.Cotangents(np.zeros_like(cot.outputs), cot.state)
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, final_only)
+    final_only = harness.Cotangents(np.zeros_like(cot.outputs), cot.state)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, final_only)
     names = ["d_inputs"] + [k for k in want if k.startswith("d_initial")] + ["d_kernel", "d_recurrent_kernel",
                                                                               "d_bias"]
     assert_all_close(dict(zip(names, grads)), {k: want[k] for k in names}, tf.float32, f"{kind} chunk={chunk}")
@@ -122,19 +125,26 @@ def test_only_cotangents_known_zero_when_traced_count_as_zero():
     @tf.function
     def trace(x):
         seen.update({
-            "fill zeros": _unroll._statically_zero(tf.zeros([300, 300])),  # a Fill at this size
-            "small zeros": _unroll._statically_zero(tf.zeros([2, 3])),  # a Const
-            "zeros_like": _unroll._statically_zero(tf.zeros_like(x)),
-            "fill ones": _unroll._statically_zero(tf.ones([300, 300])),
-            "a const": _unroll._statically_zero(tf.constant([[0.0, 1.0]])),
-            "a computed tensor": _unroll._statically_zero(x * 0.0),
+            "fill zeros": _boundary.statically_zero(tf.zeros([300, 300])),  # a Fill at this size
+            "small zeros": _boundary.statically_zero(tf.zeros([2, 3])),  # a Const
+            "zeros_like": _boundary.statically_zero(tf.zeros_like(x)),
+            "fill ones": _boundary.statically_zero(tf.ones([300, 300])),
+            "a const": _boundary.statically_zero(tf.constant([[0.0, 1.0]])),
+            "a computed tensor": _boundary.statically_zero(x * 0.0),
         })
         return x
 
     trace(tf.ones([2, 2]))
     assert seen == {"fill zeros": True, "small zeros": True, "zeros_like": True, "fill ones": False,
                     "a const": False, "a computed tensor": False}
-    assert _unroll._statically_zero(None) and not _unroll._statically_zero(tf.zeros([2]))  # eager: never
+    assert _boundary.statically_zero(None) and not _boundary.statically_zero(tf.zeros([2]))  # eager: never
+
+
+LAYOUT = Layout(time_major=False, reverse=False)
+
+
+def _inputs(cell, x):
+    return Inputs(x, cell.zero_state(B), Validity())
 
 
 @pytest.mark.parametrize("chunk, n_chunks", [(3, 3), (7, 1), (1, 7), (10, 1)])
@@ -143,19 +153,12 @@ def test_forward_keeps_only_chunk_start_states(chunk, n_chunks):
     # not one per step (and no gate pre-activations).
     cell = make_cell("lstm", H, input_dim=D)
     core, params = cell.core(), cell.params()
-    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(2, chunk))
+    schedule = Schedule(2, chunk, xla=True)
     x = tf.constant(random_inputs(B, T, D), tf.float32)
-    _, _, saved = _unroll._function("forward", core, opts, True)(x, cell.zero_state(B), None, params)
-    assert [s.shape.as_list() for s in saved] == [[n_chunks, B, H], [n_chunks, B, H]]
-    _, _, unchunked = _unroll._function("forward", core, opts.with_schedule(chunk=None), True)(
-        x, cell.zero_state(B), None, params)
-    assert all(s.shape[0] == T for s in unchunked)
-
-
-def _hlo(kind, opts, make_args):
-    cell = make_cell("lstm", H, input_dim=D)
-    fn = _unroll._function(kind, cell.core(), opts, True)
-    return fn.experimental_get_compiler_ir(*make_args(cell))(stage="optimized_hlo")
+    _, _, saved = _strategies.chunked_forward(core, LAYOUT, schedule)(_inputs(cell, x), params)
+    assert [s.shape.as_list() for s in tf.nest.flatten(saved)] == [[n_chunks, B, H], [n_chunks, B, H]]
+    _, _, unchunked = _strategies.plain_forward(core, LAYOUT, schedule)(_inputs(cell, x), params)
+    assert all(s.shape[0] == T for s in tf.nest.flatten(unchunked))
 
 
 def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
@@ -166,28 +169,31 @@ def test_batch_major_loops_make_no_time_major_copy_of_a_sequence():
     # are [T, B, H] by design).
     whole = ("f32[7,3,5]", "f32[7,3,4]")
     x = tf.constant(random_inputs(B, T, D), tf.float32)
-    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(2, 3))
+    cell = make_cell("lstm", H, input_dim=D)
+    core, params, schedule = cell.core(), cell.params(), Schedule(2, 3, xla=True)
 
-    def forward_args(cell):
-        return x, cell.zero_state(B), None, cell.params()
+    def hlo(side, layout):
+        fn = side(core, layout, schedule)
+        if side is _strategies.chunked_backward:
+            ys, final, saved = _strategies.chunked_forward(core, layout, schedule)(_inputs(cell, x), params)
+            args = (_inputs(cell, x), params, saved, Cotangents(tf.ones_like(ys), final))
+        else:
+            args = (_inputs(cell, x), params)
+        return fn.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
 
-    def backward_args(cell):
-        ys, final, saved = _unroll._function("forward", cell.core(), opts, True)(*forward_args(cell))
-        return x, cell.zero_state(B), None, cell.params(), saved, tf.ones_like(ys), final
-
-    for kind, args in (("forward", forward_args), ("fused", backward_args), ("infer", forward_args)):
-        hlo = _hlo(kind, opts, args)
-        assert not [s for s in whole if s in hlo], kind
+    for side in (_strategies.chunked_forward, _strategies.chunked_backward, _strategies.infer):
+        assert not [s for s in whole if s in hlo(side, LAYOUT)], side.__name__
     # The probe sees such copies where they are made: reversed, the steps run
     # in another order than they are stored.
-    assert all(s in _hlo("infer", opts._replace(layout=opts.layout._replace(reverse=True)), forward_args) for s in whole)
-    assert all(s in _hlo("fused", opts._replace(layout=opts.layout._replace(reverse=True)), backward_args) for s in whole)
+    reversed_layout = LAYOUT._replace(reverse=True)
+    assert all(s in hlo(_strategies.infer, reversed_layout) for s in whole)
+    assert all(s in hlo(_strategies.chunked_backward, reversed_layout) for s in whole)
 
 
 @pytest.mark.parametrize("outer_jit", [True, False], ids=["outer-jit", "outer-graph"])
 def test_chunked_inside_user_function_with_unknown_time(outer_jit):
     cell, x, s0, cot, options = _case("gru", dict(sequence_length=[6, 1, 7], initial=True))
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
 
     @tf.function(jit_compile=outer_jit, input_signature=[
         tf.TensorSpec([None, None, D]), tf.TensorSpec([None, H]), tf.TensorSpec([None], tf.int32)])

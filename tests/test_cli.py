@@ -4,14 +4,34 @@ import io
 
 import pytest
 
+import harness
 import fastcarry as fc
+from fastcarry.tools import check as _check_tool
 from fastcarry.tools import cli as _cli
+from fastcarry.tools import demo as _demo
+from fastcarry.tools import profile as _profile
+from fastcarry.tools import tune as _tune_tool
 
 
 def _run(argv):
     out = io.StringIO()
-    code = _cli.check(_cli._parser().parse_args(["check", *argv]), out=out)
+    code = _check_tool.run(_cli.parser().parse_args(["check", *argv]), out=out)
     return code, out.getvalue()
+
+
+def test_the_tools_evaluation_agrees_with_the_test_harness():
+    """``fastcarry check`` measures with code of its own: on the same run it reports what the harness does."""
+    from conftest import make_cell, random_inputs, random_state
+
+    cell = make_cell("gru", 4, input_dim=3)
+    x, s0 = random_inputs(2, 5, 3), random_state(cell, 2)
+    cot = harness.random_cotangents(cell, 2, 5, seed=3)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, sequence_length=[5, 2])
+    got = _check_tool.evaluate(fc.unroll, cell, x, s0, _check_tool.Cotangents(*cot), sequence_length=[5, 2])
+    assert sorted(got) == sorted(want)
+    assert harness.compare(got, want) == [harness.Row(n, 0.0, 0.0) for n in want]
+    rows = _check_tool.compare({**got, "outputs": got["outputs"] * 1.5}, want)
+    assert [r.name for r in rows if r.relative > 0] == ["outputs"]
 
 
 # [] is the default workload (LSTM 4x16x8x16, float32).
@@ -60,7 +80,7 @@ def test_check_with_no_time_steps_passes_and_skips_keras():
 
 def test_check_default_workload():
     """(Its output, float32 with the issue's tolerance, is checked by test_check_passes[argv0].)"""
-    args = _cli._parser().parse_args(["check"])
+    args = _cli.parser().parse_args(["check"])
     assert (args.cell, args.batch, args.time, args.input, args.units) == ("lstm", 4, 16, 8, 16)
 
 
@@ -88,9 +108,9 @@ def test_profile_side_by_side_with_keras(tmp_path, capsys):
     import json
 
     out = tmp_path / "prof"
-    args = _cli._parser().parse_args(["profile", "--cell", "gru", "--batch", "2", "--time", "6", "--input", "3",
+    args = _cli.parser().parse_args(["profile", "--cell", "gru", "--batch", "2", "--time", "6", "--input", "3",
                                       "--units", "4", "--against", "keras", "--steps", "2", "--out", str(out)])
-    assert _cli.profile(args, stream=io.StringIO()) == 0
+    assert _profile.run(args, stream=io.StringIO()) == 0
     text = capsys.readouterr().out
     assert "| phase | fastcarry ms | keras ms |" in text and "| **step** |" in text
     assert f"tensorboard --logdir {out}" in text
@@ -107,10 +127,10 @@ def test_demo_trains_both_models_to_the_same_curve(tmp_path, capsys):
     import json
 
     out = tmp_path / "demo"
-    args = _cli._parser().parse_args(["demo", "--cell", "gru", "--time", "12", "--units", "4", "--layers", "1",
+    args = _cli.parser().parse_args(["demo", "--cell", "gru", "--time", "12", "--units", "4", "--layers", "1",
                                       "--batch", "8", "--samples", "32", "--epochs", "2", "--out", str(out)])
     progress = io.StringIO()
-    assert _cli.demo(args, stream=progress) == 0
+    assert _demo.run(args, stream=progress) == 0
     text = capsys.readouterr().out
     assert "| keras |" in text and "| fastcarry |" in text and "Speedup per epoch" in text
     assert f"demo.png to {out}" in text
@@ -124,23 +144,21 @@ def test_demo_trains_both_models_to_the_same_curve(tmp_path, capsys):
 def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, monkeypatch, capsys):
     import json
 
-    from fastcarry import _tune
-
     monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(_tune, "_MEMO", {})
+    monkeypatch.setattr(fc.tune_cache, "_MEMO", {})
     argv = ["tune", "--cell", "rnn", "--batch", "2", "--time", "3", "--input", "3", "--units", "4", "--mode", "infer",
             "--budget-s", "1", "--out", str(tmp_path / "out")]
     progress = io.StringIO()
-    assert _cli.tune(_cli._parser().parse_args(argv), stream=progress) == 0
+    assert _tune_tool.run(_cli.parser().parse_args(argv), stream=progress) == 0
     text = capsys.readouterr().out
     assert "| unroll=1 |" in text and "| unroll=2 |" in text and "| unroll=4 |" not in text  # pruned: 4 > T
     assert "winner: " in text and "x the defaults" in text and "2/3" in progress.getvalue()
     data = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert data["key"]["T"] == 4 and len(data["candidates"]) in (2, 3) and (tmp_path / "out" / "tune.png").exists()
-    assert _cli.tune(_cli._parser().parse_args(["tune", "--show"])) == 0
+    assert _tune_tool.run(_cli.parser().parse_args(["tune", "--show"])) == 0
     assert "1 entries" in capsys.readouterr().out
-    assert _cli.tune(_cli._parser().parse_args(["tune", "--clear"])) == 0
-    assert "removed 1 entries" in capsys.readouterr().out and _tune.load() == {}
+    assert _tune_tool.run(_cli.parser().parse_args(["tune", "--clear"])) == 0
+    assert "removed 1 entries" in capsys.readouterr().out and fc.tune_cache.load() == {}
 
 
 def test_tune_env_runs_each_setting_in_a_child_process(monkeypatch, capsys):
@@ -153,7 +171,10 @@ def test_tune_env_runs_each_setting_in_a_child_process(monkeypatch, capsys):
         return {"median_s": 0.002 if job["label"] == "baseline" else 0.001, "compile_s": 1.0}
 
     monkeypatch.setenv("XLA_FLAGS", "--mine")
-    rows = env_tune.run("rnn", 2, 3, 3, 4, "infer", env_tune.CPU_SETTINGS[::2], rounds=2, runner=fake_child)
+    from fastcarry.tools.workload import Workload
+
+    rows = env_tune.run(Workload("rnn", 2, 3, 3, 4), "infer", env_tune.CPU_SETTINGS[::2], rounds=2,
+                        runner=fake_child)
     assert jobs[:3] == [("baseline", "--mine", None), ("TF_CPU_ALLOCATOR_USE_BFC=1", "--mine", "1"),
                         ("--xla_cpu_multi_thread_eigen=false", "--mine --xla_cpu_multi_thread_eigen=false", None)]
     assert len(jobs) == 6 and [r["vs_baseline"] for r in rows] == [1.0, 2.0, 2.0]
@@ -161,6 +182,6 @@ def test_tune_env_runs_each_setting_in_a_child_process(monkeypatch, capsys):
     monkeypatch.setattr(env_tune, "CPU_SETTINGS", ())  # the baseline alone: one real child process
     argv = ["tune", "--env", "--rounds", "1", "--cell", "rnn", "--batch", "2", "--time", "3", "--input", "3",
             "--units", "4", "--mode", "infer"]
-    assert _cli.tune(_cli._parser().parse_args(argv), stream=io.StringIO()) == 0
+    assert _tune_tool.run(_cli.parser().parse_args(argv), stream=io.StringIO()) == 0
     text = capsys.readouterr().out
     assert "| baseline |" in text and "1.00x |" in text and "None of these is set for you" in text

@@ -128,7 +128,7 @@ def test_keras_cell_defaults_to_fused_and_generic_on_request():
     assert type(fc.as_cell(cell, fused=False)).__name__ == "LayerCell"
     relu = keras.layers.LSTMCell(H, activation="relu")
     assert type(fc.as_cell(relu)).__name__ == "LayerCell"  # the kernels do tanh: generic, not an error
-    with pytest.raises(ValueError, match=r"fused=True.*activation='relu'"):
+    with pytest.raises(ValueError, match=r"fused=True.*activation must be 'tanh', got 'relu'"):
         fc.as_cell(relu, fused=True)
 
 

@@ -6,7 +6,7 @@ cotangent, within the float32 tolerance of ``conftest.assert_all_close``.
 
 Two independent routes to the Keras numbers:
 
-- ``_check.KerasUnroll`` (the Keras layer behind ``unroll``'s signature) for the
+- ``harness.KerasUnroll`` (the Keras layer behind ``unroll``'s signature) for the
   option matrix (``test_matches_keras_layer``);
 - Keras layers built right here, with masks, ``go_backwards`` and initial states
   passed the Keras way, imported with ``from_keras`` and differentiated with a
@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf_keras
 
 import fastcarry as fc
-from fastcarry.tools import check as _check
+import harness
 from conftest import assert_all_close, make_cell, random_inputs, random_state
 
 B, T, D, H = 3, 6, 4, 5
@@ -47,7 +47,7 @@ def _state_names(kind):
 
 
 # ---------------------------------------------------------------------------
-# Against the Keras layer through _check.KerasUnroll: the option matrix.
+# Against the Keras layer through harness.KerasUnroll: the option matrix.
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -58,10 +58,10 @@ def test_matches_keras_layer(kind, case):
     cell = make_cell(kind, H, input_dim=D)
     inputs = random_inputs(B, T, D, time_major=time_major)
     s0 = random_state(cell, B) if with_state else None
-    cot = _check.random_cotangents(cell, B, T, time_major=time_major)
+    cot = harness.random_cotangents(cell, B, T, time_major=time_major)
 
-    reference = _check.KerasUnroll(cell)
-    want = _check.evaluate(reference, cell, inputs, s0, cot, weights=reference.weights, **options)
+    reference = harness.KerasUnroll(cell)
+    want = harness.evaluate(reference, cell, inputs, s0, cot, weights=reference.weights, **options)
     # Every gradient is there (and not trivially zero) before anything is compared.
     expected = {"outputs", "d_inputs", *WEIGHT_GRADS, *_state_names(kind)}
     if with_state:
@@ -71,7 +71,7 @@ def test_matches_keras_layer(kind, case):
         assert np.abs(want[name]).max() > 1e-3, name
 
     for jit in (False, True):
-        got = _check.evaluate(fc.unroll, cell, inputs, s0, cot, jit_compile=jit, **options)
+        got = harness.evaluate(fc.unroll, cell, inputs, s0, cot, jit_compile=jit, **options)
         assert_all_close(got, want, context=f"{kind} {case} jit_compile={jit}")
 
     if "sequence_length" in options:
@@ -121,7 +121,7 @@ def _importer(kind):
 def _value_and_grads(run, inputs, flat_s0, weights, cot):
     """``run(x, flat_s0) -> (outputs, flat_state)`` and its gradients under ``cot``, by name.
 
-    Written independently of ``_check.evaluate``; state components keep ``run``'s order.
+    Written independently of ``harness.evaluate``; state components keep ``run``'s order.
     """
     x = tf.constant(inputs, tf.float32)
     s0 = [tf.constant(s, tf.float32) for s in flat_s0]
@@ -183,7 +183,7 @@ def _assert_layer_matches_cell(layer, layer_weights, cell, context):
     """A Keras RNN layer and a fastcarry cell agree on outputs, state and all gradients."""
     inputs = random_inputs(B, T, D)
     flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     want = _value_and_grads(_keras_run(layer), inputs, flat_s0, layer_weights, cot)
     got = _value_and_grads(_fc_run(cell), inputs, flat_s0, _fc_weights(cell), cot)
     assert_all_close(got, want, context=context)
@@ -204,7 +204,7 @@ def test_from_keras_direct(kind, variant):
 
     inputs = random_inputs(B, T, D)
     flat_s0 = tf.nest.flatten(random_state(cell, B))  # LSTM: (h, c), Keras' [h, c] order too
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     want = _value_and_grads(_keras_run(layer, lengths, backwards), inputs, flat_s0, _keras_weights(layer), cot)
     for jit in (True, False):
         run = _fc_run(cell, sequence_length=lengths, reverse=backwards, jit_compile=jit)
@@ -218,7 +218,7 @@ def test_sanity_perturbed_weight_is_detected():
     cell = fc.LSTM.from_keras(layer)
     inputs = random_inputs(B, T, D)
     flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     want = _value_and_grads(_keras_run(layer), inputs, flat_s0, _keras_weights(layer), cot)
     run = _fc_run(cell)
     assert_all_close(_value_and_grads(run, inputs, flat_s0, _fc_weights(cell), cot), want, context="unperturbed")
@@ -231,15 +231,15 @@ def test_sanity_perturbed_weight_is_detected():
 
     # The same through the adapter path of test_matches_keras_layer.
     ref_cell = make_cell("gru", H, input_dim=D)
-    reference = _check.KerasUnroll(ref_cell)
-    cot = _check.random_cotangents(ref_cell, B, T)
+    reference = harness.KerasUnroll(ref_cell)
+    cot = harness.random_cotangents(ref_cell, B, T)
     s0 = random_state(ref_cell, B)
-    want = _check.evaluate(reference, ref_cell, inputs, s0, cot, weights=reference.weights)
+    want = harness.evaluate(reference, ref_cell, inputs, s0, cot, weights=reference.weights)
     perturbed = ref_cell.bias.numpy()
     perturbed[1, 2 * H] += 1e-3  # the recurrent bias of the candidate, the reset-after-only term
     ref_cell.bias.assign(perturbed)
     with pytest.raises(AssertionError, match="d_bias|outputs|state"):
-        assert_all_close(_check.evaluate(fc.unroll, ref_cell, inputs, s0, cot), want, context="perturbed bias")
+        assert_all_close(harness.evaluate(fc.unroll, ref_cell, inputs, s0, cot), want, context="perturbed bias")
 
 
 # ---------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_from_keras_use_bias_false(kind):
 
     inputs = random_inputs(B, T, D)
     flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     keras_weights = [layer.cell.kernel, layer.cell.recurrent_kernel]
     want = _value_and_grads(_keras_run(layer), inputs, flat_s0, keras_weights, cot)
     got = _value_and_grads(_fc_run(cell), inputs, flat_s0, _fc_weights(cell)[:2], cot)
@@ -323,7 +323,7 @@ def test_from_keras_simple_rnn_supported_activation():
     assert cell.activation == "relu"
     inputs = random_inputs(B, T, D)
     flat_s0 = tf.nest.flatten(random_state(cell, B))
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     want = _value_and_grads(_keras_run(layer), inputs, flat_s0, _keras_weights(layer), cot)
     got = _value_and_grads(_fc_run(cell, jit_compile=False), inputs, flat_s0, _fc_weights(cell), cot)
     assert_all_close(got, want, context="rnn relu")

@@ -11,8 +11,11 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import MASK, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _unroll
-from fastcarry.tools import check as _check
+from fastcarry import _strategies, _warn
+from fastcarry._config import Layout, Schedule
+from fastcarry._records import Inputs
+from fastcarry._validity import Validity
+import harness
 
 B, T, D, H = 3, 7, 4, 5
 
@@ -48,14 +51,14 @@ def test_parallel_iterations_reaches_every_graph_loop_forward_and_backward(chunk
 def test_parallel_iterations_changes_no_number():
     cell = make_cell("lstm", H, input_dim=D)
     x = random_inputs(B, T, D)
-    cot = _check.random_cotangents(cell, B, T)
-    want = _check.evaluate(fc.unroll, cell, x, None, cot, jit_compile=False)
-    got = _check.evaluate(fc.unroll, cell, x, None, cot, jit_compile=False, parallel_iterations=1)
+    cot = harness.random_cotangents(cell, B, T)
+    want = harness.evaluate(fc.unroll, cell, x, None, cot, jit_compile=False)
+    got = harness.evaluate(fc.unroll, cell, x, None, cot, jit_compile=False, parallel_iterations=1)
     assert_all_close(got, want, tf.float32, "parallel_iterations=1")
 
 
 def test_parallel_iterations_with_jit_warns_once_at_the_callers_line(monkeypatch):
-    monkeypatch.setattr(_unroll, "_WARNED", set())
+    monkeypatch.setattr(_warn, "_WARNED", set())
     cell = make_cell("rnn", H, input_dim=D)
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     with warnings.catch_warnings(record=True) as caught:
@@ -90,34 +93,32 @@ def test_swap_memory_changes_no_number(kind, options):
     time_major = options.get("time_major", False)
     x = random_inputs(B, T, D, time_major)
     s0 = random_state(cell, B)
-    cot = _check.random_cotangents(cell, B, T, time_major)
+    cot = harness.random_cotangents(cell, B, T, time_major)
     plain = {k: v for k, v in options.items() if k != "chunk"}
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, **plain)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, swap_memory=True, **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, **plain)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, swap_memory=True, **options)
     assert_all_close(got, want, tf.float32, f"{kind} swap_memory {options}")
 
 
 def test_swap_memory_parks_on_host_and_brings_back_chunk_by_chunk(monkeypatch):
     parked, fetched = [], []
-    to_host, function = _unroll._to_host, _unroll._function
+    to_host, plain_backward = _strategies.to_host, _strategies.plain_backward
 
-    def recording_to_host(tensors):
-        out = to_host(tensors)
-        parked.extend(t.device for t in out)
+    def recording_to_host(residuals):
+        out = to_host(residuals)
+        parked.extend(t.device for t in tf.nest.flatten(out))
         return out
 
-    def recording_function(kind, core, opts, jit_compile):
-        fn = function(kind, core, opts, jit_compile)
-        if kind != "fused":
-            return fn
+    def recording_backward(core, layout, schedule):
+        fn = plain_backward(core, layout, schedule)
 
-        def call(x, state_like, lengths, params, saved, dys, dfinal):
-            fetched.append((int(x.shape[0]), {s.device for s in saved}))
-            return fn(x, state_like, lengths, params, saved, dys, dfinal)
+        def call(inputs, params, residuals, cotangents):
+            fetched.append((int(inputs.x.shape[0]), {s.device for s in tf.nest.flatten(residuals)}))
+            return fn(inputs, params, residuals, cotangents)
         return call
 
-    monkeypatch.setattr(_unroll, "_to_host", recording_to_host)
-    monkeypatch.setattr(_unroll, "_function", recording_function)
+    monkeypatch.setattr(_strategies, "SWAPPED", _strategies.SWAPPED._replace(park=recording_to_host))
+    monkeypatch.setattr(_strategies, "plain_backward", recording_backward)
     cell = make_cell("lstm", H, input_dim=D)
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     with tf.GradientTape() as tape:
@@ -161,10 +162,11 @@ def test_bad_swap_memory_fails_clearly(options, error, message):
 def _dot_shapes(projection, unroll):
     """The result shapes of every dot in the compiled LSTM inference at B=3, T=7, D=4, H=5 (G = 4H = 20)."""
     cell = make_cell("lstm", H, input_dim=D)
-    opts = _unroll._Options(_unroll.Layout(False, False), _unroll.Schedule(unroll, projection=projection))
-    fn = _unroll._function("infer", cell.core(), opts, True)
+    schedule = Schedule(unroll, projection=projection, xla=True)
+    fn = _strategies.infer(cell.core(), Layout(time_major=False, reverse=False), schedule)
     x = tf.constant(random_inputs(B, T, D), tf.float32)
-    hlo = fn.experimental_get_compiler_ir(x, cell.zero_state(B), None, cell.params())(stage="optimized_hlo")
+    inputs = Inputs(x, cell.zero_state(B), Validity())
+    hlo = fn.experimental_get_compiler_ir(inputs, cell.params())(stage="optimized_hlo")
     return set(re.findall(r"(f32\[[0-9,]+\])\{[0-9,]*\} dot\(", hlo))
 
 

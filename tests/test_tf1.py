@@ -18,7 +18,7 @@ import tensorflow as tf
 from tf_keras.src.layers.rnn import legacy_cells
 
 import fastcarry as fc
-from fastcarry.tools import check as _check
+import harness
 from conftest import assert_all_close, random_inputs
 
 B, T, D, H = 3, 6, 4, 5
@@ -103,7 +103,7 @@ def _random_state(kind, seed=1):
 def _tf1_evaluate(kind, tcell, inputs, flat_s0, cot, *, sequence_length=None, reverse=False, time_major=False):
     """TF1 ``dynamic_rnn`` (reversed by ``reverse_sequence`` if asked) and its gradients under ``cot``.
 
-    Names as ``_check.evaluate``'s, except weight gradients: ``d_<TF1 variable>``.
+    Names as ``harness.evaluate``'s, except weight gradients: ``d_<TF1 variable>``.
     """
     variables = _tf1_variables(kind, tcell)
     x = tf.constant(inputs, tf.float32)
@@ -139,9 +139,9 @@ def _tf1_evaluate(kind, tcell, inputs, flat_s0, cot, *, sequence_length=None, re
 
 
 def _fc_evaluate_tf1_layout(kind, cell, inputs, flat_s0, cot, **options):
-    """``fc.unroll`` through ``_check.evaluate``, weight gradients mapped to TF1's variables."""
+    """``fc.unroll`` through ``harness.evaluate``, weight gradients mapped to TF1's variables."""
     s0 = fc.LSTMState(*flat_s0) if kind == "lstm" else flat_s0[0]
-    got = _check.evaluate(fc.unroll, cell, inputs, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, inputs, s0, cot, **options)
     tf1_grads = _to_tf1_layout(kind, *(got.pop(k) for k in ("d_kernel", "d_recurrent_kernel", "d_bias")))
     got.update({f"d_{name}": g for name, g in tf1_grads.items()})
     return got
@@ -164,7 +164,7 @@ def test_matches_dynamic_rnn(kind, case):
     time_major = options.get("time_major", False)
     inputs = random_inputs(B, T, D, time_major=time_major)
     flat_s0 = _random_state(kind)
-    cot = _check.random_cotangents(cell, B, T, time_major=time_major)
+    cot = harness.random_cotangents(cell, B, T, time_major=time_major)
     want = _tf1_evaluate(kind, tcell, inputs, flat_s0, cot, **options)
     for name, value in want.items():  # every tensor, every variable's gradient, carries signal
         assert np.abs(value).max() > 1e-3, name
@@ -180,7 +180,7 @@ def test_sanity_wrong_import_is_detected():
     inputs = random_inputs(B, T, D)
     flat_s0 = _random_state("lstm")
     cell = _import("lstm", tcell)
-    cot = _check.random_cotangents(cell, B, T)
+    cot = harness.random_cotangents(cell, B, T)
     want = _tf1_evaluate("lstm", tcell, inputs, flat_s0, cot, **options)
     assert_all_close(_fc_evaluate_tf1_layout("lstm", cell, inputs, flat_s0, cot, jit_compile=False, **options),
                      want, context="forget_bias=1.0")

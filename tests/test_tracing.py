@@ -2,7 +2,7 @@
 TensorFlow's retracing warning speaks only of real retraces.
 
 fastcarry keeps one ``tf.function`` per (cell math, options) in
-``fastcarry._unroll._FUNCTIONS``. TF's frequent-retracing detector used to key
+``fastcarry._functions._FUNCTIONS``. TF's frequent-retracing detector used to key
 them all by their shared Python code object, so a run over several
 configurations (``fastcarry check``, or a model with several layers) logged
 "5 out of the last 5 calls to <function _backward_fn.<locals>.backward>
@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
-from fastcarry import _unroll
+from fastcarry import _functions
 
 # H = 11 appears in no other test file: the compiled functions these tests make are new.
 B, T, D, H = 3, 8, 5, 11
@@ -35,7 +35,7 @@ CONFIGS = {
 
 
 def _counts():
-    return {key: f.experimental_get_tracing_count() for key, f in _unroll._FUNCTIONS.items()}
+    return {key: f.experimental_get_tracing_count() for key, f in _functions._FUNCTIONS.items()}
 
 
 def _train(cell, step, steps=10):

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 import fastcarry as fc
 from conftest import assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _tune, _unroll
-from fastcarry.tools import check as _check
+from fastcarry import _measure, _strategies, _tune
+import harness
 
 B, T, D, H = 2, 5, 3, 4
 
@@ -21,7 +21,7 @@ B, T, D, H = 2, 5, 3, 4
 def cache(tmp_path, monkeypatch):
     """A fresh cache directory for the test (and no memoised lookups)."""
     monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(_tune, "_MEMO", {})
+    monkeypatch.setattr(fc.tune_cache, "_MEMO", {})
     return tmp_path / "cache" / "tune.json"
 
 
@@ -29,7 +29,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_config_is_a_frozen_hashable_record():
     cfg = fc.Config(unroll=3, chunk=16)
-    assert cfg.as_kwargs() == {"unroll": 3, "chunk": 16, "swap_memory": False, "projection": "per_iteration"}
+    assert cfg.as_kwargs() == {"unroll": 3, "chunk": 16, "swap_memory": None, "projection": None}
     assert hash(cfg) == hash(fc.Config(unroll=3, chunk=16)) and cfg != fc.Config(unroll=3)
     assert cfg.describe() == "unroll=3 chunk=16" and fc.Config().describe() == "defaults"
     assert fc.Config(unroll=1, projection="hoisted").describe() == "unroll=1 projection=hoisted"
@@ -37,22 +37,27 @@ def test_config_is_a_frozen_hashable_record():
         cfg.unroll = 2
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(unroll=0), "Config.unroll must be None or an int >= 1, got 0"),
-    (dict(chunk=2.5), "Config.chunk must be None or an int >= 1, got 2.5"),
-    (dict(swap_memory="yes"), "Config.swap_memory must be a bool, got 'yes'"),
-    (dict(projection="before"), r"Config.projection must be one of \('per_iteration', 'hoisted'\), got 'before'"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(unroll=0), ValueError, "Config.unroll must be None or an int >= 1, got 0"),
+    (dict(unroll=True), TypeError, "Config.unroll must be None or an int >= 1, got True"),
+    (dict(chunk=2.5), TypeError, "Config.chunk must be None or an int >= 1, got 2.5"),
+    (dict(swap_memory="yes"), TypeError, "Config.swap_memory must be a bool, got 'yes'"),
+    (dict(projection="before"), ValueError,
+     r"Config.projection must be one of \('per_iteration', 'hoisted'\), got 'before'"),
 ])
-def test_bad_config_fails_at_construction(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_config_fails_at_construction_as_unroll_does(kwargs, error, message):
+    with pytest.raises(error, match=message):
         fc.Config(**kwargs)
+    (name, value), = kwargs.items()
+    with pytest.raises(error, match=message.replace("Config.", "")):  # the same check, the argument's name
+        fc.unroll(make_cell("lstm", H, input_dim=D), tf.zeros([B, T, D]), **{name: value})
 
 
 def _schedules_used(monkeypatch, run):
     """The ``Schedule`` of every compiled function ``run()`` asks for."""
-    seen, function = [], _unroll._function
-    monkeypatch.setattr(_unroll, "_function", lambda kind, core, opts, jit: seen.append(opts.schedule)
-                        or function(kind, core, opts, jit))
+    seen, compiled = [], _strategies.compiled
+    monkeypatch.setattr(_strategies, "compiled", lambda role, core, layout, schedule, build: seen.append(schedule)
+                        or compiled(role, core, layout, schedule, build))
     run()
     return seen
 
@@ -73,6 +78,10 @@ def test_unroll_applies_a_config_where_the_call_leaves_the_default(monkeypatch):
     assert {(s.unroll, s.chunk) for s in seen} == {(1, 2)}  # the given argument wins
     seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(projection="hoisted")))
     assert {s.projection for s in seen} == {"hoisted"}
+    # An explicit value wins over the config's, the default's too (None, not the default, means "not given").
+    seen = _schedules_used(monkeypatch, lambda: train(config=fc.Config(projection="hoisted", unroll=3),
+                                                      projection="per_iteration", unroll=2))
+    assert {(s.unroll, s.projection) for s in seen} == {(2, "per_iteration")}
     with pytest.raises(TypeError, match="config must be None, an fc.Config or 'auto', got 'fast'"):
         fc.unroll(cell, x, config="fast")
 
@@ -82,24 +91,24 @@ def test_unroll_applies_a_config_where_the_call_leaves_the_default(monkeypatch):
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTCARRY_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _tune.cache_path() == str(tmp_path / "xdg" / "fastcarry" / "tune.json")
+    assert fc.tune_cache.cache_path() == str(tmp_path / "xdg" / "fastcarry" / "tune.json")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _tune.cache_path() == str(tmp_path / "home" / ".cache" / "fastcarry" / "tune.json")
+    assert fc.tune_cache.cache_path() == str(tmp_path / "home" / ".cache" / "fastcarry" / "tune.json")
     monkeypatch.setenv("FASTCARRY_CACHE_DIR", str(tmp_path / "mine"))
-    assert _tune.cache_path() == str(tmp_path / "mine" / "tune.json")
+    assert fc.tune_cache.cache_path() == str(tmp_path / "mine" / "tune.json")
 
 
 def test_buckets_are_powers_of_two():
-    assert [_tune.bucket(n) for n in (1, 2, 3, 17, 32, 33, 100, 8192)] == [1, 2, 4, 32, 32, 64, 128, 8192]
+    assert [fc.tune_cache.bucket(n) for n in (1, 2, 3, 17, 32, 33, 100, 8192)] == [1, 2, 4, 32, 32, 64, 128, 8192]
 
 
 def test_store_and_load_round_trip(cache):
-    assert _tune.store("k", fc.Config(unroll=4), {"median_s": 0.1})
-    assert _tune.load() == {"k": {"config": {"unroll": 4, "chunk": None, "swap_memory": False,
-                                             "projection": "per_iteration"},
-                                  "record": {"median_s": 0.1}}}
-    assert _tune.clear() == 1 and _tune.load() == {}
+    assert fc.tune_cache.store("k", fc.Config(unroll=4), {"median_s": 0.1})
+    assert fc.tune_cache.load() == {"k": {"config": {"unroll": 4, "chunk": None, "swap_memory": None,
+                                                     "projection": None},
+                                          "record": {"median_s": 0.1}}}
+    assert fc.tune_cache.clear() == 1 and fc.tune_cache.load() == {}
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"schema": 999, "entries": {}}), "[1, 2]"])
@@ -107,62 +116,62 @@ def test_a_corrupt_or_foreign_cache_is_moved_aside_and_rebuilt(cache, content):
     cache.parent.mkdir(parents=True)
     cache.write_text(content)
     with pytest.warns(UserWarning, match="could not be read .* moved it to .*tune.json.bad-"):
-        assert _tune.load() == {}
+        assert fc.tune_cache.load() == {}
     assert not cache.exists() and list(cache.parent.glob("tune.json.bad-*"))
-    assert _tune.store("k", fc.Config(), {})
-    assert list(_tune.load()) == ["k"]
+    assert fc.tune_cache.store("k", fc.Config(), {})
+    assert list(fc.tune_cache.load()) == ["k"]
 
 
 def test_an_unwritable_cache_warns_and_returns(cache):
     cache.parent.parent.mkdir(parents=True, exist_ok=True)
     cache.parent.write_text("a file where the directory should be")
     with pytest.warns(UserWarning, match="could not write the tune cache"):
-        assert _tune.store("k", fc.Config(), {}) is False
+        assert fc.tune_cache.store("k", fc.Config(), {}) is False
 
 
 def test_concurrent_writers_lose_no_entry(cache):
     """Two processes writing 25 entries each at once: all 50 are there (the lock), the file always whole."""
-    script = ("import sys\nfrom fastcarry import _tune\nfrom fastcarry._config import Config\n"
-              "for i in range(25):\n    _tune.store(f'{sys.argv[1]}{i}', Config(unroll=1 + i % 4), {})\n")
+    script = ("import sys\nimport fastcarry.tune_cache as cache\nfrom fastcarry import Config\n"
+              "for i in range(25):\n    cache.store(f'{sys.argv[1]}{i}', Config(unroll=1 + i % 4), {})\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, who]) for who in "ab"]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    assert sorted(_tune.load()) == sorted(f"{w}{i}" for w in "ab" for i in range(25))
+    assert sorted(fc.tune_cache.load()) == sorted(f"{w}{i}" for w in "ab" for i in range(25))
 
 
 def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
-    _tune._device_facts.cache_clear()  # read once per process: read again under the fakes, and after them
-    monkeypatch.setattr(_tune, "_device_facts", _tune._device_facts.__wrapped__)
+    _measure._device_facts.cache_clear()  # read once per process: read again under the fakes, and after them
+    monkeypatch.setattr(_measure, "_device_facts", _measure._device_facts.__wrapped__)
     gpu = tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [gpu] if kind == "GPU" else [])
     monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"device_name": "NVIDIA A100"})
-    assert _tune.device_info() == {"kind": "GPU", "name": "NVIDIA A100", "cores": 1}
-    assert "GPU:NVIDIA A100:1" in _tune.make_key("lstm", D, H, tf.float32, "train", B, T)
+    assert _measure.device_info() == {"type": "GPU", "name": "NVIDIA A100", "cores": 1}
+    assert "GPU:NVIDIA A100:1" in fc.tune_cache.make_key("lstm", D, H, tf.float32, "train", B, T)
     core = make_cell("lstm", H, input_dim=D).core()
     assert fc.Config(unroll=1, swap_memory=True) in _tune.variants(fc.Config(unroll=1), core, "train",
-                                                                   _tune.device_info())
+                                                                   _measure.device_info())
 
 
 def test_peak_memory_reads_the_device_allocator(monkeypatch):
     reads = iter([{"current": 100, "peak": 100}, {"current": 100, "peak": 4196}])
     monkeypatch.setattr(tf.config.experimental, "reset_memory_stats", lambda name: None)
     monkeypatch.setattr(tf.config.experimental, "get_memory_info", lambda name: next(reads))
-    assert _tune._peak_memory(lambda: None, {"kind": "GPU"}) == (4096, "allocator")
+    assert _measure.peak_memory(lambda: None, {"type": "GPU"}) == (4096, "allocator")
 
 
 # -- fc.tune --------------------------------------------------------------------------------------------------
 
 def test_tune_stores_what_config_auto_then_uses(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
-    config, rows, key = _tune.run(cell, (B, T, D), mode="infer", budget_s=1)
+    config, rows, key = fc.tune(cell, (B, T, D), mode="infer", budget_s=1, report=True)
     first = {fc.Config(unroll=u) for u in (1, 2, 4)}
     assert {r["config"] for r in rows} - first == {r["config"] for r in rows if r["config"].projection == "hoisted"}
     assert len(rows) in (3, 4) and first <= {r["config"] for r in rows}  # the second stage if budget was left
     assert all(r["median_s"] > 0 and r["compile_s"] > 0 for r in rows)
-    assert json.loads(key)["B"] == 2 and json.loads(key)["T"] == 8 and _tune.load()[key]["config"]["unroll"] \
+    assert json.loads(key)["B"] == 2 and json.loads(key)["T"] == 8 and fc.tune_cache.load()[key]["config"]["unroll"] \
         == config.unroll
-    monkeypatch.setattr(_tune, "_MEMO", {})
+    monkeypatch.setattr(fc.tune_cache, "_MEMO", {})
     start = time.perf_counter()
-    assert _tune.lookup(cell.core(), D, tf.float32, "infer", B, 7) == config  # T = 7: the same bucket
+    assert fc.tune_cache.lookup(cell.core(), D, tf.float32, "infer", B, 7) == config  # T = 7: the same bucket
     assert time.perf_counter() - start < 1.0
     x = tf.constant(random_inputs(B, T, D), tf.float32)
     seen = _schedules_used(monkeypatch, lambda: fc.unroll(cell, x, config="auto"))
@@ -199,27 +208,27 @@ def test_every_candidate_gives_the_default_results():
     """Each config fc.tune may choose, on a device that is not the host (swap too), and chunked: same numbers."""
     cell = make_cell("rnn", H, input_dim=D)  # the knobs' exactness for every cell: test_unroll, test_chunk
     x, s0 = random_inputs(B, T, D), random_state(cell, B)
-    cot = _check.random_cotangents(cell, B, T, False)
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot)
-    gpu = {"kind": "GPU", "name": "fake", "cores": 1}
-    first = _tune.candidates(T, "train", gpu) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
+    cot = harness.random_cotangents(cell, B, T, False)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot)
+    gpu = {"type": "GPU", "name": "fake", "cores": 1}
+    first = _tune.candidates(T) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
     # the second stage's variants of an unchunked and a chunked winner (test_unroll: hoisted with every unroll)
     configs = first + [v for c in (first[1], first[3]) for v in _tune.variants(c, cell.core(), "train", gpu)]
     for config in configs:
-        got = _check.evaluate(fc.unroll, cell, x, s0, cot, config=config)
+        got = harness.evaluate(fc.unroll, cell, x, s0, cot, config=config)
         assert_all_close(got, want, tf.float32, config.describe())
-    assert len(configs) == 9 and {c.projection for c in configs} == {"per_iteration", "hoisted"}
+    assert len(configs) == 9 and {c.projection for c in configs} == {None, "hoisted"}
 
 
 def test_candidates_prune_unrolls_beyond_t():
-    cpu = {"kind": "CPU", "name": "x", "cores": 2}
-    assert _tune.candidates(1, "train", cpu) == [fc.Config(unroll=1)]
-    assert _tune.candidates(3, "infer", cpu) == [fc.Config(unroll=1), fc.Config(unroll=2)]
-    assert np.all([not c.swap_memory for c in _tune.candidates(100, "train", cpu)])
+    cpu = {"type": "CPU", "name": "x", "cores": 2}
+    assert _tune.candidates(1) == [fc.Config(unroll=1)]
+    assert _tune.candidates(3) == [fc.Config(unroll=1), fc.Config(unroll=2)]
+    assert np.all([not c.swap_memory for c in _tune.candidates(100)])
 
 
 def test_variants_are_the_winner_with_one_knob_changed():
-    cpu, gpu = {"kind": "CPU", "name": "x", "cores": 2}, {"kind": "GPU", "name": "fake", "cores": 1}
+    cpu, gpu = {"type": "CPU", "name": "x", "cores": 2}, {"type": "GPU", "name": "fake", "cores": 1}
     fused = make_cell("lstm", H, input_dim=D).core()
     best = fc.Config(unroll=4)
     assert _tune.variants(best, fused, "train", cpu) == [fc.Config(unroll=4, projection="hoisted")]
@@ -249,12 +258,12 @@ def _row(times):
     ([0.90] * 9 + [1.20], True),                         # 9 of 10: p = 11/1024
 ])
 def test_a_candidate_replaces_the_defaults_only_when_reliably_faster(times, beats):
-    assert _tune._beats(_row(times), _row([1.0] * len(times))) == beats
+    assert _tune.beats(_row(times), _row([1.0] * len(times))) == beats
 
 
 def _fake_steps(monkeypatch, seconds):
     """fc.tune's candidate steps replaced by sleeps: ``seconds(config)`` per call (no compiling)."""
-    def step(cell, x, mode, config, time_major, lengths):
+    def step(cell, mode, config, time_major, lengths):
         def fn(x):
             time.sleep(seconds(config))
             return tf.constant(0.0)
@@ -265,18 +274,18 @@ def _fake_steps(monkeypatch, seconds):
 def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
     _fake_steps(monkeypatch, lambda c: 0.002 if c.projection == "hoisted" else 0.006)
-    config, rows, _ = _tune.run(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
+    config, rows, _ = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False, report=True)
     assert config == fc.Config(unroll=2, projection="hoisted")  # the variant of the (default) first winner
     assert len(next(r for r in rows if r["config"] == config)["samples"]) >= 5
     _fake_steps(monkeypatch, lambda c: 0.004)  # all the same: noise decides nothing
-    config, _, _ = _tune.run(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
+    config = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
     assert config == fc.Config(unroll=2)
 
 
 def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
     calls = []
 
-    def step(cell, x, mode, config, time_major, lengths):
+    def step(cell, mode, config, time_major, lengths):
         def fn(x):
             calls.append(config)
             time.sleep(0.001)
@@ -288,31 +297,31 @@ def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
         return (10_000 if calls[-1].projection == "hoisted" else 1_000), "fake"
 
     monkeypatch.setattr(_tune, "_step", step)
-    monkeypatch.setattr(_tune, "_peak_memory", peak)
-    config, rows, _ = _tune.run(make_cell("gru", H, input_dim=D), (B, T, D), mode="train", memory_limit=5_000,
-                                budget_s=0.3, cache=False)
+    monkeypatch.setattr(_tune, "peak_memory", peak)
+    config, rows, _ = fc.tune(make_cell("gru", H, input_dim=D), (B, T, D), mode="train", memory_limit=5_000,
+                              budget_s=0.3, cache=False, report=True)
     hoisted = [r for r in rows if r["config"].projection == "hoisted"]
-    assert config.projection == "per_iteration" and len(hoisted) == 1
+    assert config.projection != "hoisted" and len(hoisted) == 1
     assert np.isnan(hoisted[0]["median_s"]) and hoisted[0]["samples"] == [] and hoisted[0]["peak_bytes"] == 10_000
 
 
 def test_lookup_with_the_batch_unknown_takes_the_largest_tuned_batch(cache):
     core = make_cell("lstm", H, input_dim=D).core()
     for batch, unroll in ((8, 1), (64, 4)):
-        _tune.store(_tune.make_key(_tune.cell_kind(core), D, H, tf.float32, "train", batch, 100), fc.Config(unroll),
+        fc.tune_cache.store(fc.tune_cache.make_key(fc.tune_cache.cell_name(core), D, H, tf.float32, "train", batch, 100), fc.Config(unroll),
                     {})
-    assert _tune.lookup(core, D, tf.float32, "train", None, 100) == fc.Config(unroll=4)
-    assert _tune.lookup(core, D, tf.float32, "train", 8, 100) == fc.Config(unroll=1)
-    assert _tune.lookup(core, D, tf.float32, "infer", None, 100) is None  # another mode
-    assert _tune.lookup(core, D, tf.float32, "train", None, None) is None  # T unknown: no bucket
+    assert fc.tune_cache.lookup(core, D, tf.float32, "train", None, 100) == fc.Config(unroll=4)
+    assert fc.tune_cache.lookup(core, D, tf.float32, "train", 8, 100) == fc.Config(unroll=1)
+    assert fc.tune_cache.lookup(core, D, tf.float32, "infer", None, 100) is None  # another mode
+    assert fc.tune_cache.lookup(core, D, tf.float32, "train", None, None) is None  # T unknown: no bucket
 
 
 def test_keras_layers_use_the_tuned_config_of_the_same_math(cache, monkeypatch):
     """``fastcarry tune --cell lstm`` (an fc.LSTM) serves fastcarry.keras.LSTM, also traced with B unknown."""
     from fastcarry import keras as fck
 
-    key = _tune.make_key(_tune.cell_kind(make_cell("lstm", H, input_dim=D).core()), D, H, tf.float32, "train", B, T)
-    _tune.store(key, fc.Config(unroll=3, projection="hoisted"), {})
+    key = fc.tune_cache.make_key(fc.tune_cache.cell_name(make_cell("lstm", H, input_dim=D).core()), D, H, tf.float32, "train", B, T)
+    fc.tune_cache.store(key, fc.Config(unroll=3, projection="hoisted"), {})
     layer = fck.LSTM(H, return_sequences=True)
     layer.build((None, T, D))
 

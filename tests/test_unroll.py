@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import fastcarry as fc
 from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
-from fastcarry.tools import check as _check
+import harness
 from fastcarry import Core
 
 B, T, D, H = 3, 7, 4, 5
@@ -51,7 +51,7 @@ def _case(kind, options, dtype=tf.float32, seed=0):
     cell = make_cell(kind, H, dtype=dtype, seed=seed, input_dim=D)
     x = random_inputs(batch, time, D, options.get("time_major", False), seed=seed + 2)
     s0 = random_state(cell, batch, seed=seed + 3) if initial else None
-    cot = _check.random_cotangents(cell, batch, time, options.get("time_major", False), seed=seed + 4)
+    cot = harness.random_cotangents(cell, batch, time, options.get("time_major", False), seed=seed + 4)
     return cell, x, s0, cot, options
 
 
@@ -80,8 +80,8 @@ FUSED_CASES = [(name, mode) for name in OPTIONS for mode in MODES
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_fused_equals_reference(kind, name, mode):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name])
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **MODES[mode], **options)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, **MODES[mode], **options)
     assert_all_close(got, want, tf.float32, f"{kind} {name} {mode}")
 
 
@@ -98,17 +98,17 @@ AUTODIFF_OPTIONS = ["plain", "all", "time1"]
 @pytest.mark.parametrize("kind", CELL_KINDS)
 def test_fused_backward_equals_autodiff(kind, name):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name], dtype=tf.float64)
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
     assert_all_close(got, want, tf.float64, f"{kind} {name}")
 
 
 def test_autodiff_comparison_can_fail():
     """A wrong recurrent weight on one side must fail the fused-vs-autodiff comparison."""
     cell, x, s0, cot, options = _case("gru", OPTIONS["reverse+lengths"], dtype=tf.float64)
-    want = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
+    want = harness.evaluate(fc.unroll, cell, x, s0, cot, backward="autodiff", **options)
     cell.recurrent_kernel.assign_add(tf.fill(cell.recurrent_kernel.shape, tf.constant(1e-6, tf.float64)))
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, backward="fused", **options)
     with pytest.raises(AssertionError):
         assert_all_close(got, want, tf.float64)
 
@@ -117,17 +117,17 @@ def test_autodiff_comparison_can_fail():
 @pytest.mark.parametrize("kind", ["lstm", "gru-reset-before"])
 def test_other_dtypes(kind, dtype):
     cell, x, s0, cot, options = _case(kind, OPTIONS["reverse+lengths"], dtype=dtype)
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
     assert_all_close(got, want, dtype, f"{kind} {dtype.name}")
 
 
 def test_comparison_can_fail():
     """The harness sees a wrong answer: a perturbed recurrent weight must fail."""
     cell, x, s0, cot, options = _case("lstm", OPTIONS["lengths"])
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
     cell.recurrent_kernel.assign_add(tf.fill(cell.recurrent_kernel.shape, 1e-3))
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, **options)
     with pytest.raises(AssertionError, match="d_recurrent_kernel"):
         assert_all_close(got, want)
 
@@ -192,7 +192,7 @@ def test_toy_cell_exact(impl, jit_compile, unroll, reverse, lengths):
 def test_inside_user_function_with_unknown_shapes(outer_jit, jit_compile, projection):
     """In a user's tf.function traced with B and T unknown, with unroll not dividing T."""
     cell, x, s0, cot, options = _case("gru", dict(sequence_length=[6, 1, 7], initial=True))
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, unroll=3, **options)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, unroll=3, **options)
 
     spec = tf.TensorSpec([None, None, D], tf.float32)
 
@@ -318,11 +318,11 @@ def _property_case(w, jit_compile):
     cell = make_cell(w["kind"], w["units"], input_dim=w["dim"], seed=w["seed"])
     x = random_inputs(w["batch"], w["time"], w["dim"], w["time_major"], seed=w["seed"])
     s0 = random_state(cell, w["batch"], seed=w["seed"]) if w["initial"] else None
-    cot = _check.random_cotangents(cell, w["batch"], w["time"], w["time_major"], seed=w["seed"])
+    cot = harness.random_cotangents(cell, w["batch"], w["time"], w["time_major"], seed=w["seed"])
     options = dict(sequence_length=w["lengths"], reverse=w["reverse"], time_major=w["time_major"],
                    unroll=w["unroll"])
-    want = _check.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
-    got = _check.evaluate(fc.unroll, cell, x, s0, cot, jit_compile=jit_compile, **options)
+    want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
+    got = harness.evaluate(fc.unroll, cell, x, s0, cot, jit_compile=jit_compile, **options)
     assert_all_close(got, want, tf.float32, str(w))
 
 

@@ -26,18 +26,18 @@ Outputs (``run``): ``results.json`` (every sample + machine info),
 ``results.md`` (speedup table) and ``results.png`` (speedup vs Keras plot).
 """
 
-import functools
+import argparse
 import os
 import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
 
+from fastcarry._measure import step_function, timed_call
 from fastcarry.tools import report as _report
 from fastcarry.tools.report import Progress, machine_info, require_matplotlib
-from fastcarry.tools.workload import Workload, random_data, workload_cell
+from fastcarry.tools.workload import Workload, positive, random_data, workload_cell
 
 MODES = ("infer", "train")
 # The grid's cells; "gru-reset-before" (reset_after=False, TF1 GRUCell's form) is
@@ -71,42 +71,24 @@ def matmul_flops(workload, mode):
 
 # --- contenders: each builder returns a zero-argument callable running one step ---------------
 
-def _step(run, variables, mode, cotangent, jit_compile):
-    """A ``tf.function`` of ``run(x) -> outputs [B, T, H]``: forward, or forward + weight gradients.
-
-    The cotangent is a fixed random ``[B, T, H]`` so the loss weighs every output
-    differently (a plain sum could let an implementation skip work).
-    """
-    import tensorflow as tf
-
-    if mode == "infer":
-        fn = run
-    else:
-        def fn(x):
-            with tf.GradientTape() as tape:
-                outputs = run(x)
-                loss = tf.reduce_sum(outputs * cotangent)
-            return tape.gradient(loss, variables)
-    # Each contender is its own compiled function, traced once: a partial gives
-    # it its own retracing counter (TF keys the counter by code object, which
-    # every closure made here shares; see fastcarry._unroll._Named).
-    return tf.function(functools.partial(fn), jit_compile=jit_compile)
-
-
-def _fastcarry(workload, mode, x, cotangent):
+def fastcarry_step(workload, mode, x, cotangent):
+    """``fc.unroll`` of the workload's cell inside ``tf.function(jit_compile=True)``: a zero-argument step."""
     import fastcarry as fc
 
     cell = workload_cell(workload)
-    fn = _step(lambda x: fc.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, True)
+    fn = step_function(lambda x: fc.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent,
+                       name="fastcarry")
     return lambda: fn(x)
 
 
-def _keras(workload, mode, x, cotangent, jit_compile):
+def keras_step(workload, mode, x, cotangent, jit_compile):
+    """The Keras 3 layer holding the fastcarry cell's weights, as a zero-argument step."""
     from fastcarry.tools.check import KerasUnroll
 
     keras = KerasUnroll(workload_cell(workload))  # same weights as the fastcarry cell
     # The layer returns [outputs, *states] (return_sequences and return_state are on).
-    fn = _step(lambda x: keras.layer(x)[0], keras.weights, mode, cotangent, jit_compile)
+    fn = step_function(lambda x: keras.layer(x)[0], keras.weights, mode, cotangent, jit_compile=jit_compile,
+                       name=f"keras_{'jit' if jit_compile else 'graph'}")
     return lambda: fn(x)
 
 
@@ -132,7 +114,7 @@ def _tf1(workload, mode, x, cotangent):
             warnings.simplefilter("ignore")
             return tf.compat.v1.nn.dynamic_rnn(cell, x, dtype=tf.float32)[0]
 
-    fn = _step(run, cell.trainable_variables, mode, cotangent, False)
+    fn = step_function(run, cell.trainable_variables, mode, cotangent, jit_compile=False, name="tf1")
     return lambda: fn(x)
 
 
@@ -140,7 +122,8 @@ def _reference(workload, mode, x, cotangent):
     import fastcarry as fc
 
     cell = workload_cell(workload)
-    fn = _step(lambda x: fc.reference.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent, False)
+    fn = step_function(lambda x: fc.reference.unroll(cell, x)[0], cell.trainable_variables, mode, cotangent,
+                       jit_compile=False, name="reference")
     return lambda: fn(x)
 
 
@@ -169,35 +152,25 @@ def torch_skipped(workload):
 
 
 def torch_module(cell):
-    """A batch-first ``torch.nn.LSTM``/``GRU``/``RNN`` holding a copy of the fastcarry cell's weights.
-
-    PyTorch keeps ``weight_ih [G, D]`` (Keras' ``kernelᵀ``) and two biases; its
-    LSTM gates are i, f, g, o (Keras' i, f, c, o), its GRU gates r, z, n with
-    the reset after the recurrent matmul (Keras' z, r, h with ``reset_after=True``).
-    """
+    """A batch-first ``torch.nn.LSTM``/``GRU``/``RNN`` holding a copy of the fastcarry cell's weights
+    (``fastcarry._weights.to_torch``: PyTorch's layout and gate orders)."""
     import torch
 
     import fastcarry as fc
+    from fastcarry._weights import to_torch
 
-    kernel, recurrent, bias = cell.get_weights()
-    d, h = kernel.shape[0], cell.units
+    d, h = cell.input_dim, cell.units
     if isinstance(cell, fc.LSTM):
-        module = torch.nn.LSTM(d, h, batch_first=True)
-        bias_ih, bias_hh = bias.copy(), np.zeros_like(bias)
-        bias_ih[h:2 * h] += cell.forget_bias
+        kind, module = "lstm", torch.nn.LSTM(d, h, batch_first=True)
     elif isinstance(cell, fc.GRU) and cell.reset_after:
-        module = torch.nn.GRU(d, h, batch_first=True)
-        order = np.r_[h:2 * h, 0:h, 2 * h:3 * h]  # z, r, h -> r, z, n
-        kernel, recurrent, bias_ih, bias_hh = kernel[:, order], recurrent[:, order], bias[0][order], bias[1][order]
+        kind, module = "gru", torch.nn.GRU(d, h, batch_first=True)
     elif isinstance(cell, fc.SimpleRNN) and cell.activation in ("tanh", "relu"):
-        module = torch.nn.RNN(d, h, nonlinearity=cell.activation, batch_first=True)
-        bias_ih, bias_hh = bias, np.zeros_like(bias)
+        kind, module = "simple_rnn", torch.nn.RNN(d, h, nonlinearity=cell.activation, batch_first=True)
     else:
         raise ValueError(f"PyTorch has no counterpart of {cell!r}")
     with torch.no_grad():
-        for name, value in (("weight_ih_l0", kernel.T), ("weight_hh_l0", recurrent.T), ("bias_ih_l0", bias_ih),
-                            ("bias_hh_l0", bias_hh)):
-            getattr(module, name).copy_(torch.from_numpy(np.ascontiguousarray(value, np.float32)))
+        for name, value in to_torch(kind, cell.get_weights(), getattr(cell, "forget_bias", 0.0)).items():
+            getattr(module, name).copy_(torch.from_numpy(value))
     return module
 
 
@@ -232,9 +205,9 @@ def build_contenders(workload, mode, seed=0):
     w = workload
     x, cot = random_data(w, seed)
     steps = {
-        "fastcarry": _fastcarry(w, mode, x, cot),
-        "keras-graph": _keras(w, mode, x, cot, jit_compile=False),
-        "keras-jit": _keras(w, mode, x, cot, jit_compile=True),
+        "fastcarry": fastcarry_step(w, mode, x, cot),
+        "keras-graph": keras_step(w, mode, x, cot, jit_compile=False),
+        "keras-jit": keras_step(w, mode, x, cot, jit_compile=True),
         "tf1": _tf1(w, mode, x, cot),
     }
     if reference_skipped(w) is None:
@@ -246,20 +219,6 @@ def build_contenders(workload, mode, seed=0):
 
 
 # --- timing -------------------------------------------------------------------------------------
-
-def _time_once(step):
-    """Seconds for one call, forced to completion.
-
-    ``.numpy()`` on one result suffices: a ``tf.function`` call returns all its
-    outputs together, so one being ready means the whole step ran.
-    """
-    import tensorflow as tf
-
-    start = time.perf_counter()
-    result = step()
-    tf.nest.flatten(result)[-1].numpy()
-    return time.perf_counter() - start
-
 
 def _summary(samples):
     return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples),
@@ -279,16 +238,16 @@ def time_contenders(steps, repeats, progress=None):
     for name in names:
         if progress:
             progress(name, "compile")
-        compile_s[name] = _time_once(steps[name])  # trace + XLA compile + first run
+        compile_s[name] = timed_call(steps[name])  # trace + XLA compile + first run
         for _ in range(WARMUP_CALLS):
-            _time_once(steps[name])
+            timed_call(steps[name])
     samples = {name: [] for name in names}
     for r in range(repeats):
         if progress:
             progress(None, f"repeat {r + 1}/{repeats}")
         for k in range(len(names)):
             name = names[(r + k) % len(names)]
-            samples[name].append(_time_once(steps[name]))
+            samples[name].append(timed_call(steps[name]))
     return {name: {"compile_s": compile_s[name], **_summary(samples[name])} for name in names}
 
 
@@ -300,8 +259,6 @@ def fold_variants(timings, who):
     timings[who] = {**variants[best], "variant": best, "variants": variants}
     return timings
 
-
-# --- progress bar ---------------------------------------------------------------------------------
 
 # --- the run ------------------------------------------------------------------------------------
 
@@ -320,7 +277,7 @@ def validate(workloads, modes, repeats):
             raise ValueError(f"fastcarry bench: {', '.join(bad)} must be >= 1 in {w}")
 
 
-def run(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", stream=sys.stderr):
+def run_grid(workloads, modes=MODES, repeats=FULL_REPEATS, out_dir="bench-results", stream=sys.stderr):
     """Benchmarks every workload x mode and writes ``results.json``, ``results.md``, ``results.png``.
 
     Returns the result dict (what ``results.json`` holds).
@@ -430,3 +387,98 @@ def plot(report, path, plt=None):
                  f"TF {report['machine']['tensorflow']})")
     ax.legend()
     _report.save_figure(fig, path, dpi=120)
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+def add_parser(subparsers):
+    bench = subparsers.add_parser(
+        "bench", help="time fastcarry against Keras 3, TF1 dynamic_rnn, the reference and a matmul roofline",
+        description="Times every contender interleaved in this process and writes results.json, results.md "
+                    "(speedup table) and results.png to --out. Without --cell/--batch/--time/--input/--units "
+                    "it runs the full grid (slow; --quick for a one-minute grid); with any of them, that one "
+                    "shape (defaults fill the rest). The TF1 contender needs tf_keras: pip install 'fastcarry[bench]'.")
+    bench.add_argument("--quick", action="store_true", help="tiny grid, 3 repeats (about a minute)")
+    bench.add_argument("--out", default="bench-results", metavar="DIR", help="output directory")
+    bench.add_argument("--cell", choices=("lstm", "gru", "rnn", "gru-reset-before"),
+                       help="benchmark your own shape (default lstm; gru-reset-before is GRU(reset_after=False))")
+    bench.add_argument("--cells", type=_cell_list, metavar="A,B",
+                       help="the grid's cells (default lstm,gru,rnn; also gru-reset-before)")
+    bench.add_argument("--batch", type=positive, metavar="B", help="default 8")
+    bench.add_argument("--time", type=positive, metavar="T", help="default 100")
+    bench.add_argument("--input", type=positive, metavar="D", help="default 64")
+    bench.add_argument("--units", type=positive, metavar="H", help="default 128")
+    bench.add_argument("--mode", choices=("infer", "train", "both"), default="both")
+    bench.add_argument("--repeats", type=positive, metavar="N",
+                       help="interleaved repeats per workload (default 7, 3 with --quick)")
+    bench.add_argument("--models", nargs="?", const="stack,generic,bidirectional", type=_suite_list,
+                       metavar="SUITES",
+                       help="instead of the cell grid: fc.Stack vs Keras Sequential, the generic path vs "
+                            "keras.layers.RNN(cell), fc.bidirectional vs Keras Bidirectional (comma-separated "
+                            "subset of stack,generic,bidirectional; default all) at the grid shapes "
+                            "(--quick: one tiny shape)")
+    return bench
+
+
+def _suite_list(text):
+    from fastcarry.tools.models_bench import SUITES
+
+    suites = [s for s in text.split(",") if s]
+    if not suites or any(s not in SUITES for s in suites):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(SUITES)}, got {text!r}")
+    return suites
+
+
+def _cell_list(text):
+    cells = [c for c in text.split(",") if c]
+    bad = [c for c in cells if c not in BENCH_CELLS]
+    if bad or not cells:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(BENCH_CELLS)}, got {text!r}")
+    return cells
+
+
+def workloads_for(args):
+    """The ``Workload`` list ``fastcarry bench`` arguments ask for."""
+    custom = {"cell": args.cell, "batch": args.batch, "time": args.time, "input": args.input,
+              "units": args.units}
+    if any(v is not None for v in custom.values()):
+        if args.quick or args.cells:
+            raise SystemExit("fastcarry bench: --quick and --cells choose a fixed grid; drop them to time your "
+                             "own shape")
+        defaults = dict(cell="lstm", batch=8, time=100, input=64, units=128)
+        return [Workload(**{k: defaults[k] if v is None else v for k, v in custom.items()})]
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    if not args.cells:
+        return list(grid)
+    shapes = list(dict.fromkeys(w[1:] for w in grid))  # the grid's shapes, in order
+    return [Workload(c, *shape) for c in args.cells for shape in shapes]
+
+
+def run(args, stream=sys.stderr):
+    """Runs the benchmark the arguments describe, prints the Markdown table; returns 0."""
+    if args.models:
+        return _run_models(args, stream)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    report = run_grid(workloads_for(args), modes, _repeats(args), out_dir=args.out, stream=stream)
+    print(markdown(report))
+    print(f"wrote results.json, results.md, results.png to {args.out}", file=stream)
+    return 0
+
+
+def _repeats(args):
+    return args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
+
+
+def _run_models(args, stream):
+    from fastcarry.tools import models_bench as _models
+
+    if any(getattr(args, k) is not None for k in ("cell", "cells", "batch", "time", "input", "units")) \
+            or args.mode != "both":
+        raise SystemExit("fastcarry bench: --models runs its own grid; drop --cell/--cells/--batch/--time/"
+                         "--input/--units/--mode")
+    repeats = _repeats(args)
+    shapes = _models.QUICK_SHAPES if args.quick else _models.SHAPES
+    data = _models.run(args.models, shapes, repeats, out_dir=args.out, stream=stream)
+    print(_models.markdown(data))
+    print(f"wrote results.json, results.md, results.png to {args.out}", file=stream)
+    return 0

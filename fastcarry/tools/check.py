@@ -1,19 +1,24 @@
-"""Numerical comparison of unroll implementations: what ``fastcarry check`` runs.
+"""``fastcarry check``: fastcarry.unroll against the float64 reference and Keras 3 on random data.
 
 ``evaluate`` runs one implementation and differentiates a loss built from random
 cotangents (never ``.sum()``, which hides sign and layout errors), returning
 every output, final-state component and gradient as numpy arrays by name.
 ``compare`` reports per-tensor errors relative to the largest magnitude.
+``KerasUnroll`` runs the Keras 3 layer behind ``unroll``'s signature (also the
+benchmarks' and the profiler's Keras contender). The test suite has its own
+harness (``tests/harness.py``) and holds this tool's verdicts against it.
 """
 
+import sys
 from typing import NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
-# Relative to the largest magnitude of the reference tensor (float32's is the
-# issue's acceptance bound; the others scale with each dtype's epsilon).
-TOLERANCE = {tf.float16: 5e-3, tf.bfloat16: 4e-2, tf.float32: 2e-5, tf.float64: 1e-12}
+from fastcarry.tools.workload import add_workload_arguments, make_cell, non_negative, positive
+
+# Relative to the largest magnitude of the reference tensor, by dtype name (float32's is the
+# acceptance bound; the others scale with each dtype's epsilon).
+TOLERANCE = {"float16": 5e-3, "bfloat16": 4e-2, "float32": 2e-5, "float64": 1e-12}
 
 
 class Cotangents(NamedTuple):
@@ -25,6 +30,8 @@ class Cotangents(NamedTuple):
 
 def random_cotangents(cell, batch, time, time_major=False, seed=0):
     """``Cotangents`` for a cell's outputs and final state, standard normal."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(seed)
     shape = (time, batch, cell.output_size) if time_major else (batch, time, cell.output_size)
     state = [rng.standard_normal((batch, n)) for n in tf.nest.flatten(cell.state_size)]
@@ -46,6 +53,8 @@ def evaluate(impl, cell, inputs, initial_state, cotangents, weights=None, **opti
     ``d_initial_state[.h/.c]`` (when an initial state is given) and ``d_<weight>``
     for ``kernel``, ``recurrent_kernel``, ``bias``, all in the cell's dtype.
     """
+    import tensorflow as tf
+
     dtype = cell.dtype
     inputs = tf.convert_to_tensor(inputs, dtype)
     flat_s0 = None if initial_state is None else [tf.convert_to_tensor(s, dtype) for s in tf.nest.flatten(initial_state)]
@@ -111,7 +120,10 @@ class KerasUnroll:
     """
 
     def __init__(self, cell):
-        from fastcarry._cells import GRU, LSTM, SimpleRNN
+        import tensorflow as tf
+
+        from fastcarry import GRU, LSTM, SimpleRNN
+        from fastcarry._weights import fold_forget_bias
 
         kw = dict(return_sequences=True, return_state=True, dtype=cell.dtype.name)
         if isinstance(cell, LSTM):
@@ -123,10 +135,8 @@ class KerasUnroll:
         else:
             raise TypeError(f"KerasUnroll: no Keras layer for {type(cell).__name__}")
         kernel, recurrent, bias = cell.get_weights()
-        if isinstance(cell, LSTM) and cell.forget_bias:
-            h = cell.units  # Keras has no run-time forget bias: fold it into the f slice.
-            bias = bias.copy()
-            bias[h:2 * h] += cell.forget_bias
+        if isinstance(cell, LSTM):
+            bias = fold_forget_bias(bias, cell.units, cell.forget_bias)  # Keras has no run-time forget bias
         layer.build((None, None, cell.input_dim))
         layer.set_weights([kernel, recurrent, bias])
         self.layer = layer
@@ -134,6 +144,8 @@ class KerasUnroll:
 
     def __call__(self, cell, inputs, initial_state=None, *, sequence_length=None, time_major=False,
                  reverse=False, unroll=1, jit_compile=True):
+        import tensorflow as tf
+
         x = tf.transpose(inputs, [1, 0, 2]) if time_major else inputs
         mask = None if sequence_length is None else tf.sequence_mask(sequence_length, x.shape[1])
         if reverse:
@@ -150,3 +162,92 @@ class KerasUnroll:
             outputs = tf.transpose(outputs, [1, 0, 2])
         fields = hasattr(type(cell.state_size), "_fields")
         return outputs, (type(cell.state_size)(*states) if fields else states[0])
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+
+def add_parser(subparsers):
+    check = subparsers.add_parser(
+        "check", help="compare fastcarry.unroll with the float64 reference and Keras 3 on random data",
+        description="Builds random weights and inputs, runs fastcarry.unroll (XLA and graph; autodiff, hoisted "
+                    "projection, chunk, swap_memory), the float64 reference and the Keras 3 layer with the same "
+                    "weights, and compares outputs, final state and every gradient under a random cotangent. "
+                    "Exits 1 on any FAIL.")
+    add_workload_arguments(check, batch=4, time=16, input=8, units=16, time_type=non_negative)
+    check.add_argument("--seq-lengths", type=non_negative, nargs="+", metavar="L",
+                       help="one length per batch row, each in [0, T]")
+    check.add_argument("--reverse", action="store_true")
+    check.add_argument("--time-major", action="store_true")
+    check.add_argument("--unroll", type=positive, default=None, metavar="K",
+                       help="steps per loop iteration (default: the cell's default)")
+    check.add_argument("--chunk", type=positive, default=None, metavar="C",
+                       help="chunk for the chunk= and swap_memory rows (default: about T/3)")
+    check.add_argument("--seed", type=int, default=0)
+    return check
+
+
+def run(args, out=sys.stdout):
+    """Runs the comparisons; returns the process exit code (0 all PASS, 1 any FAIL)."""
+    import tensorflow as tf
+
+    import fastcarry as fc
+
+    if args.seq_lengths is not None:
+        if len(args.seq_lengths) != args.batch:
+            raise SystemExit(f"fastcarry check: --seq-lengths needs {args.batch} values (--batch), "
+                             f"got {len(args.seq_lengths)}")
+        if max(args.seq_lengths) > args.time:
+            raise SystemExit(f"fastcarry check: --seq-lengths values must be in [0, T={args.time}], "
+                             f"got {args.seq_lengths}")
+    rng = np.random.default_rng(args.seed)
+    cell = make_cell(args.cell, args.units, input_size=args.input, seed=args.seed)
+    shape = (args.time, args.batch, args.input) if args.time_major else (args.batch, args.time, args.input)
+    inputs = rng.standard_normal(shape)
+    initial = [rng.standard_normal((args.batch, n)) * 0.5 for n in tf.nest.flatten(cell.state_size)]
+    initial = tf.nest.pack_sequence_as(cell.state_size, initial)
+    cot = random_cotangents(cell, args.batch, args.time, args.time_major, seed=args.seed + 1)
+    options = dict(sequence_length=args.seq_lengths, time_major=args.time_major, reverse=args.reverse,
+                   unroll=args.unroll)
+    ref_cell = cell.copy(dtype=tf.float64)
+    want = evaluate(fc.reference.unroll, ref_cell, inputs, initial, cot, **options)
+    keras = KerasUnroll(cell)
+    contenders = [
+        ("fused jit  vs reference(float64)", fc.unroll, dict(jit_compile=True), want, None),
+        ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
+        ("autodiff jit vs reference(float64)", fc.unroll, dict(jit_compile=True, backward="autodiff"), want, None),
+        ("hoisted jit vs reference(float64)", fc.unroll, dict(jit_compile=True, projection="hoisted"), want, None),
+    ]
+    chunk = args.chunk or max(1, (args.time + 2) // 3)
+    if args.time > 0:
+        contenders += [
+            (f"chunk={chunk} jit vs reference(float64)", fc.unroll, dict(chunk=chunk), want, None),
+            (f"chunk={chunk} swap_memory jit vs reference(float64)", fc.unroll,
+             dict(chunk=chunk, swap_memory=True), want, None),
+        ]
+    tol = TOLERANCE[cell.dtype.name]
+    print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
+          f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "
+          f"unroll={args.unroll}; {cell.dtype.name}, tolerance {tol:g} relative to max |reference|", file=out)
+    failed = False
+    fused_jit = None
+    for title, impl, extra, reference, weights in contenders:
+        got = evaluate(impl, cell, inputs, initial, cot, weights=weights, **options, **extra)
+        fused_jit = fused_jit or got
+        failed |= _report(title, compare(got, reference), tol, out)
+    if args.time > 0:
+        keras_got = evaluate(keras, cell, inputs, initial, cot, weights=keras.weights, **options)
+        failed |= _report("fused jit  vs keras 3", compare(fused_jit, keras_got), tol, out)
+    else:  # Keras 3's layers fail on an empty sequence (a StridedSlice out of bounds inside their loop)
+        print("\nfused jit  vs keras 3: skipped, Keras 3's layers cannot run T = 0", file=out)
+    print("FAIL" if failed else "PASS", file=out)
+    return 1 if failed else 0
+
+
+def _report(title, rows, tol, out):
+    print(f"\n{title}\n  {'tensor':<24}{'max abs err':>14}{'relative':>12}", file=out)
+    failed = False
+    for row in rows:
+        ok = row.relative <= tol
+        failed |= not ok
+        print(f"  {row.name:<24}{row.max_abs:>14.3e}{row.relative:>12.3e}  {'PASS' if ok else 'FAIL'}", file=out)
+    return failed

@@ -51,8 +51,9 @@ def _run_child(job, env):
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def run(cell, batch, steps, dim, units, mode, settings, rounds=2, repeats=7, progress=None, runner=_run_child):
-    """``[{"setting", "median_s", "compile_s", "vs_baseline"}]``, the baseline first."""
+def run(workload, mode, settings, rounds=2, repeats=7, progress=None, runner=_run_child):
+    """``[{"setting", "median_s", "compile_s", "vs_baseline"}]`` for ``workload`` (a ``Workload``), the baseline
+    first."""
     jobs = [("baseline", {})] + list(settings)
     samples = {label: [] for label, _ in jobs}
     compiles = {label: [] for label, _ in jobs}
@@ -60,8 +61,8 @@ def run(cell, batch, steps, dim, units, mode, settings, rounds=2, repeats=7, pro
         for label, setting in jobs:
             if progress:
                 progress(f"round {r + 1}/{rounds} {label}")
-            job = dict(label=label, cell=cell, batch=batch, steps=steps, dim=dim, units=units, mode=mode,
-                       repeats=repeats)
+            job = dict(label=label, cell=workload.cell, batch=workload.batch, steps=workload.time,
+                       dim=workload.input, units=workload.units, mode=mode, repeats=repeats)
             result = runner(job, child_env(os.environ, setting))
             samples[label].append(result["median_s"])
             compiles[label].append(result["compile_s"])
@@ -83,13 +84,12 @@ def _child(job):
     import numpy as np
     import tensorflow as tf
 
-    from fastcarry._config import Config
-    from fastcarry._tune import _step, timed_call
-    from fastcarry.tools.workload import make_cell
+    from fastcarry._measure import timed_call
+    from fastcarry.tools.workload import make_cell, unroll_step
 
     cell = make_cell(job["cell"], job["units"], input_size=job["dim"])
     x = tf.constant(np.random.default_rng(0).standard_normal((job["batch"], job["steps"], job["dim"])), cell.dtype)
-    fn = _step(cell, x, job["mode"], Config(), False, None)
+    fn = unroll_step(cell, job["mode"])
 
     compile_s = timed_call(fn, x)
     timed_call(fn, x)

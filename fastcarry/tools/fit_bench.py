@@ -13,6 +13,7 @@ marker, two steps are marked, and the target is the sum of their values.
 Shapes: inputs ``[N, T, D]``, targets ``[N, 1]``.
 """
 
+import dataclasses
 import sys
 import time
 
@@ -53,13 +54,33 @@ def build_model(module, cell, steps, dim, units, depth):
     return keras.Sequential([keras.Input((steps, dim)), *stack, keras.layers.Dense(1)])
 
 
-def run(cell="lstm", task="adding", batch=32, steps=100, dim=32, units=128, depth=2, samples=1024, epochs=4,
-        learning_rate=1e-3, jit_compile=True, out_dir=None, stream=sys.stderr, seed=0):
-    """Trains the Keras model and the fastcarry.keras model side by side; returns the results dict."""
+@dataclasses.dataclass(frozen=True)
+class FitRun:
+    """One comparison: ``depth`` layers of ``units`` over ``[samples, steps, dim]`` (``task``: ``"adding"``,
+    whose D is 2, or ``"random"``), ``epochs`` per model at ``batch``, Adam at ``learning_rate``."""
+
+    cell: str = "lstm"
+    task: str = "adding"
+    batch: int = 32
+    steps: int = 100
+    dim: int = 32
+    units: int = 128
+    depth: int = 2
+    samples: int = 1024
+    epochs: int = 4
+    learning_rate: float = 1e-3
+    jit_compile: bool = True
+    seed: int = 0
+
+
+def run(config=FitRun(), out_dir=None, stream=sys.stderr):
+    """Trains the Keras model and the fastcarry.keras model of ``config`` side by side; returns the results dict."""
     import keras
 
     from fastcarry import keras as fck
 
+    cell, task, batch, steps, dim, units, depth, samples, epochs, learning_rate, jit_compile, seed = (
+        dataclasses.astuple(config))
     if task == "adding":
         x, y = adding_problem(samples, steps, seed)
         dim = 2
@@ -83,8 +104,7 @@ def run(cell="lstm", task="adding", batch=32, steps=100, dim=32, units=128, dept
             history[name]["loss"].append(float(fit.history["loss"][0]))
     progress.close()
     data = {"machine": _report.machine_info(),
-            "config": dict(cell=cell, task=task, batch=batch, steps=steps, dim=dim, units=units, depth=depth,
-                           samples=samples, epochs=epochs, jit_compile=jit_compile),
+            "config": dict(dataclasses.asdict(config), dim=dim),
             "history": history, "mean_predictor_loss": float(y.var()), **summarise(history)}
     if out_dir:
         _report.write(out_dir, data, markdown(data), lambda path: plot(data, path), stem="demo")

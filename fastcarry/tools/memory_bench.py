@@ -35,9 +35,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
+from fastcarry._measure import RssSampler, rss_bytes
 from fastcarry.tools import report as _report
 from fastcarry.tools.workload import make_cell
 
@@ -49,31 +49,6 @@ QUICK = dict(cell="lstm", batch=2, time=64, input=3, units=8, chunks=[None, 16],
 # The issue's target: the final-state loss with chunk=256 at least 50x below chunk=None.
 TARGET = dict(loss="final", layout="batch-major", chunk=256, ratio=50.0)
 LOSSES = ("dot", "sum", "final")
-
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-class _RssSampler:
-    """Highest RSS seen by a background thread while the ``with`` block runs (TF releases the GIL)."""
-
-    def __enter__(self):
-        self.peak, self._stop = _rss_bytes(), threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.0005)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
 
 
 def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=False, loss="dot"):
@@ -102,7 +77,7 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
             value = objective(*fc.unroll(rnn, x, chunk=chunk, time_major=time_major))
         return [value, *tape.gradient(value, weights)]
 
-    setup = _rss_bytes()
+    setup = rss_bytes()
     start = time.perf_counter()
     [g.numpy() for g in step(x)]
     first_s = time.perf_counter() - start
@@ -113,9 +88,9 @@ def child(cell, batch, time_steps, input_dim, units, chunk, repeats, time_major=
         before = tf.config.experimental.get_memory_info(device)["current"]
     except ValueError:  # CPU without TF_CPU_ALLOCATOR_USE_BFC=1: no allocator statistics
         before = None
-    baseline = _rss_bytes()
+    baseline = rss_bytes()
     samples = []
-    with _RssSampler() as sampler:
+    with RssSampler() as sampler:
         for _ in range(repeats):
             start = time.perf_counter()
             [g.numpy() for g in step(x)]

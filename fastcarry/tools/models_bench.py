@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 
+from fastcarry._measure import step_function
 from fastcarry.tools import bench as _bench
 from fastcarry.tools import report as _report
 from fastcarry.tools.report import Progress, machine_info, require_matplotlib
@@ -79,9 +80,11 @@ def _pair(make_fast, make_keras, mode, x, cot, keras_jit=(False, True)):
     for jit in (True, False):
         # In a graph step fastcarry's compiled functions run as launches of their
         # own, which TF's executor may overlap (both directions of bidirectional).
-        steps[f"fastcarry-{'jit' if jit else 'graph'}"] = _bench._step(fast_run, fast_vars, mode, cot, jit)
+        name = f"fastcarry-{'jit' if jit else 'graph'}"
+        steps[name] = step_function(fast_run, fast_vars, mode, cot, jit_compile=jit, name=name.replace("-", "_"))
     for jit in keras_jit:
-        steps[f"keras-{'jit' if jit else 'graph'}"] = _bench._step(keras_run, keras_vars, mode, cot, jit)
+        name = f"keras-{'jit' if jit else 'graph'}"
+        steps[name] = step_function(keras_run, keras_vars, mode, cot, jit_compile=jit, name=name.replace("-", "_"))
     return {name: (lambda fn=fn: fn(x)) for name, fn in steps.items()}
 
 

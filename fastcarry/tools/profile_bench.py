@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 
+from fastcarry._measure import block
 from fastcarry.tools import report
 from fastcarry.tools.workload import Workload, random_data
 
@@ -40,23 +41,21 @@ def _step(workload, seed):
     from fastcarry.tools import bench
 
     x, cot = random_data(workload, seed)
-    return bench._fastcarry(workload, "train", x, cot)
+    return bench.fastcarry_step(workload, "train", x, cot)
 
 
 def run(workload, repeats=7, steps=5, stream=sys.stderr):
     """The measurements as a dict (see the module docstring)."""
     saved = _without_flag()
     try:
-        from fastcarry.profiling import _capture
-
         plain = _step(workload, 0)
-        _capture.block(plain())  # compiled now, without the hooks
+        block(plain())  # compiled now, without the hooks
     finally:
         os.environ["XLA_FLAGS"] = saved
     import fastcarry.profiling as fcp  # adds the flag (again) for what compiles next
 
     hooked = _step(workload, 0)
-    _capture.block(hooked())
+    block(hooked())
     times = {"plain": [], "hooks": [], "traced": []}
     logdir = tempfile.mkdtemp(prefix="fastcarry-profile-bench-")
 
@@ -64,10 +63,10 @@ def run(workload, repeats=7, steps=5, stream=sys.stderr):
         start = time.perf_counter()
         for _ in range(steps):
             if prof is None:
-                _capture.block(fn())
+                block(fn())
             else:
                 with prof.step():
-                    _capture.block(fn())
+                    block(fn())
         return (time.perf_counter() - start) / steps
 
     for r in range(repeats):

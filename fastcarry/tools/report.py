@@ -5,24 +5,7 @@ import os
 import platform
 import sys
 
-
-def _cpu_model():
-    """The CPU's model name and its widest vector ISA (Linux ``/proc/cpuinfo``), or what ``platform`` knows.
-
-    The VMs these benchmarks run on change hardware between runs (an AVX2 AMD EPYC,
-    an AVX-512/AMX Intel Xeon): the figures are only comparable within one model.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    name = fields.get("model name\t", fields.get("model name", "")).strip() or platform.machine()
-    flags = set(fields.get("flags\t\t", fields.get("flags", "")).split())
-    isa = next((label for flag, label in (("amx_tile", "AVX-512, AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
-                if flag in flags), None)
-    return f"{name} ({isa})" if isa else name
+from fastcarry._measure import cpu_model
 
 
 def machine_info():
@@ -31,7 +14,7 @@ def machine_info():
     import tensorflow as tf
 
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu": _cpu_model(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu": cpu_model(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "tensorflow": tf.__version__, "numpy": np.__version__}
 
 

@@ -14,10 +14,10 @@ import sys
 import time
 
 from fastcarry.tools import report as _report
-from fastcarry.tools.workload import make_cell
+from fastcarry.tools.bench import FULL_GRID
+from fastcarry.tools.workload import make_cell, unroll_step
 
-GRID = [(cell, *shape) for cell in ("lstm", "gru", "rnn")
-        for shape in ((8, 200, 64, 128), (32, 100, 128, 256), (64, 100, 256, 512), (16, 500, 128, 256))]
+GRID = [(w.cell, w.batch, w.time, w.input, w.units) for w in FULL_GRID]
 QUICK_GRID = [("lstm", 4, 20, 8, 16), ("gru", 4, 20, 8, 16)]
 MEMORY_CASE = ("lstm", 16, 8192, 64, 256)
 # Training steps on this VM drift by up to 20% within a minute and two medians of one config differ by up to
@@ -31,12 +31,12 @@ def recheck(cell, shape, mode, tuned, default, rounds=RECHECK_ROUNDS):
     import numpy as np
     import tensorflow as tf
 
-    from fastcarry._tune import _step, timed_call
+    from fastcarry._measure import timed_call
 
     if tuned == default:
         return 1.0
     x = tf.constant(np.random.default_rng(1).standard_normal(shape), cell.dtype)
-    fns = {c: _step(cell, x, mode, c, False, None) for c in (default, tuned)}
+    fns = {c: unroll_step(cell, mode, c) for c in (default, tuned)}
     for fn in fns.values():
         for _ in range(2):
             timed_call(fn, x)
@@ -51,9 +51,7 @@ def recheck(cell, shape, mode, tuned, default, rounds=RECHECK_ROUNDS):
 
 def run(grid, modes=("train", "infer"), budget_s=20, memory_limit="300MiB", memory_case=MEMORY_CASE,
         out_dir=None, stream=sys.stderr):
-    from fastcarry import _tune
-    from fastcarry._config import Config
-    from fastcarry._unroll import default_unroll
+    import fastcarry as fc
 
     progress = _report.Progress(len(grid) * len(modes) + (1 if memory_case else 0), stream)
     results = []
@@ -62,25 +60,22 @@ def run(grid, modes=("train", "infer"), budget_s=20, memory_limit="300MiB", memo
             progress.step(f"{cell_kind} {b}x{t}x{d}x{h} {mode}")
             start = time.perf_counter()
             cell = make_cell(cell_kind, h, input_size=d)
-            config, rows, _ = _tune.run(cell, (b, t, d), mode=mode, budget_s=budget_s, cache=False)
+            tuned = fc.tune(cell, (b, t, d), mode=mode, budget_s=budget_s, cache=False, report=True)
             tune_s = time.perf_counter() - start
-            default = Config(unroll=default_unroll(None, b, t))
-            by_config = {r["config"]: r for r in rows}
+            config, default = tuned.config, fc.Config.defaults()
             results.append({"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "mode": mode, "winner": config.as_kwargs(),
                             "tune_s": tune_s, "recheck": recheck(cell, (b, t, d), mode, config, default),
-                            "default_ms": by_config[default]["median_s"] * 1e3,
-                            "tuned_ms": by_config[config]["median_s"] * 1e3,
-                            "gain": (statistics.median(_tune.paired_ratios(by_config[config], by_config[default]))
-                                     if config != default else 1.0),
-                            "candidates": {r["config"].describe(): r["median_s"] * 1e3 for r in rows}})
+                            "default_ms": tuned.row(default)["median_s"] * 1e3,
+                            "tuned_ms": tuned.row(config)["median_s"] * 1e3, "gain": tuned.gain(config),
+                            "candidates": {r["config"].describe(): r["median_s"] * 1e3 for r in tuned.rows}})
     memory = None
     if memory_case:
         cell_kind, b, t, d, h = memory_case
         progress.step(f"{cell_kind} {b}x{t}x{d}x{h} train, memory_limit={memory_limit}")
         start = time.perf_counter()
-        config, rows, _ = _tune.run(make_cell(cell_kind, h, input_size=d), (b, t, d), mode="train",
-                                    memory_limit=memory_limit, budget_s=60, cache=False)
-        best = next(r for r in rows if r["config"] == config)
+        tuned = fc.tune(make_cell(cell_kind, h, input_size=d), (b, t, d), mode="train", memory_limit=memory_limit,
+                        budget_s=60, cache=False, report=True)
+        config, rows, best = tuned.config, tuned.rows, tuned.row(tuned.config)
         memory = {"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "memory_limit": memory_limit,
                   "winner": config.as_kwargs(), "peak_bytes": best["peak_bytes"], "memory": best["memory"],
                   "median_ms": best["median_s"] * 1e3, "tune_s": time.perf_counter() - start,
@@ -99,7 +94,7 @@ def _ms(seconds):
 
 
 def markdown(data):
-    from fastcarry._config import Config
+    from fastcarry import Config
 
     lines = ["# fc.tune on the grid: tuned config vs the defaults", "",
              f"Machine: {_report.describe(data['machine'])}. Budget {data['budget_s']} s per tune. Gain: the "

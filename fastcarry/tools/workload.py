@@ -3,6 +3,7 @@
 One place for the command line, the benchmarks, profiling and the tests.
 """
 
+import argparse
 from typing import NamedTuple
 
 # The names on the command line and in results; "rnn" is fc.SimpleRNN and
@@ -56,3 +57,39 @@ def random_data(workload, seed=0):
     x = tf.constant(rng.standard_normal((w.batch, w.time, w.input)), tf.float32)
     cot = tf.constant(rng.standard_normal((w.batch, w.time, w.units)), tf.float32)
     return x, cot
+
+
+def unroll_step(cell, mode, config=None):
+    """``fc.unroll(cell, x)`` as ``fc.tune`` times it (``mode`` ``"infer"``, or ``"train"``: the gradient
+    w.r.t. ``x`` and the cell's variables of a square loss), with ``config``'s schedule (``fc.Config``)."""
+    import fastcarry as fc
+    from fastcarry._measure import step_function
+
+    config = config or fc.Config.defaults()
+    return step_function(lambda x: fc.unroll(cell, x, config=config)[0], cell.trainable_variables, mode,
+                         wrt_inputs=True, jit_compile=not config.swap_memory, name="fastcarry_tune")
+
+
+# -- the command line's workload arguments (no TensorFlow here: parsing answers at once) ------------------------
+
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
+
+
+def non_negative(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text}")
+    return value
+
+
+def add_workload_arguments(parser, *, batch, time, input, units, time_type=positive):
+    """``--cell --batch --time --input --units`` with these defaults."""
+    parser.add_argument("--cell", choices=CELLS, default="lstm")
+    parser.add_argument("--batch", type=positive, default=batch, metavar="B")
+    parser.add_argument("--time", type=time_type, default=time, metavar="T")
+    parser.add_argument("--input", type=positive, default=input, metavar="D")
+    parser.add_argument("--units", type=positive, default=units, metavar="H")
