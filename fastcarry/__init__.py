@@ -24,7 +24,7 @@ line (``fastcarry --help``) must not wait seconds for TensorFlow to start.
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from fastcarry._version import __version__ as __version__
 
 # name -> (module, attribute; None for the module itself)
 _EXPORTS = {

@@ -199,7 +199,7 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
 
     # Each recurrent matmul's Wᵀ, made once before the loop: inside it XLA:CPU's
     # dot against a transposed operand (what TF's MatMul gradient asks for) is
-    # about 1.45x slower than a plain one ([16, 256] @ [256, 256]: 44 vs 31 µs).
+    # slower than a plain one (benchmarks/README.md, "Measurements behind the code").
     kernel_t = None if split.recurrent_kernel is None else tf.transpose(split.recurrent_kernel(params))
     second_kernel_t = (None if second is None or second.recurrent_kernel is None
                        else tf.transpose(second.recurrent_kernel(params)))
@@ -214,11 +214,11 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
         return dstate, tf.nest.map_structure(tf.add, da_pass, da_input)
 
     # da_t may take a_t's place, which no later step reads: XLA then updates
-    # the buffer in place and the backward needs no second [T, B, G] array
-    # (512 MiB at the memory benchmark's LSTM without chunk; LSTM 8x200x64x128
-    # train 16.5 -> 13.0 ms). Only for a single-array ``a``: with several, a
-    # write of one component may precede a read of it for another's VJP, and
-    # XLA then copies the whole buffer every step (GRU 8x200 train 13 -> 30 ms).
+    # the buffer in place and the backward needs no second [T, B, G] array.
+    # Only for a single-array ``a``: with several, a write of one component may
+    # precede a read of it for another's VJP, and XLA then copies the whole
+    # buffer every step (both measured: benchmarks/README.md, "Measurements
+    # behind the code").
     in_place = len(a_tas) == 1
 
     def one_vjp(t, dstate, das):

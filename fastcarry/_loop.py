@@ -123,7 +123,7 @@ def _hoisted(project, plan, unroll, batch_major):
 
     One ``[T * B, D] @ [D, G]`` GEMM. Read inside the loop from the ``[T, B, G]``
     result, XLA:CPU fuses that read (a dynamic slice) into every gate fusion of
-    the step, which then run several times slower (1.5-2.1x slower inference);
+    the step, which then run several times slower (benchmarks/README.md);
     the loop therefore carries the next iteration's rows as a loop variable,
     read one iteration ahead, and the step's fusions see a plain operand.
     ``xp`` is time-major even for a batch-major ``x`` (``Core.project`` takes

@@ -8,7 +8,7 @@ Every pair has the same two sides, compiled (``fastcarry._functions``):
 ``inputs`` is ``Inputs(x, state, validity)`` in the caller's layout, ``ys`` and
 ``dx`` are in it too; ``residuals`` is what the forward saves for the
 backward, ``cotangents`` a ``Cotangents``. ``fastcarry._boundary`` joins the
-two sides with a custom gradient; ``pair_for`` chooses the pair.
+two sides with a custom gradient; ``pair_for`` chooses the pair, ``run`` runs it.
 
 - ``PLAIN``: saves every step's state and pre-activations (``Residuals``); the
   hand-written reverse loop (``fastcarry._backward``).
@@ -24,7 +24,10 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
-from fastcarry import _backward, _chunked, _loop
+# Private but stable since TF 2.4: whether any GradientTape could record now.
+from tensorflow.python.eager import record as _record
+
+from fastcarry import _backward, _boundary, _chunked, _loop
 from fastcarry._config import Layout
 from fastcarry._functions import compiled
 from fastcarry._layout import direct, from_processing_order, in_processing_order, to_processing_order
@@ -230,3 +233,24 @@ def pair_for(backward, schedule):
     if schedule.swap_memory:
         return SWAPPED
     return PLAIN if schedule.chunk is None else CHUNKED
+
+
+def run(core, params, inputs, options):
+    """``(ys, final_state)`` of ``core`` at ``inputs`` (an ``Inputs``) by the strategy resolved ``options`` choose.
+
+    Eager inference calls the compiled ``infer`` function: nothing can ask for a
+    gradient, so nothing is saved for one (in a graph the saved tensors stay, since
+    ``tf.gradients`` needs no tape; under an outer XLA compilation they are dead
+    code). Graph autodiff without chunks also calls it: a ``while_loop`` that TF
+    differentiates itself, to any order. Otherwise ``pair_for`` chooses a pair,
+    joined by ``fastcarry._boundary``.
+    """
+    layout, schedule = options.layout, options.schedule()
+    eager_inference = tf.executing_eagerly() and not _record.could_possibly_record()
+    graph_autodiff = options.backward == "autodiff" and not options.jit_compile and options.chunk is None
+    if eager_inference or graph_autodiff:
+        ys, final, _ = infer(core, layout, schedule)(inputs, params)
+        return ys, final
+    pair = pair_for(options.backward, schedule)
+    return _boundary.call(core, pair, pair.forward(core, layout, schedule), pair.backward(core, layout, schedule),
+                          inputs, params)

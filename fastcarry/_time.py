@@ -128,8 +128,7 @@ class Time(NamedTuple):
     Batch-major (``[B, T, ..]``, static T, not reversed; XLA only): each block is sliced
     out and transposed alone, and results are written into a ``[B, T, ..]``
     buffer as they are made, so no transposed copy of a whole sequence exists
-    (for the memory benchmark's LSTM, 128 MiB of outputs and 32 MiB of inputs;
-    on CPU every such buffer also costs page faults on each call).
+    (on CPU every such buffer also costs page faults on each call).
     """
 
     plan: Plan

@@ -8,10 +8,8 @@ How the loops, the hand-written backward and the strategies work is in
 import dataclasses
 
 import tensorflow as tf
-# Private but stable since TF 2.4: whether any GradientTape could record now.
-from tensorflow.python.eager import record as _record
 
-from fastcarry import _boundary, _strategies, _validate, tune_cache
+from fastcarry import _strategies, _validate, tune_cache
 from fastcarry._adapters import as_cell
 from fastcarry._config import Config, Options
 from fastcarry._protocol import check_core
@@ -131,7 +129,7 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
         def layer(c, x, state):
             return _run(c, x, state, options, config, sequence_length, mask)
         return run_layers(cell, layer, inputs, initial_state, options.time_major)
-    options = options.resolve(_tuned(config, cell, inputs, options.time_major))
+    options = options.resolve(tune_cache.for_call(config, cell, inputs, options.time_major))
     args = _validate.check(cell, inputs, initial_state, options, sequence_length=sequence_length, mask=mask)
     _validate.build_for(cell, args)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
@@ -142,31 +140,5 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
         warn_once("parallel_iterations has no effect with jit_compile=True: XLA runs while-loop iterations in "
                   "order and ignores it; it applies to the graph loop of jit_compile=False")
         options = dataclasses.replace(options, parallel_iterations=None)
-    core, params = check_core(cell.core(), type(cell).__name__), cell.params()
-    layout, schedule = options.layout, options.schedule()
-    inputs = Inputs(args.inputs, state, args.validity)
-    eager_inference = tf.executing_eagerly() and not _record.could_possibly_record()
-    graph_autodiff = options.backward == "autodiff" and not options.jit_compile and options.chunk is None
-    if eager_inference or graph_autodiff:
-        # Eager inference: nothing can ask for a gradient, so nothing is saved
-        # for one. (In a graph the saved tensors stay, since tf.gradients needs
-        # no tape; under an outer XLA compilation they are dead code.) Graph
-        # autodiff: a while_loop that TF differentiates itself, to any order.
-        ys, final, _ = _strategies.infer(core, layout, schedule)(inputs, params)
-        return ys, final
-    pair = _strategies.pair_for(options.backward, schedule)
-    return _boundary.call(core, pair, pair.forward(core, layout, schedule), pair.backward(core, layout, schedule),
-                          inputs, params)
-
-
-def _tuned(config, cell, inputs, time_major):
-    """``config`` as a ``Config`` or None: for ``"auto"`` the tune cache's entry for this call, if any."""
-    if not isinstance(config, str):
-        return config
-    shape = getattr(inputs, "shape", None)
-    if shape is None or len(shape) != 3 or shape[-1] is None:
-        return None  # check() will say what is wrong
-    cell.build(int(shape[-1]))
-    batch, steps = (shape[1], shape[0]) if time_major else (shape[0], shape[1])
-    mode = "train" if _record.could_possibly_record() else "infer"
-    return tune_cache.lookup(cell.core(), int(shape[-1]), cell.dtype, mode, batch, steps)
+    core = check_core(cell.core(), type(cell).__name__)
+    return _strategies.run(core, cell.params(), Inputs(args.inputs, state, args.validity), options)

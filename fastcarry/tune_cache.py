@@ -21,8 +21,9 @@ import warnings
 
 from fastcarry._config import Config
 from fastcarry._measure import device_info
+from fastcarry._version import __version__
 
-__all__ = ["SCHEMA", "bucket", "cache_dir", "cache_path", "cell_name", "clear", "load", "lookup", "make_key",
+__all__ = ["SCHEMA", "bucket", "cache_dir", "cache_path", "cell_name", "clear", "for_call", "load", "lookup", "make_key",
            "store"]
 
 SCHEMA = 1
@@ -138,11 +139,9 @@ def make_key(cell, dim, units, dtype, mode, batch, time_steps, device=None):
     """The cache key (a JSON string) for these facts (``cell`` a ``cell_name``); B and T bucketed (``bucket``)."""
     import tensorflow as tf
 
-    import fastcarry
-
     device = device or device_info()
     facts = {"device": f"{device['type']}:{device['name']}:{device['cores']}", "tensorflow": tf.__version__,
-             "fastcarry": fastcarry.__version__, "cell": cell, "D": int(dim), "H": int(units),
+             "fastcarry": __version__, "cell": cell, "D": int(dim), "H": int(units),
              "dtype": tf.as_dtype(dtype).name, "mode": mode, "B": bucket(batch), "T": bucket(time_steps)}
     return json.dumps(facts, sort_keys=True)
 
@@ -176,3 +175,20 @@ def lookup(core, dim, dtype, mode, batch, time_steps):
             _LOG.info("fastcarry: no tuned config for %s; using the defaults (run `fastcarry tune` for this "
                       "shape)", key)
     return _MEMO[key]
+
+
+def for_call(config, cell, inputs, time_major):
+    """``fc.unroll``'s ``config`` as a ``Config`` or None: for ``"auto"`` the cached entry for this call, if any
+    (``"train"`` when a tape could record, else ``"infer"``; ``cell`` built for the inputs' D)."""
+    if not isinstance(config, str):
+        return config
+    shape = getattr(inputs, "shape", None)
+    if shape is None or len(shape) != 3 or shape[-1] is None:
+        return None  # unroll's checks will say what is wrong
+    # Private but stable since TF 2.4: whether any GradientTape could record now.
+    from tensorflow.python.eager import record
+
+    cell.build(int(shape[-1]))
+    batch, steps = (shape[1], shape[0]) if time_major else (shape[0], shape[1])
+    mode = "train" if record.could_possibly_record() else "infer"
+    return lookup(cell.core(), int(shape[-1]), cell.dtype, mode, batch, steps)

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from fastcarry.tools import bench as _bench
+from fastcarry.tools import grid_bench as _grid
 
 from fastcarry.tools import cli as _cli
 
@@ -31,8 +32,8 @@ def test_json_has_every_contender_with_positive_timings(tiny_run):
     for entry in report["results"]:
         assert entry["workload"] == dict(cell="gru", batch=2, time=5, input=3, units=4)
         timings = entry["timings"]
-        assert set(timings) == set(_bench.CONTENDERS)
-        assert ("skipped" in timings["torch"]) == (_bench.torch_skipped(_bench.Workload("gru", 2, 5, 3, 4)) is not None)
+        assert set(timings) == set(_grid.CONTENDERS)
+        assert ("skipped" in timings["torch"]) == (_grid.torch_skipped(_grid.Workload("gru", 2, 5, 3, 4)) is not None)
         for name, t in timings.items():
             if "skipped" in t:
                 continue
@@ -55,8 +56,8 @@ def test_png_is_written(tiny_run):
 
 
 def test_reference_is_skipped_on_big_shapes():
-    assert _bench.reference_skipped(_bench.Workload("lstm", 8, 200, 64, 128)) is None
-    assert "skipped" in _bench.reference_skipped(_bench.Workload("lstm", 32, 100, 128, 256))
+    assert _grid.reference_skipped(_grid.Workload("lstm", 8, 200, 64, 128)) is None
+    assert "skipped" in _grid.reference_skipped(_grid.Workload("lstm", 32, 100, 128, 256))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -82,14 +83,14 @@ def test_a_grid_with_a_custom_shape_is_refused(argv):
 def test_cells_choose_the_grid_cells():
     got = _bench.workloads_for(_bench_args(["--quick", "--cells", "gru-reset-before,rnn"]))
     assert [w.cell for w in got] == ["gru-reset-before", "rnn"]
-    assert {w[1:] for w in got} == {w[1:] for w in _bench.QUICK_GRID}
+    assert {w[1:] for w in got} == {w[1:] for w in _grid.QUICK_GRID}
     full = _bench.workloads_for(_bench_args(["--cells", "lstm"]))
-    assert full == [w for w in _bench.FULL_GRID if w.cell == "lstm"]
+    assert full == [w for w in _grid.FULL_GRID if w.cell == "lstm"]
 
 
 def test_bad_workload_in_the_api_is_refused(tmp_path):
     with pytest.raises(ValueError, match="units must be >= 1"):
-        _bench.run_grid([_bench.Workload("lstm", 2, 5, 3, 0)], repeats=1, out_dir=str(tmp_path))
+        _grid.run_grid([_grid.Workload("lstm", 2, 5, 3, 0)], repeats=1, out_dir=str(tmp_path))
 
 
 def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
@@ -104,7 +105,7 @@ def test_missing_matplotlib_says_how_to_install_it(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(ImportError, match="pip install matplotlib"):
-        _bench.require_matplotlib()
+        _grid.require_matplotlib()
 
 
 def test_memory_bench_quick_writes_every_row(tmp_path):
@@ -194,9 +195,9 @@ def test_torch_contender_holds_the_same_weights(kind):
     x = rng.standard_normal((3, 7, 4)).astype(np.float32)
     want, _ = fc.unroll(cell, tf.constant(x))
     with torch.no_grad():
-        got = _bench.torch_module(cell)(torch.from_numpy(x))[0].numpy()
+        got = _grid.torch_module(cell)(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=2e-6)
-    assert _bench.torch_skipped(_bench.Workload("gru-reset-before", 2, 5, 3, 4)) is not None
+    assert _grid.torch_skipped(_grid.Workload("gru-reset-before", 2, 5, 3, 4)) is not None
 
 
 def test_results_name_the_cpu_model():

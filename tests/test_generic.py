@@ -133,7 +133,7 @@ def test_keras_cell_defaults_to_fused_and_generic_on_request():
 
 
 # The user cell of Keras's RNN guide, as the models benchmark runs it.
-MinimalRNNCell = _models_bench._minimal_rnn_cell_class()
+MinimalRNNCell = _models_bench.minimal_rnn_cell_class()
 
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])

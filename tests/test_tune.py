@@ -221,7 +221,6 @@ def test_every_candidate_gives_the_default_results():
 
 
 def test_candidates_prune_unrolls_beyond_t():
-    cpu = {"type": "CPU", "name": "x", "cores": 2}
     assert _tune.candidates(1) == [fc.Config(unroll=1)]
     assert _tune.candidates(3) == [fc.Config(unroll=1), fc.Config(unroll=2)]
     assert np.all([not c.swap_memory for c in _tune.candidates(100)])

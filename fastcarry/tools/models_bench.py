@@ -28,7 +28,7 @@ import sys
 import numpy as np
 
 from fastcarry._measure import step_function
-from fastcarry.tools import bench as _bench
+from fastcarry.tools import grid_bench as _bench
 from fastcarry.tools import report as _report
 from fastcarry.tools.report import Progress, machine_info, require_matplotlib
 from fastcarry.tools.workload import Workload
@@ -40,7 +40,7 @@ QUICK_SHAPES = ((4, 20, 8, 16),)
 TARGETS = {"stack": ("median", 1.8), "generic": ("min", 1.0), "bidirectional": ("median", 1.5)}
 
 
-def _minimal_rnn_cell_class():
+def minimal_rnn_cell_class():
     import keras
     import tensorflow as tf
 
@@ -117,7 +117,7 @@ def generic_steps(w, mode, cell_kind):
     import fastcarry as fc
 
     x, cot = _data(w, w.units)
-    cell = keras.layers.LSTMCell(w.units) if cell_kind == "lstm_cell" else _minimal_rnn_cell_class()(w.units)
+    cell = keras.layers.LSTMCell(w.units) if cell_kind == "lstm_cell" else minimal_rnn_cell_class()(w.units)
     cell.build((None, w.input))
     rnn = keras.layers.RNN(cell, return_sequences=True)
     generic = fc.as_cell(cell, fused=False)

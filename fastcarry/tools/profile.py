@@ -20,7 +20,7 @@ CONTENDERS = ("fastcarry", "keras")
 def _contenders(workload, mode, against, seed=0):
     """``{name: (step callable, what marks its RNN's ops)}``."""
     from fastcarry._measure import step_function
-    from fastcarry.tools import bench as _bench
+    from fastcarry.tools import grid_bench as _bench
     from fastcarry.tools.check import KerasUnroll
 
     w = workload

@@ -38,10 +38,10 @@ def _without_flag():
 
 def _step(workload, seed):
     """A new compiled training step of ``workload``: the one ``fastcarry bench`` times."""
-    from fastcarry.tools import bench
+    from fastcarry.tools import grid_bench
 
     x, cot = random_data(workload, seed)
-    return bench.fastcarry_step(workload, "train", x, cot)
+    return grid_bench.fastcarry_step(workload, "train", x, cot)
 
 
 def run(workload, repeats=7, steps=5, stream=sys.stderr):

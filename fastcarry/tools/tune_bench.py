@@ -14,7 +14,7 @@ import sys
 import time
 
 from fastcarry.tools import report as _report
-from fastcarry.tools.bench import FULL_GRID
+from fastcarry.tools.grid_bench import FULL_GRID
 from fastcarry.tools.workload import make_cell, unroll_step
 
 GRID = [(w.cell, w.batch, w.time, w.input, w.units) for w in FULL_GRID]
