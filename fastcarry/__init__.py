@@ -12,6 +12,8 @@ Public surface::
     fc.unroll(fc.Stack([cell1, cell2]), inputs)     # MultiRNNCell
     fc.bidirectional(cell_fw, cell_bw, inputs)      # bidirectional_dynamic_rnn
     fc.keras.LSTM(units, return_sequences=True)     # keras.layers.LSTM, run by the fused loop
+    config = fc.tune(cell, (B, T, D))               # an fc.Config, cached for fc.unroll(..., config="auto")
+    fc.tune_cache.load(), fc.weights.to_torch(...)  # the tune cache; every weight-layout conversion
 
 The cell protocol (``fc.CellProtocol``, ``fc.Core``, ``fc.RecurrentSplit``,
 ``fc.SecondMatmul``) is public: a cell that gives its step as a split gets
@@ -48,6 +50,7 @@ _EXPORTS = {
     "reference": ("fastcarry.reference", None),
     "tune": ("fastcarry._tune", "tune"),
     "tune_cache": ("fastcarry.tune_cache", None),
+    "weights": ("fastcarry.weights", None),
     "unroll": ("fastcarry._unroll", "unroll"),
 }
 
@@ -57,15 +60,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry import keras as keras
     from fastcarry import reference as reference
     from fastcarry import tune_cache as tune_cache
+    from fastcarry import weights as weights
+    from fastcarry._adapters import FunctionCell as FunctionCell
+    from fastcarry._adapters import as_cell as as_cell
     from fastcarry._bidirectional import bidirectional as bidirectional
     from fastcarry._carry import Carry as Carry
-    from fastcarry._config import Config as Config
     from fastcarry._cells import GRU as GRU
     from fastcarry._cells import LSTM as LSTM
     from fastcarry._cells import Cell as Cell
     from fastcarry._cells import SimpleRNN as SimpleRNN
-    from fastcarry._adapters import FunctionCell as FunctionCell
-    from fastcarry._adapters import as_cell as as_cell
+    from fastcarry._config import Config as Config
     from fastcarry._protocol import CellProtocol as CellProtocol
     from fastcarry._protocol import Core as Core
     from fastcarry._protocol import RecurrentSplit as RecurrentSplit

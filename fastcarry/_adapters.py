@@ -23,6 +23,7 @@ Shapes: ``x_t [B, D]``, each state component ``[B, size]``, ``y_t [B, output_siz
 
 import inspect
 import re
+from typing import Any, Callable, Sequence
 
 import tensorflow as tf
 
@@ -115,7 +116,8 @@ class FunctionCell:
       name: names the compiled functions (``fastcarry_<name>_forward``); an identifier.
     """
 
-    def __init__(self, step, state_size, output_size, variables=(), *, dtype=tf.float32, name="function_cell"):
+    def __init__(self, step: Callable, state_size: Any, output_size: int, variables: Sequence = (), *,
+                 dtype: tf.DType | str = tf.float32, name: str = "function_cell"):
         if not callable(step):
             raise TypeError(f"step must be callable (state, x_t) -> (new_state, y_t), got {type(step).__name__}")
         for size in tf.nest.flatten(state_size):
@@ -250,7 +252,7 @@ def _lacks(cell):
                             ("__call__ (call(inputs, states))", callable(cell))) if not ok]
 
 
-def as_cell(cell, *, fused=None):
+def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
     """``cell`` as a fastcarry cell (an object of ``fastcarry.CellProtocol``).
 
     Args:

@@ -13,8 +13,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from fastcarry._step import masked_update, step_shapes, weights
-from fastcarry._time import (make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, while_options,
-                             write_all)
+from fastcarry._time import make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, while_options, write_all
 
 
 def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):

@@ -1,10 +1,13 @@
 """``fc.bidirectional``: ``tf.compat.v1.nn.bidirectional_dynamic_rnn`` on ``fc.unroll``."""
 
+from typing import Any
+
 from fastcarry._unroll import unroll
 
 
-def bidirectional(cell_fw, cell_bw, inputs, initial_state_fw=None, initial_state_bw=None, *, sequence_length=None,
-                  time_major=False, **unroll_options):
+def bidirectional(cell_fw: Any, cell_bw: Any, inputs: Any, initial_state_fw: Any = None, initial_state_bw: Any = None,
+                  *, sequence_length: Any = None, time_major: bool = False,
+                  **unroll_options: Any) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
     """Runs ``cell_fw`` forwards and ``cell_bw`` backwards over ``inputs``; ``bidirectional_dynamic_rnn``'s semantics.
 
     The backward cell runs each row reversed *within its own length* (as

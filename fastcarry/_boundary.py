@@ -9,6 +9,7 @@ tape records the compiled calls themselves.
 """
 
 import tensorflow as tf
+
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 

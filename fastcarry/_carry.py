@@ -1,7 +1,10 @@
 """``fastcarry.Carry``: recurrent state that persists across calls (stateful RNNs, BPTT over a stream)."""
 
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
+
 # Private but stable since TF 2.4: whether any GradientTape could record now.
 from tensorflow.python.eager import record as _record
 
@@ -52,7 +55,7 @@ class Carry(tf.Module):
       name: optional module name.
     """
 
-    def __init__(self, cell, batch_size, *, truncate=True, name=None):
+    def __init__(self, cell: Any, batch_size: int, *, truncate: bool = True, name: str | None = None):
         super().__init__(name=name)
         cell = as_cell(cell)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -119,7 +122,7 @@ class Carry(tf.Module):
         """Replaces the state; with ``truncate=False`` gradients flow from later calls into ``value``."""
         self._store(_validate.check_state(value, self.cell, self.batch_size, name="state"))
 
-    def reset(self, mask=None):
+    def reset(self, mask: Any = None) -> None:
         """Zeroes the state: every row, or with ``mask`` (bool ``[batch_size]``) the rows where it is True.
 
         A masked reset keeps the other rows, and with ``truncate=False`` their
@@ -137,7 +140,7 @@ class Carry(tf.Module):
         keep = tf.expand_dims(tf.logical_not(mask), -1)
         self._store(tf.nest.map_structure(lambda s: tf.where(keep, s, tf.zeros_like(s)), self.state))
 
-    def __call__(self, inputs, sequence_length=None, **unroll_options):
+    def __call__(self, inputs: Any, sequence_length: Any = None, **unroll_options: Any) -> tf.Tensor:
         """Runs ``fc.unroll`` from the carried state and carries its final state on.
 
         Args:

@@ -7,20 +7,21 @@ and its loop in ``fastcarry._loop``. It owns variables named ``kernel``,
 
 import functools
 import warnings
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from fastcarry import _weights
+from fastcarry import weights as _weights
 from fastcarry._protocol import Core, RecurrentSplit, SecondMatmul
 from fastcarry._support import activation_name
-from fastcarry._weights import as_array, check_shape
 from fastcarry.kernels import gru as _gru
 from fastcarry.kernels import lstm as _lstm
 from fastcarry.kernels import simple_rnn as _simple_rnn
 from fastcarry.kernels._params import Params
 from fastcarry.kernels.lstm import LSTMState
 from fastcarry.kernels.simple_rnn import ACTIVATIONS
+from fastcarry.weights import as_array, check_shape
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -41,7 +42,8 @@ class Cell(tf.Module):
     the first call would otherwise hold an empty list and never train the cell.
     """
 
-    def __init__(self, units, *, dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units: int, *, dtype: tf.DType | str = tf.float32, seed: int | None = None,
+                 name: str | None = None):
         super().__init__(name=name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
@@ -99,12 +101,12 @@ class Cell(tf.Module):
     def built(self):
         return self.input_dim is not None
 
-    def zero_state(self, batch_size, dtype=None):
+    def zero_state(self, batch_size: Any, dtype: tf.DType | str | None = None) -> Any:
         """Zeros in the state's structure, each ``[batch_size, H]``."""
         dtype = self.dtype if dtype is None else tf.as_dtype(dtype)
         return tf.nest.map_structure(lambda size: tf.zeros(tf.stack([batch_size, size]), dtype), self.state_size)
 
-    def build(self, input_dim, *, name="input_dim"):
+    def build(self, input_dim: int, *, name: str = "input_dim") -> None:
         """Creates the variables for inputs of feature size ``input_dim`` (D); ``name`` is the argument errors name."""
         if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
             raise ValueError(f"{name} must be a positive int, got {input_dim!r}")
@@ -123,12 +125,12 @@ class Cell(tf.Module):
             self.bias = tf.Variable(values[2], name="bias", dtype=self.dtype)
         self.input_dim = int(input_dim)
 
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """``[kernel, recurrent_kernel, bias]`` as numpy arrays (Keras order and layout)."""
         self._require_built("get_weights")
         return [v.numpy() for v in (self.kernel, self.recurrent_kernel, self.bias)]
 
-    def set_weights(self, weights):
+    def set_weights(self, weights: Sequence[Any]) -> None:
         """Assigns ``[kernel, recurrent_kernel, bias]`` in Keras layout; builds the cell if needed."""
         if not isinstance(weights, (list, tuple)) or len(weights) != 3:
             raise ValueError(f"weights must be [kernel, recurrent_kernel, bias], got {type(weights).__name__} "
@@ -143,7 +145,7 @@ class Cell(tf.Module):
         for var, value in zip((self.kernel, self.recurrent_kernel, self.bias), (kernel, recurrent, bias)):
             var.assign(tf.cast(value, self.dtype))
 
-    def copy(self, *, dtype=None, name=None):
+    def copy(self, *, dtype: tf.DType | str | None = None, name: str | None = None) -> "Cell":
         """A new cell of the same configuration with a copy of the weights, cast to ``dtype``.
 
         For example ``cell.copy(dtype=tf.float64)`` to hold a float32 cell against
@@ -230,7 +232,8 @@ class LSTM(Cell):
     """
 
 
-    def __init__(self, units, *, input_size=None, forget_bias=0.0, dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units: int, *, input_size: int | None = None, forget_bias: float = 0.0,
+                 dtype: tf.DType | str = tf.float32, seed: int | None = None, name: str | None = None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float, np.floating, np.integer)):
             raise TypeError(f"forget_bias must be a number, got {forget_bias!r}")
@@ -257,7 +260,7 @@ class LSTM(Cell):
         return lstm_core(self.units, self.forget_bias)
 
     @classmethod
-    def from_keras(cls, layer_or_cell, *, name=None):
+    def from_keras(cls, layer_or_cell: Any, *, name: str | None = None) -> "Cell":
         """A new LSTM holding a copy of a built ``keras.layers.LSTM``'s (or ``LSTMCell``'s) weights."""
         cell = _weights.keras_cell(layer_or_cell, "lstm", "LSTM.from_keras")
         new = cls(cell.units, dtype=cell.kernel.dtype, name=name)
@@ -265,7 +268,7 @@ class LSTM(Cell):
         return new
 
     @classmethod
-    def from_tf1(cls, kernel, bias, forget_bias=1.0, *, name=None):
+    def from_tf1(cls, kernel: Any, bias: Any, forget_bias: float = 1.0, *, name: str | None = None) -> "LSTM":
         """A new LSTM from TF1 ``BasicLSTMCell`` variables.
 
         Args:
@@ -291,7 +294,8 @@ class GRU(Cell):
     """
 
 
-    def __init__(self, units, *, input_size=None, reset_after=True, dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units: int, *, input_size: int | None = None, reset_after: bool = True,
+                 dtype: tf.DType | str = tf.float32, seed: int | None = None, name: str | None = None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be a bool, got {reset_after!r}")
@@ -310,7 +314,7 @@ class GRU(Cell):
         return gru_core(self.units, self.reset_after)
 
     @classmethod
-    def from_keras(cls, layer_or_cell, *, name=None):
+    def from_keras(cls, layer_or_cell: Any, *, name: str | None = None) -> "Cell":
         """A new GRU holding a copy of a built ``keras.layers.GRU``'s (or ``GRUCell``'s) weights."""
         cell = _weights.keras_cell(layer_or_cell, "gru", "GRU.from_keras")
         new = cls(cell.units, reset_after=bool(cell.reset_after), dtype=cell.kernel.dtype, name=name)
@@ -318,7 +322,8 @@ class GRU(Cell):
         return new
 
     @classmethod
-    def from_tf1(cls, gate_kernel, gate_bias, candidate_kernel, candidate_bias, *, name=None):
+    def from_tf1(cls, gate_kernel: Any, gate_bias: Any, candidate_kernel: Any, candidate_bias: Any, *,
+                 name: str | None = None) -> "GRU":
         """A new reset-before GRU from TF1 ``GRUCell`` variables.
 
         Args:
@@ -343,7 +348,8 @@ class SimpleRNN(Cell):
     """
 
 
-    def __init__(self, units, *, input_size=None, activation="tanh", dtype=tf.float32, seed=None, name=None):
+    def __init__(self, units: int, *, input_size: int | None = None, activation: str = "tanh",
+                 dtype: tf.DType | str = tf.float32, seed: int | None = None, name: str | None = None):
         super().__init__(units, dtype=dtype, seed=seed, name=name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -361,7 +367,7 @@ class SimpleRNN(Cell):
         return simple_rnn_core(self.units, self.activation)
 
     @classmethod
-    def from_keras(cls, layer_or_cell, *, name=None):
+    def from_keras(cls, layer_or_cell: Any, *, name: str | None = None) -> "Cell":
         """A new SimpleRNN holding a copy of a built ``keras.layers.SimpleRNN``'s (or cell's) weights."""
         cell = _weights.keras_cell(layer_or_cell, "simple_rnn", "SimpleRNN.from_keras")
         new = cls(cell.units, activation=activation_name(cell.activation), dtype=cell.kernel.dtype, name=name)
@@ -369,7 +375,7 @@ class SimpleRNN(Cell):
         return new
 
     @classmethod
-    def from_tf1(cls, kernel, bias, *, activation="tanh", name=None):
+    def from_tf1(cls, kernel: Any, bias: Any, *, activation: str = "tanh", name: str | None = None) -> "SimpleRNN":
         """A new SimpleRNN from TF1 ``BasicRNNCell`` variables: ``kernel [D + H, H]``, ``bias [H]``."""
         weights = _weights.from_tf1_simple_rnn(kernel, bias)
         new = cls(weights[1].shape[0], activation=activation, dtype=weights[0].dtype, name=name)

@@ -13,9 +13,9 @@ import tensorflow as tf
 from fastcarry._cells import gru_core, lstm_core, simple_rnn_core
 from fastcarry._protocol import zeros_in
 from fastcarry._support import activation_name
-from fastcarry.tune_cache import LIST_STATE_KEY
 from fastcarry.kernels._params import Params
 from fastcarry.kernels.lstm import LSTMState
+from fastcarry.tune_cache import LIST_STATE_KEY
 
 
 def _list_state(core, to_core, from_core):

@@ -24,9 +24,13 @@ treat batch rows independently, as every RNN step does).
 Shapes: ``state`` a structure of ``[B, ..]``, ``x [T, B, D]``, ``xp_t [B, G]``, ``y_t [B, output_size]``.
 """
 
-from typing import Callable, Hashable, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Hashable, NamedTuple, Optional, Protocol, Union, runtime_checkable
 
+import numpy as np
 import tensorflow as tf
+
+# What the public API takes where it takes a tensor: a tensor, a variable, a numpy array or nested lists.
+TensorLike = Union[tf.Tensor, tf.Variable, np.ndarray, list, Any]
 
 
 class SecondMatmul(NamedTuple):

@@ -4,6 +4,8 @@ Shapes: ``inputs [B, T, D]`` (``[T, B, D]`` time-major) -> outputs ``[B, T, H_la
 state: a tuple with each layer's state.
 """
 
+from typing import Any, Sequence
+
 from fastcarry import _validate
 from fastcarry._adapters import as_cell
 from fastcarry._protocol import Core, identity_project
@@ -42,7 +44,7 @@ class Stack:
         cells (through ``fc.as_cell``), or Stacks.
     """
 
-    def __init__(self, cells):
+    def __init__(self, cells: Sequence[Any]):
         if isinstance(cells, (str, bytes)) or not hasattr(cells, "__iter__"):
             raise TypeError(f"cells must be a sequence of cells, got {type(cells).__name__}")
         cells = list(cells)

@@ -6,6 +6,7 @@ read and written a block at a time (``Time``), time-major ``[T, B, ..]`` or, und
 from typing import NamedTuple
 
 import tensorflow as tf
+
 # Private but stable (jax2tf builds on it): XLA's own ops, for ``_time_put``.
 from tensorflow.compiler.tf2xla.python import xla as _xla
 

@@ -11,7 +11,7 @@ import math
 import re
 import statistics
 import time
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from fastcarry import tune_cache
 from fastcarry._config import Config
@@ -234,8 +234,9 @@ def _check(mode, budget_s):
         raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
 
 
-def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, memory_limit=None, budget_s=60,
-         cache=True, report=False, progress=None):
+def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", time_major: bool = False,
+         sequence_length: Any = None, memory_limit: int | str | None = None, budget_s: float = 60, cache: bool = True,
+         report: bool = False, progress: Callable[[Config], Any] | None = None) -> Config | TuneReport:
     """Measures ``fc.unroll``'s schedules for ``cell`` at ``shape`` on this device; returns the fastest ``fc.Config``.
 
     Args:
@@ -295,8 +296,8 @@ def tune(cell, shape, *, mode="train", time_major=False, sequence_length=None, m
     cell.build(dim)
     core = check_core(cell.core(), type(cell).__name__)
     key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
-    x = tf.constant(np.random.default_rng(0).standard_normal((steps, batch, dim) if time_major else (batch, steps, dim)),
-                    cell.dtype)
+    layout = (steps, batch, dim) if time_major else (batch, steps, dim)
+    x = tf.constant(np.random.default_rng(0).standard_normal(layout), cell.dtype)
     tuning = _Tuning(cell, x, mode, time_major, check_lengths(sequence_length, batch, steps),
                      time.perf_counter() + budget_s, progress)
     best = tuning.search(core, steps, limit, memory_limit)

@@ -6,13 +6,14 @@ How the loops, the hand-written backward and the strategies work is in
 """
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 
 from fastcarry import _strategies, _validate, tune_cache
 from fastcarry._adapters import as_cell
 from fastcarry._config import Config, Options
-from fastcarry._protocol import check_core
+from fastcarry._protocol import TensorLike, check_core
 from fastcarry._records import Inputs
 from fastcarry._stack import Stack, run_layers
 from fastcarry._warn import warn_once
@@ -21,9 +22,11 @@ from fastcarry._warn import warn_once
 # Library code is plain Python over static facts: autograph must not turn its
 # ifs into tf.cond when a caller's tf.function converts it.
 @tf.autograph.experimental.do_not_convert
-def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=None, projection=None, config=None):
+def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence_length: TensorLike | None = None,
+           mask: TensorLike | None = None, time_major: bool = False, reverse: bool = False, unroll: int | None = None,
+           jit_compile: bool = True, backward: str = "fused", chunk: int | None = None,
+           parallel_iterations: int | None = None, swap_memory: bool | None = None, projection: str | None = None,
+           config: Config | str | None = None) -> tuple[tf.Tensor, Any]:
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::

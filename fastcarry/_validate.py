@@ -73,7 +73,8 @@ def _inputs(inputs, cell, time_major):
                         f"make the cell with dtype={tensor.dtype.name!r} or cast the inputs)")
     feature = tensor.shape[2]
     if feature is None:
-        raise ValueError(f"inputs must have a static feature dimension D (last axis of {layout}), got shape {tensor.shape}")
+        raise ValueError(f"inputs must have a static feature dimension D (last axis of {layout}), "
+                         f"got shape {tensor.shape}")
     if cell.input_dim is not None and feature != cell.input_dim:
         raise ValueError(f"inputs has feature dim {feature} (shape {tensor.shape}), expected {cell.input_dim} "
                          f"(the input_dim the cell was built for)")

@@ -39,6 +39,7 @@ else ``[B, H]``; states ``[B, H]`` each (LSTM: h, c).
 """
 
 import warnings
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -177,7 +178,7 @@ class LSTM(_FusedLoop, keras.layers.LSTM):
 
     _kind = "lstm"
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs: Any):
         super().__init__(units, **kwargs)
         self._init_fastcarry()
 
@@ -192,7 +193,7 @@ class GRU(_FusedLoop, keras.layers.GRU):
 
     _kind = "gru"
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs: Any):
         super().__init__(units, **kwargs)
         self._init_fastcarry()
 
@@ -206,7 +207,7 @@ class SimpleRNN(_FusedLoop, keras.layers.SimpleRNN):
 
     _kind = "simple_rnn"
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units: int, **kwargs: Any):
         super().__init__(units, **kwargs)
         self._init_fastcarry()
 
@@ -221,7 +222,7 @@ class RNN(_FusedLoop, keras.layers.RNN):
     of cells (Keras's ``StackedRNNCells``). A cell with dropout runs Keras's loop.
     """
 
-    def __init__(self, cell, **kwargs):
+    def __init__(self, cell: Any, **kwargs: Any):
         super().__init__(cell, **kwargs)
         self._init_fastcarry()
 

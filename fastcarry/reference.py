@@ -10,13 +10,16 @@ loop walks ``t = T-1 .. 0`` and a row's steps at ``t >= length`` are masked, whi
 is the same thing as reversing each row within its own length.
 """
 
+from typing import Any
+
 import tensorflow as tf
 
 from fastcarry import _validate
 from fastcarry._adapters import LayerCell, as_cell
-from fastcarry._cells import GRU, LSTM, SimpleRNN, LSTMState
+from fastcarry._cells import GRU, LSTM, LSTMState, SimpleRNN
 from fastcarry._config import Config, Options
 from fastcarry._keras_fused import KerasFusedCell
+from fastcarry._protocol import TensorLike
 from fastcarry._stack import Stack
 
 __all__ = ["unroll"]
@@ -120,9 +123,11 @@ def _step_for(cell):
 
 
 @tf.autograph.experimental.do_not_convert
-def unroll(cell, inputs, initial_state=None, *, sequence_length=None, mask=None, time_major=False, reverse=False,
-           unroll=None, jit_compile=True, backward="fused", chunk=None, parallel_iterations=None,
-           swap_memory=None, projection=None, config=None):
+def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence_length: TensorLike | None = None,
+           mask: TensorLike | None = None, time_major: bool = False, reverse: bool = False, unroll: int | None = None,
+           jit_compile: bool = True, backward: str = "fused", chunk: int | None = None,
+           parallel_iterations: int | None = None, swap_memory: bool | None = None, projection: str | None = None,
+           config: Config | str | None = None) -> tuple[tf.Tensor, Any]:
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
     ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory``,

@@ -23,8 +23,8 @@ from fastcarry._config import Config
 from fastcarry._measure import device_info
 from fastcarry._version import __version__
 
-__all__ = ["SCHEMA", "bucket", "cache_dir", "cache_path", "cell_name", "clear", "for_call", "load", "lookup", "make_key",
-           "store"]
+__all__ = ["SCHEMA", "bucket", "cache_dir", "cache_path", "cell_name", "clear", "for_call", "load", "lookup",
+           "make_key", "store"]
 
 SCHEMA = 1
 # The key prefix of a fused kernel run on Keras's list states (``fastcarry._keras_fused``): the same math as

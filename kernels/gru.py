@@ -29,7 +29,6 @@ from fastcarry.kernels._params import Params as Params  # the weights, shared by
 from fastcarry.kernels._project import dense_over_time
 
 
-
 def project(params, x, reset_after=True):
     """``x [T, B, D] -> xp [T, B, 3H]`` (input bias only; the recurrent bias stays in the step)."""
     bias = params.bias[0] if reset_after else params.bias
@@ -80,7 +79,8 @@ def update_reset_after(state, a):
 
 
 class ResetBeforePreactivation(NamedTuple):
-    """What a reset-before step keeps: ``zr [.., 2H]`` (``xz + h @ U_z``, ``xr + h @ U_r``), ``h [.., H]`` (``xh + (r * h) @ U_h``)."""
+    """What a reset-before step keeps: ``zr [.., 2H]`` (``xz + h @ U_z``, ``xr + h @ U_r``), ``h [.., H]``
+    (``xh + (r * h) @ U_h``)."""
 
     zr: tf.Tensor
     h: tf.Tensor

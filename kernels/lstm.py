@@ -23,7 +23,6 @@ from fastcarry.kernels._params import Params as Params  # the weights, shared by
 from fastcarry.kernels._project import dense_over_time
 
 
-
 class LSTMState(NamedTuple):
     """LSTM carry: hidden state ``h [B, H]`` and cell state ``c [B, H]``."""
 

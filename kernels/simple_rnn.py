@@ -10,8 +10,6 @@ import tensorflow as tf
 from fastcarry.kernels._params import Params as Params  # the weights, shared by every kernel
 from fastcarry.kernels._project import dense_over_time
 
-
-
 # The activations the fused SimpleRNN runs, by Keras's names.
 ACTIVATIONS = {"tanh": tf.tanh, "relu": tf.nn.relu, "sigmoid": tf.sigmoid, "linear": tf.identity}
 

@@ -12,6 +12,7 @@ import os
 import resource
 import tempfile
 import time
+from typing import Any, Callable, Iterator
 
 import tensorflow as tf
 
@@ -76,7 +77,7 @@ class Profile:
         self.steps += 1
         return tf.profiler.experimental.Trace(self.step_name, step_num=number, _r=1)
 
-    def summary(self, *, label="", scope="fastcarry_", calibrate=True):
+    def summary(self, *, label: str = "", scope: str = "fastcarry_", calibrate: bool = True) -> _summary.Summary:
         """The ``Summary`` of the captured steps (see ``fastcarry.profiling.Summary``).
 
         ``scope``: what marks the RNN's ops, ``"fastcarry_"``, or another RNN's
@@ -102,7 +103,8 @@ class Profile:
 
 
 @contextlib.contextmanager
-def capture(logdir, *, step_name=STEP_NAME, host_tracer_level=2, device_tracer_level=1):
+def capture(logdir: str | os.PathLike, *, step_name: str = STEP_NAME, host_tracer_level: int = 2,
+            device_tracer_level: int = 1) -> Iterator[Profile]:
     """Profiles a block of your own loop into ``logdir``: ``with capture(logdir) as prof:``.
 
     Mark each step with ``with prof.step(): ...``. The profiler is stopped
@@ -135,7 +137,8 @@ def capture(logdir, *, step_name=STEP_NAME, host_tracer_level=2, device_tracer_l
                                        if f.endswith(".xplane.pb"))
 
 
-def trace(fn, *args, logdir, steps=5, warmup=2, **kwargs):
+def trace(fn: Callable, *args: Any, logdir: str | os.PathLike, steps: int = 5, warmup: int = 2,
+          **kwargs: Any) -> Profile:
     """Profiles ``fn(*args, **kwargs)``: ``warmup`` untraced calls, then ``steps`` traced ones.
 
     Compilation happens in the warm-up calls. Each traced call is one step
@@ -168,7 +171,7 @@ def trace(fn, *args, logdir, steps=5, warmup=2, **kwargs):
 _CALIBRATION = {}
 
 
-def calibrate_matmul(size=1024, repeats=5):
+def calibrate_matmul(size: int = 1024, repeats: int = 5) -> float:
     """This device's float32 matmul rate in GFLOP/s: one ``size``² XLA matmul, best of ``repeats``; cached."""
     device = tf.config.list_logical_devices("GPU")
     device = device[0].name if device else "/device:CPU:0"

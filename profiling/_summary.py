@@ -73,14 +73,14 @@ class Summary(NamedTuple):
         return json.dumps(self.to_dict(), indent=2)
 
     def to_dict(self):
-        return {"label": self.label, "step_ms": self.step_ms, "median_ms": self.median_ms, "steps": self.steps, "compile_s": self.compile_s,
-                "coverage": self.coverage, "device": self.device,
+        return {"label": self.label, "step_ms": self.step_ms, "median_ms": self.median_ms, "steps": self.steps,
+                "compile_s": self.compile_s, "coverage": self.coverage, "device": self.device,
                 "rows": [r._asdict() for r in self.rows], "advice": [a._asdict() for a in self.advice]}
 
     def to_markdown(self):
         """The phase table, then the advice, as Markdown."""
-        lines = [f"step {self.step_ms:.2f} ms (mean of {self.steps}, median {self.median_ms:.2f}); compilation in the traced steps "
-                 f"{self.compile_s:.2f} s; rows cover {self.coverage:.0%} of the step", "",
+        lines = [f"step {self.step_ms:.2f} ms (mean of {self.steps}, median {self.median_ms:.2f}); compilation in "
+                 f"the traced steps {self.compile_s:.2f} s; rows cover {self.coverage:.0%} of the step", "",
                  "| phase | ms / step | share | GFLOP/s |", "|---|---:|---:|---:|"]
         for r in self.rows:
             rate = "" if r.gflops is None else f"{r.gflops:.1f}"
@@ -131,8 +131,8 @@ def attribute(runs, start_ps, end_ps, scope=_phases.FASTCARRY):
     inside = [r for r in runs if r.end_ps > start_ps and r.start_ps < end_ps]
     pieces = [(max(s, start_ps), min(e, end_ps), r) for s, e, r in _innermost_segments(inside)]
     pieces = [p for p in pieces if p[1] > p[0]]
-    events = sorted([(s, 1, i) for i, (s, e, r) in enumerate(pieces)] + [(e, -1, i) for i, (s, e, r) in enumerate(pieces)],
-                    key=lambda ev: (ev[0], ev[1]))
+    starts = [(s, 1, i) for i, (s, _, _) in enumerate(pieces)]
+    events = sorted(starts + [(e, -1, i) for i, (_, e, _) in enumerate(pieces)], key=lambda ev: (ev[0], ev[1]))
     phases = {id(r): _phases.classify(r.name, r.kind, r.opcode, scope) for r in inside}
     phase_of = [phases[id(r)] for _, _, r in pieces]
     times, active, last = {}, set(), start_ps

@@ -1,7 +1,7 @@
 """Shared test fixtures: cells by name, random data, tolerance-checked comparison.
 
 Tolerances are relative to the largest magnitude of the expected tensor, keyed
-by dtype (``fastcarry.tools.check.TOLERANCE``; float32's 2e-5 is the acceptance bound).
+by dtype (``harness.TOLERANCE``; float32's 2e-5 is the acceptance bound).
 """
 
 import os
@@ -14,6 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # compiles ~30% faster. The benchmarks and `fastcarry check` run at XLA's default.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# pytest-xdist runs one worker per core: each worker's ops on the suite's tiny shapes gain nothing from a
+# thread pool of their own, whose idle threads spin on the cores the other worker compiles on.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 # Never the user's tune cache: config="auto" (fastcarry.keras's layers use it) reads it.
 os.environ["FASTCARRY_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastcarry-test-cache-")
 

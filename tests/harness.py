@@ -44,7 +44,8 @@ def evaluate(impl, cell, inputs, initial_state, cotangents, weights=None, **opti
     state (if given) and ``weights`` (default: the cell's kernel, recurrent kernel, bias)."""
     dtype = cell.dtype
     x = tf.constant(np.asarray(inputs), dtype)
-    starts = [] if initial_state is None else [tf.constant(np.asarray(s), dtype) for s in tf.nest.flatten(initial_state)]
+    starts = ([] if initial_state is None
+              else [tf.constant(np.asarray(s), dtype) for s in tf.nest.flatten(initial_state)])
     weights = list(weights) if weights is not None else [cell.kernel, cell.recurrent_kernel, cell.bias]
     with tf.GradientTape(persistent=False) as tape:
         tape.watch([x] + starts)

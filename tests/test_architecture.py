@@ -112,3 +112,11 @@ def test_library_modules_and_functions_stay_small(name):
             if node.end_lineno - body[0].lineno + 1 > MAX_FUNCTION_LINES:
                 long.append(node.name)
     assert not long, f"{name}: function bodies over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_tools_look_in_through_public_names_and_the_measurement_module():
+    private = {m: sorted(t for t in GRAPH[m] if not t.startswith("fastcarry.tools") and t != "fastcarry._measure"
+                         and any(part.startswith("_") for part in t.split(".")))
+               for m in GRAPH if m.startswith("fastcarry.tools")}
+    assert {m: ts for m, ts in private.items() if ts} == {}
+    assert "fastcarry._measure" in GRAPH["fastcarry.tools.grid_bench"]  # the checker sees the tools' imports

@@ -6,9 +6,8 @@ import json
 import pytest
 
 from fastcarry.tools import bench as _bench
-from fastcarry.tools import grid_bench as _grid
-
 from fastcarry.tools import cli as _cli
+from fastcarry.tools import grid_bench as _grid
 
 pytest.importorskip("matplotlib")
 TINY = ["--cell", "gru", "--batch", "2", "--time", "5", "--input", "3", "--units", "4", "--repeats", "2"]

@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
-from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
 import harness
+from conftest import CELL_KINDS, assert_all_close, make_cell, random_inputs, random_state
 
 B, T, D, H = 3, 6, 4, 5
 SPLIT = 3

@@ -5,12 +5,12 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
+import harness
 from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _backward, _boundary, _chunked, _functions, _strategies
 from fastcarry._config import Layout, Schedule
 from fastcarry._records import Cotangents, Inputs
 from fastcarry._validity import Validity
-import harness
 
 B, T, D, H = 3, 7, 4, 5
 # The bound for chunked against unchunked gradients, float32, relative to max |unchunked|.

@@ -4,8 +4,8 @@ import io
 
 import pytest
 
-import harness
 import fastcarry as fc
+import harness
 from fastcarry.tools import check as _check_tool
 from fastcarry.tools import cli as _cli
 from fastcarry.tools import demo as _demo

@@ -15,8 +15,8 @@ import tensorflow as tf
 from tf_keras.src.layers.rnn import legacy_cells
 
 import fastcarry as fc
-from fastcarry.tools import models_bench as _models_bench
 from conftest import assert_all_close
+from fastcarry.tools import models_bench as _models_bench
 
 B, T, D, H = 3, 6, 4, 5
 LENGTHS = [T, 0, 3]  # a full row, an empty one and a partial one
@@ -276,6 +276,29 @@ def test_stack_of_mixed_cells_equals_reference(options):
     _signal(want)
     got = _evaluate(_unroll(stack, **options), _x(), s0, variables)
     assert_all_close(got, want, context=str(options))
+
+
+def test_a_stack_is_a_cell_whose_core_runs_every_layer_in_one_step():
+    """``Stack.core()``: MultiRNNCell's step (every layer inside it), what fc.tune keys a stack by; run as a
+    plain loop it equals fc.unroll's layer-by-layer run."""
+    stack, _ = _mixed_stack()
+    x = tf.constant(_x())
+    s0 = tf.nest.map_structure(tf.constant, (fc.LSTMState(*_states([H, H])), _states([4]), _states(3)))
+    want, final = fc.unroll(stack, x, s0, sequence_length=LENGTHS)
+    assert fc.as_cell(stack) is stack and isinstance(stack, fc.CellProtocol)  # a cell as it is (by its members)
+    core, params = stack.core(), stack.params()
+    assert core.name == "stack" and core.owner is stack  # its generic layers' functions close over their variables
+    assert [v.ref() for v in core.variables] == [v.ref() for c in stack.cells for v in c.core().variables]
+    state, ys = s0, []
+    for t in range(x.shape[1]):
+        new_state, y = core.run_step(params, state, core.project(params, x[:, t]))
+        valid = (t < tf.constant(LENGTHS))[:, None]
+        state = tf.nest.map_structure(lambda n, o: tf.where(valid, n, o), new_state, state)
+        ys.append(tf.where(valid, y, tf.zeros_like(y)))
+    def named(outputs, state):
+        return {"outputs": outputs.numpy(), **{f"state{i}": v.numpy() for i, v in enumerate(tf.nest.flatten(state))}}
+
+    assert_all_close(named(tf.stack(ys, 1), state), named(want, final), context="Stack.core() stepped")
 
 
 def test_stack_in_a_carry_two_passes_equal_one():

@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
+import harness
 from conftest import MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _strategies, _warn
 from fastcarry._config import Layout, Schedule
 from fastcarry._records import Inputs
 from fastcarry._validity import Validity
-import harness
 
 B, T, D, H = 3, 7, 4, 5
 

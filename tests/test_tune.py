@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 import fastcarry as fc
+import harness
 from conftest import assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import _measure, _strategies, _tune
-import harness
 
 B, T, D, H = 2, 5, 3, 4
 
@@ -307,8 +307,8 @@ def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
 def test_lookup_with_the_batch_unknown_takes_the_largest_tuned_batch(cache):
     core = make_cell("lstm", H, input_dim=D).core()
     for batch, unroll in ((8, 1), (64, 4)):
-        fc.tune_cache.store(fc.tune_cache.make_key(fc.tune_cache.cell_name(core), D, H, tf.float32, "train", batch, 100), fc.Config(unroll),
-                    {})
+        key = fc.tune_cache.make_key(fc.tune_cache.cell_name(core), D, H, tf.float32, "train", batch, 100)
+        fc.tune_cache.store(key, fc.Config(unroll), {})
     assert fc.tune_cache.lookup(core, D, tf.float32, "train", None, 100) == fc.Config(unroll=4)
     assert fc.tune_cache.lookup(core, D, tf.float32, "train", 8, 100) == fc.Config(unroll=1)
     assert fc.tune_cache.lookup(core, D, tf.float32, "infer", None, 100) is None  # another mode
@@ -319,7 +319,8 @@ def test_keras_layers_use_the_tuned_config_of_the_same_math(cache, monkeypatch):
     """``fastcarry tune --cell lstm`` (an fc.LSTM) serves fastcarry.keras.LSTM, also traced with B unknown."""
     from fastcarry import keras as fck
 
-    key = fc.tune_cache.make_key(fc.tune_cache.cell_name(make_cell("lstm", H, input_dim=D).core()), D, H, tf.float32, "train", B, T)
+    name = fc.tune_cache.cell_name(make_cell("lstm", H, input_dim=D).core())
+    key = fc.tune_cache.make_key(name, D, H, tf.float32, "train", B, T)
     fc.tune_cache.store(key, fc.Config(unroll=3, projection="hoisted"), {})
     layer = fck.LSTM(H, return_sequences=True)
     layer.build((None, T, D))

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastcarry as fc
-from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
 import harness
+from conftest import CELL_KINDS, MASK, assert_all_close, make_cell, random_inputs, random_state
 from fastcarry import Core
 
 B, T, D, H = 3, 7, 4, 5

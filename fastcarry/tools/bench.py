@@ -4,8 +4,16 @@
 import argparse
 import sys
 
-from fastcarry.tools.grid_bench import (BENCH_CELLS, FULL_GRID, FULL_REPEATS, MODES, QUICK_GRID, QUICK_REPEATS,
-                                        markdown, run_grid)
+from fastcarry.tools.grid_bench import (
+    BENCH_CELLS,
+    FULL_GRID,
+    FULL_REPEATS,
+    MODES,
+    QUICK_GRID,
+    QUICK_REPEATS,
+    markdown,
+    run_grid,
+)
 from fastcarry.tools.workload import Workload, positive
 
 

@@ -57,7 +57,8 @@ def evaluate(impl, cell, inputs, initial_state, cotangents, weights=None, **opti
 
     dtype = cell.dtype
     inputs = tf.convert_to_tensor(inputs, dtype)
-    flat_s0 = None if initial_state is None else [tf.convert_to_tensor(s, dtype) for s in tf.nest.flatten(initial_state)]
+    flat_s0 = (None if initial_state is None
+               else [tf.convert_to_tensor(s, dtype) for s in tf.nest.flatten(initial_state)])
     with tf.GradientTape() as tape:
         tape.watch(inputs)
         if flat_s0 is not None:
@@ -123,7 +124,7 @@ class KerasUnroll:
         import tensorflow as tf
 
         from fastcarry import GRU, LSTM, SimpleRNN
-        from fastcarry._weights import fold_forget_bias
+        from fastcarry.weights import fold_forget_bias
 
         kw = dict(return_sequences=True, return_state=True, dtype=cell.dtype.name)
         if isinstance(cell, LSTM):

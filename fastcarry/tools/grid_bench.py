@@ -152,11 +152,11 @@ def torch_skipped(workload):
 
 def torch_module(cell):
     """A batch-first ``torch.nn.LSTM``/``GRU``/``RNN`` holding a copy of the fastcarry cell's weights
-    (``fastcarry._weights.to_torch``: PyTorch's layout and gate orders)."""
+    (``fastcarry.weights.to_torch``: PyTorch's layout and gate orders)."""
     import torch
 
     import fastcarry as fc
-    from fastcarry._weights import to_torch
+    from fastcarry.weights import to_torch
 
     d, h = cell.input_dim, cell.units
     if isinstance(cell, fc.LSTM):
@@ -361,7 +361,8 @@ def markdown(report):
     skipped = {e["label"] for e in report["results"] if "skipped" in e["timings"]["reference"]}
     if skipped:
         lines.append(f"\nreference skipped (B*T*H > {REFERENCE_MAX}) at: {', '.join(sorted(skipped))}.")
-    reasons = sorted({e["timings"]["torch"]["skipped"] for e in report["results"] if "skipped" in e["timings"]["torch"]})
+    torch_rows = [e["timings"]["torch"] for e in report["results"]]
+    reasons = sorted({t["skipped"] for t in torch_rows if "skipped" in t})
     if reasons:
         lines.append(f"\ntorch {'; '.join(reasons)}.")
     return "\n".join(lines) + "\n"

@@ -115,7 +115,8 @@ def run(config, out_dir, stream=sys.stderr):
     env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="1")
     for loss, layout, chunk in rows:
         print(f"memory bench: loss={loss} {layout} chunk={chunk} ...", file=stream, flush=True)
-        argv = [sys.executable, "-m", "fastcarry.tools.memory_bench", "--child", "--loss", loss, "--cell", config["cell"],
+        argv = [sys.executable, "-m", "fastcarry.tools.memory_bench", "--child", "--loss", loss,
+                "--cell", config["cell"],
                 "--batch", str(config["batch"]), "--time", str(config["time"]), "--input", str(config["input"]),
                 "--units", str(config["units"]), "--repeats", str(config["repeats"])]
         if chunk is not None:

@@ -181,7 +181,8 @@ def run(suites=SUITES, shapes=SHAPES, repeats=_bench.FULL_REPEATS, out_dir="benc
     results = []
     for suite, label, mode, build in todo:
         steps = build()
-        timings = _bench.time_contenders(steps, repeats, lambda name, phase: bar.step(f"{label} {mode} {name or phase}"))
+        timings = _bench.time_contenders(steps, repeats,
+                                         lambda name, phase: bar.step(f"{label} {mode} {name or phase}"))
         for who in ("fastcarry", "keras"):  # each at its better variant, named
             _bench.fold_variants(timings, who)
         results.append({"suite": suite, "label": label, "mode": mode, "timings": timings})

@@ -1,4 +1,5 @@
-"""Every conversion between weight layouts, in one place: Keras 3's (fastcarry's own), TF1's, PyTorch's.
+"""``fastcarry.weights``: every conversion between weight layouts, in one place: Keras 3's (fastcarry's own),
+TF1's, PyTorch's.
 
 Keras 3 (what fastcarry's cells hold): ``kernel [D, G]``, ``recurrent_kernel [H, G]``,
 gates **i, f, c, o** (LSTM), **z, r, h** (GRU); ``bias [G]`` (GRU reset-after
@@ -8,7 +9,8 @@ rows ``[x; h]``, gates **i, j, f, o**, and a run-time ``forget_bias``. TF1
 PyTorch: ``weight_ih [G, D]``, ``weight_hh [G, H]``, two biases, gates
 **i, f, g, o** (LSTM) and **r, z, n** (GRU, reset after the recurrent matmul).
 
-All functions take and return numpy arrays (or what ``np.asarray`` reads).
+All functions take and return numpy arrays (or what ``np.asarray`` reads). The cells' importers
+(``fc.LSTM.from_tf1``, ``from_keras``, ...) use them; so can a user moving weights between frameworks.
 """
 
 import warnings
@@ -17,13 +19,17 @@ import numpy as np
 
 from fastcarry._support import not_supported_reasons
 
+__all__ = ["fold_forget_bias", "from_tf1_gru", "from_tf1_lstm", "from_tf1_simple_rnn", "keras_cell", "keras_weights",
+           "to_torch"]
+
 
 def as_array(value, name):
     """``value`` (an array, variable or eager tensor) as numpy, or a ``TypeError`` naming ``name``."""
     try:
         return np.asarray(value.numpy() if hasattr(value, "numpy") else value)
     except Exception as err:  # a symbolic tensor, say: say which argument
-        raise TypeError(f"{name} must be a concrete array, variable or eager tensor, got {type(value).__name__}") from err
+        raise TypeError(f"{name} must be a concrete array, variable or eager tensor, "
+                        f"got {type(value).__name__}") from err
 
 
 def check_shape(value, want, name):
