@@ -45,7 +45,9 @@ class Cell(tf.Module):
     def __init__(self, units: int, *, dtype: tf.DType | str = tf.float32, seed: int | None = None,
                  name: str | None = None):
         super().__init__(name=name)
-        if isinstance(units, bool) or not isinstance(units, (int, np.integer)) or units < 1:
+        if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
+            raise TypeError(f"units must be a positive int, got {units!r}")
+        if units < 1:
             raise ValueError(f"units must be a positive int, got {units!r}")
         dtype = tf.as_dtype(dtype)
         if dtype not in _FLOAT_DTYPES:

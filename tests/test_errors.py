@@ -1,7 +1,8 @@
 """Misuse of ``fastcarry.unroll``, ``fastcarry.reference.unroll`` and the cells: clear errors, early.
 
-One test per misuse. Every error must be a ValueError or TypeError whose message
-names the argument, what was expected and what came; ``_raises`` checks that the
+One test per misuse. Every error must be a TypeError (wrong type or structure) or
+a ValueError (right type, wrong value), as each case says, and its message must
+name the argument, what was expected and what came; ``_raises`` checks that the
 message contains each of the given pieces (in any order). Cases that concern
 ``unroll``'s arguments run against both the fused path and the reference.
 """
@@ -19,8 +20,12 @@ B, T, D, H = 2, 3, 4, 5
 UNROLLS = pytest.mark.parametrize("run", [fc.unroll, fc.reference.unroll], ids=["fused", "reference"])
 
 
-def _raises(*parts, exc=(ValueError, TypeError)):
-    """``pytest.raises`` whose ``match`` requires every piece of ``parts``, in any order."""
+def _raises(*parts, exc):
+    """``pytest.raises(exc)`` whose ``match`` requires every piece of ``parts``, in any order.
+
+    ``exc`` is one type: ``TypeError`` for a value of the wrong type or structure, ``ValueError`` for the right
+    type with a wrong value or shape (``fc.Config`` and ``fc.unroll`` check their common options alike).
+    """
     pattern = "(?s)" + "".join(f"(?=.*{re.escape(str(p))})" for p in parts)
     return pytest.raises(exc, match=pattern)
 
@@ -39,37 +44,37 @@ def _x(shape=(B, T, D), dtype=np.float32):
 
 @UNROLLS
 def test_inputs_of_rank_2(run):
-    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 4)"):
+    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 4)", exc=ValueError):
         run(_cell(), _x((B, D)))
 
 
 @UNROLLS
 def test_inputs_of_rank_4(run):
-    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 3, 4, 1)"):
+    with _raises("inputs", "rank 3", "[B, T, D]", "(2, 3, 4, 1)", exc=ValueError):
         run(_cell(), _x((B, T, D, 1)))
 
 
 @UNROLLS
 def test_inputs_feature_dim_differs_from_built_kernel(run):
-    with _raises("inputs", "feature dim 6", "expected 4"):
+    with _raises("inputs", "feature dim 6", "expected 4", exc=ValueError):
         run(_cell(), _x((B, T, 6)))
 
 
 @UNROLLS
 def test_integer_inputs(run):
-    with _raises("inputs", "floating", "float32", "int32"):
+    with _raises("inputs", "floating", "float32", "int32", exc=TypeError):
         run(_cell(), _x(dtype=np.int32))
 
 
 @UNROLLS
 def test_bool_inputs(run):
-    with _raises("inputs", "floating", "float32", "bool"):
+    with _raises("inputs", "floating", "float32", "bool", exc=TypeError):
         run(_cell(), _x(dtype=bool))
 
 
 @UNROLLS
 def test_float64_inputs_into_float32_cell(run):
-    with _raises("inputs", "float64", "float32"):
+    with _raises("inputs", "float64", "float32", exc=TypeError):
         run(_cell(), _x(dtype=np.float64))
 
 
@@ -77,33 +82,33 @@ def test_float64_inputs_into_float32_cell(run):
 
 @UNROLLS
 def test_initial_state_single_tensor_for_lstm(run):
-    with _raises("initial_state", "LSTMState(h, c)", "Tensor"):
+    with _raises("initial_state", "LSTMState(h, c)", "Tensor", exc=TypeError):
         run(_cell("lstm"), _x(), tf.zeros([B, H]))
 
 
 @UNROLLS
 def test_initial_state_three_tuple_for_lstm(run):
-    with _raises("initial_state", "LSTMState(h, c)", "tuple of 3"):
+    with _raises("initial_state", "LSTMState(h, c)", "tuple of 3", exc=TypeError):
         run(_cell("lstm"), _x(), (tf.zeros([B, H]),) * 3)
 
 
 @UNROLLS
 def test_initial_state_pair_for_gru(run):
-    with _raises("initial_state", "one tensor [B, H]", "GRU", "tuple of 2"):
+    with _raises("initial_state", "one tensor [B, H]", "GRU", "tuple of 2", exc=TypeError):
         run(_cell("gru"), _x(), (tf.zeros([B, H]), tf.zeros([B, H])))
 
 
 @UNROLLS
 def test_initial_state_component_of_wrong_shape(run):
     state = fc.LSTMState(tf.zeros([B, H]), tf.zeros([B, H + 1]))
-    with _raises("initial_state.c", "[2, 6]", "expected [2, 5]"):
+    with _raises("initial_state.c", "[2, 6]", "expected [2, 5]", exc=ValueError):
         run(_cell("lstm"), _x(), state)
 
 
 @UNROLLS
 def test_initial_state_of_wrong_dtype(run):
     state = fc.LSTMState(tf.zeros([B, H]), tf.zeros([B, H], tf.float64))
-    with _raises("initial_state.c", "float64", "expected float32"):
+    with _raises("initial_state.c", "float64", "expected float32", exc=TypeError):
         run(_cell("lstm"), _x(), state)
 
 
@@ -111,13 +116,13 @@ def test_initial_state_of_wrong_dtype(run):
 
 @UNROLLS
 def test_sequence_length_of_wrong_shape(run):
-    with _raises("sequence_length", "[B]", "[2]", "(3,)"):
+    with _raises("sequence_length", "[B]", "[2]", "(3,)", exc=ValueError):
         run(_cell(), _x(), sequence_length=[1, 2, 3])
 
 
 @UNROLLS
 def test_sequence_length_of_float_dtype(run):
-    with _raises("sequence_length", "integer", "float32"):
+    with _raises("sequence_length", "integer", "float32", exc=TypeError):
         run(_cell(), _x(), sequence_length=[1.0, 2.0])
 
 
@@ -125,19 +130,19 @@ def test_sequence_length_of_float_dtype(run):
 
 @UNROLLS
 def test_mask_of_wrong_shape(run):
-    with _raises("mask", "[B, T]", "[2, 3]", "[3, 2]"):
+    with _raises("mask", "[B, T]", "[2, 3]", "[3, 2]", exc=ValueError):
         run(_cell(), _x(), mask=np.ones((T, B), bool))
 
 
 @UNROLLS
 def test_mask_of_float_dtype(run):
-    with _raises("mask", "bool", "float32"):
+    with _raises("mask", "bool", "float32", exc=TypeError):
         run(_cell(), _x(), mask=np.ones((B, T), np.float32))
 
 
 @UNROLLS
 def test_mask_and_sequence_length_together(run):
-    with _raises("sequence_length or mask, not both"):
+    with _raises("sequence_length or mask, not both", exc=ValueError):
         run(_cell(), _x(), mask=np.ones((B, T), bool), sequence_length=[1, 2])
 
 
@@ -180,13 +185,13 @@ def test_unroll_zero(run):
 
 @UNROLLS
 def test_unroll_float(run):
-    with _raises("unroll", "int >= 1", "1.5"):
+    with _raises("unroll", "int >= 1", "1.5", exc=TypeError):
         run(_cell(), _x(), unroll=1.5)
 
 
 @UNROLLS
 def test_unroll_bool(run):
-    with _raises("unroll", "int >= 1", "True"):
+    with _raises("unroll", "int >= 1", "True", exc=TypeError):
         run(_cell(), _x(), unroll=True)
 
 
@@ -200,7 +205,7 @@ def test_backward_unknown(run, value):
 @UNROLLS
 @pytest.mark.parametrize("flag, value", [("time_major", 1), ("reverse", "yes"), ("jit_compile", None)])
 def test_non_bool_flag(run, flag, value):
-    with _raises(flag, "bool", repr(value)):
+    with _raises(flag, "bool", repr(value), exc=TypeError):
         run(_cell(), _x(), **{flag: value})
 
 
@@ -224,34 +229,34 @@ class _HalfProtocol:
 @pytest.mark.parametrize("cell, missing", [(object(), "state_size, __call__"), (_NoCall(), "lacks __call__"),
                                            (_HalfProtocol(), "lacks core, params")])
 def test_non_cell_object_as_cell(run, cell, missing):
-    with _raises("cell must be", "Keras cell", "TF1 RNNCell", type(cell).__name__, missing):
+    with _raises("cell must be", "Keras cell", "TF1 RNNCell", type(cell).__name__, missing, exc=TypeError):
         run(cell, _x())
 
 
 # -- constructors, weights -----------------------------------------------------
 
 def test_units_zero():
-    with _raises("units", "positive int", "0"):
+    with _raises("units", "positive int", "0", exc=ValueError):
         fc.LSTM(0)
 
 
 def test_units_string():
-    with _raises("units", "positive int", "'8'"):
+    with _raises("units", "positive int", "'8'", exc=TypeError):
         fc.GRU("8")
 
 
 def test_gru_reset_after_not_bool():
-    with _raises("reset_after", "bool", "'yes'"):
+    with _raises("reset_after", "bool", "'yes'", exc=TypeError):
         fc.GRU(H, reset_after="yes")
 
 
 def test_simple_rnn_unknown_activation():
-    with _raises("activation", "tanh", "'gelu'"):
+    with _raises("activation", "tanh", "'gelu'", exc=ValueError):
         fc.SimpleRNN(H, activation="gelu")
 
 
 def test_integer_dtype():
-    with _raises("dtype", "float32", "int32"):
+    with _raises("dtype", "float32", "int32", exc=TypeError):
         fc.LSTM(H, dtype=tf.int32)
 
 
@@ -265,7 +270,7 @@ def test_set_weights_with_wrong_shape(wrong):
         expected = [D, 4 * H]
     weights[wrong] = np.zeros(bad)
     before = cell.get_weights()
-    with _raises(wrong, str(bad), f"expected {expected}"):
+    with _raises(wrong, str(bad), f"expected {expected}", exc=ValueError):
         cell.set_weights([weights["kernel"], weights["recurrent_kernel"], weights["bias"]])
     for old, new in zip(before, cell.get_weights()):
         np.testing.assert_array_equal(old, new)  # nothing was assigned
@@ -275,13 +280,13 @@ def test_set_weights_with_wrong_shape(wrong):
 def test_from_tf1_with_wrong_kernel_shape(kind):
     z = np.zeros
     if kind == "lstm":
-        with _raises("kernel", "[D + H, 4H]", "[9, 21]"):
+        with _raises("kernel", "[D + H, 4H]", "[9, 21]", exc=ValueError):
             fc.LSTM.from_tf1(z([D + H, 4 * H + 1]), z([4 * H]))
     elif kind == "gru":
-        with _raises("gate_kernel", "[9, 11]", "expected [9, 10]"):
+        with _raises("gate_kernel", "[9, 11]", "expected [9, 10]", exc=ValueError):
             fc.GRU.from_tf1(z([D + H, 2 * H + 1]), z([2 * H]), z([D + H, H]), z([H]))
     else:
-        with _raises("kernel", "[D + H, H]", "[5, 5]"):
+        with _raises("kernel", "[D + H, H]", "[5, 5]", exc=ValueError):
             fc.SimpleRNN.from_tf1(z([H, H]), z([H]))
 
 
