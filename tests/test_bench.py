@@ -2,6 +2,7 @@
 
 import io
 import json
+import pathlib
 
 import pytest
 
@@ -220,3 +221,23 @@ def test_tune_bench_writes_gain_table_and_plot(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| rnn 2x3x3x4 | infer |" in table and "Median gain" in table
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ab_benchmark_exports_a_revision_under_another_name(tmp_path):
+    """``benchmarks/ab.py``'s base package: the revision's files, every import renamed (none reaches the work tree)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    spec = importlib.util.spec_from_file_location("ab", pathlib.Path(__file__).parents[1] / "benchmarks" / "ab.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    package = ab.export_base("HEAD", tmp_path)
+    assert (package / "kernels" / "lstm.py").exists() and (package / "profiling" / "_capture.py").exists()
+    sources = "\n".join(p.read_text() for p in package.rglob("*.py"))
+    assert "from fastcarry." not in sources and "import fastcarry\n" not in sources
+    assert 'f"fastcarry_{core.name}"' in sources  # the name scopes stay: profiles of both read alike
+    code = "import fastcarry_base.tune_cache as c, fastcarry_base.kernels.lstm as k; print(c.__file__, k.__file__)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count(str(package)) == 2
