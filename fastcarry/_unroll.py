@@ -132,7 +132,8 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
         def layer(c, x, state):
             return _run(c, x, state, options, config, sequence_length, mask)
         return run_layers(cell, layer, inputs, initial_state, options.time_major)
-    options = options.resolve(tune_cache.for_call(config, cell, inputs, options.time_major))
+    tuned = tune_cache.for_call(config, cell, inputs, options.time_major)  # a Config, or None
+    options = options.resolve(tuned)
     args = _validate.check(cell, inputs, initial_state, options, sequence_length=sequence_length, mask=mask)
     _validate.build_for(cell, args)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
