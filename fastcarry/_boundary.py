@@ -74,19 +74,26 @@ def _check_variables_known(core, variables):
                          f"the step reads (fc.FunctionCell(..., variables=[...]))")
 
 
-def unrecorded(core, fn, *args):
+def unrecorded(core, fn, *args, inner_tapes=True):
     """``fn(*args)`` with no tape recording the call when ``fn`` reads variables.
 
     Every tape watches trainable variables, so a call of a compiled function
     that captures them would be recorded, and eagerly TF builds that
     function's gradient at once (and fails on XLA's loop ops). Recording is
-    stopped for the call only: the function is traced first, with recording
-    on, because the tapes inside it (the backward's VJPs) must record. (The
-    concrete function costs no more to call than ``fn`` itself.)
+    stopped for the call. A function with tapes inside it (``inner_tapes``:
+    the backward's VJPs) is traced with recording on, since those tapes must
+    record; one without (a forward) is traced with recording off too: a
+    persistent tape watching its variables would make TF's ``while_v2`` build
+    a higher-order gradient of the loop while tracing, which XLA's ops lack.
+    (The concrete function costs no more to call than ``fn`` itself.)
     """
     if not hasattr(fn, "get_concrete_function"):  # swap_memory's backward, a loop over compiled calls
         return fn(*args)
-    concrete = fn.get_concrete_function(*args)
+    if inner_tapes:
+        concrete = fn.get_concrete_function(*args)
+    else:
+        with _record.stop_recording():
+            concrete = fn.get_concrete_function(*args)
     captured = concrete.trainable_variables
     if not captured:
         return concrete(*args)
@@ -116,7 +123,7 @@ def call(core, pair, forward, backward, inputs, params):
         # No tape may see the compiled call: it would ask for the function's own
         # gradient, whose loop accumulators (TensorLists) cannot leave XLA. The
         # inputs are cut (stop_gradient); captured variables are cut below.
-        ys, final, residuals = unrecorded(core, forward, cut, _stop(p))
+        ys, final, residuals = unrecorded(core, forward, cut, _stop(p), inner_tapes=False)
         residuals = pair.park(residuals)
         flat_final = tf.nest.flatten(final)
 

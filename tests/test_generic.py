@@ -543,3 +543,52 @@ def test_bad_input_fails_clearly(make, error, match):
 def test_keras_cell_with_dropout_is_refused_on_the_generic_path_too():
     with pytest.raises(ValueError, match=r"dropout=0.5.*no dropout"):
         fc.unroll(keras.layers.GRUCell(H, dropout=0.5), _x())
+
+
+# -- persistent tapes on every path (fused, generic, stacked) ------------------------------------------------------
+
+def _persistent_cases():
+    """``{name: (cell, s0, variables)}``: a fused cell, a step function, a Keras cell run generically, a stack."""
+    lstm = fc.LSTM(H, input_size=D, seed=3)
+    w = tf.Variable(np.random.default_rng(7).uniform(-0.6, 0.6, (D + H, H)).astype(np.float32))
+    step = fc.FunctionCell(lambda h, x: (tf.tanh(tf.concat([x, h], 1) @ w),) * 2, H, H, [w], name="persistent")
+    gru_cell = _keras_cell("gru")
+    stack, stack_variables = _mixed_stack()
+    return {"fused": (lstm, fc.LSTMState(*_states([H, H])), lstm.trainable_variables),
+            "function_cell": (step, _states(H), [w]),
+            "keras_generic": (fc.as_cell(gru_cell, fused=False), _states([H]), gru_cell.trainable_variables),
+            "stack": (stack, (fc.LSTMState(*_states([H, H])), _states([4]), _states(3)), stack_variables)}
+
+
+@pytest.mark.parametrize("context", ["eager", "outer-jit"])
+@pytest.mark.parametrize("name", ["fused", "function_cell", "keras_generic", "stack"])
+def test_a_persistent_tape_gets_every_gradient(name, context):
+    """A persistent tape (asked twice) sees what a plain one does, on the fused, generic and stacked paths; the
+    generic path used to fail in tracing (no gradient for XLA's dynamic-update-slice)."""
+    cell, s0, variables = _persistent_cases()[name]
+    x = tf.constant(_x())
+    flat_s0 = [tf.constant(s) for s in tf.nest.flatten(s0)]
+
+    def twice(x, flat_s0):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x] + flat_s0)
+            outputs, state = fc.unroll(cell, x, tf.nest.pack_sequence_as(s0, flat_s0), sequence_length=LENGTHS)
+            rng = np.random.default_rng(0)  # the cotangents _evaluate draws
+            loss = tf.reduce_sum(outputs * rng.standard_normal(outputs.shape).astype(np.float32))
+            for s in tf.nest.flatten(state):
+                loss += tf.reduce_sum(s * rng.standard_normal(s.shape).astype(np.float32))
+        first = tape.gradient(loss, [x] + flat_s0 + list(variables))
+        again = tape.gradient(loss, [x] + flat_s0 + list(variables))
+        return outputs, tf.nest.flatten(state), first, again
+
+    # First: traced under the persistent tape (a function traced before under a plain tape would be reused).
+    run = twice if context == "eager" else tf.function(twice, jit_compile=True)
+    outputs, state, first, again = run(x, flat_s0)
+    want = _evaluate(_unroll(cell, sequence_length=LENGTHS), _x(), s0, variables)
+    _signal(want)
+    for grads in (first, again):
+        got = {"outputs": outputs, "d_inputs": grads[0]}
+        got.update({f"state[{i}]": s for i, s in enumerate(state)})
+        got.update({f"d_state0[{i}]": g for i, g in enumerate(grads[1:1 + len(flat_s0)])})
+        got.update({f"d_var[{j}]": g for j, g in enumerate(grads[1 + len(flat_s0):])})
+        assert_all_close({k: np.asarray(v) for k, v in got.items()}, want, context=f"{name} {context}")
