@@ -252,6 +252,19 @@ def _lacks(cell):
                             ("__call__ (call(inputs, states))", callable(cell))) if not ok]
 
 
+def _check_not_a_class_or_layer(cell):
+    """Raises for the two near misses: a cell class instead of an instance, a Keras RNN layer instead of its cell."""
+    if isinstance(cell, type):
+        prefix = "fc." if cell.__module__.startswith("fastcarry") else ""
+        raise TypeError(f"cell must be a cell instance, got the class {cell.__name__}: pass an instance, "
+                        f"{prefix}{cell.__name__}(units)")
+    inner = getattr(cell, "cell", None)
+    if inner is not None and hasattr(cell, "return_sequences") and hasattr(inner, "state_size"):
+        name = type(cell).__name__
+        raise TypeError(f"cell must be a cell, got the Keras RNN layer {name}: pass its cell (layer.cell) to "
+                        f"fc.unroll, or use fastcarry.keras.{name} in a Keras model")
+
+
 def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
     """``cell`` as a fastcarry cell (an object of ``fastcarry.CellProtocol``).
 
@@ -268,6 +281,7 @@ def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
     """
     if fused not in (None, True, False):
         raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    _check_not_a_class_or_layer(cell)
     if not missing_members(cell):
         if fused is not None:
             raise ValueError(f"fused= applies to Keras cells; {type(cell).__name__} is already a fastcarry cell")

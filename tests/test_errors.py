@@ -233,6 +233,23 @@ def test_non_cell_object_as_cell(run, cell, missing):
         run(cell, _x())
 
 
+@UNROLLS
+def test_a_cell_class_instead_of_an_instance(run):
+    with _raises("cell must be a cell instance", "the class LSTM", "pass an instance", "fc.LSTM(units)",
+                 exc=TypeError):
+        run(fc.LSTM, _x())
+
+
+@UNROLLS
+@pytest.mark.parametrize("layer", ["LSTM", "GRU", "SimpleRNN"])
+def test_a_keras_rnn_layer_instead_of_its_cell(run, layer):
+    import keras
+
+    with _raises("the Keras RNN layer", layer, "pass its cell (layer.cell)", f"fastcarry.keras.{layer}",
+                 exc=TypeError):
+        run(getattr(keras.layers, layer)(H), _x())
+
+
 # -- constructors, weights -----------------------------------------------------
 
 def test_units_zero():
