@@ -79,27 +79,27 @@ def run(config=FitRun(), out_dir=None, stream=sys.stderr):
 
     from fastcarry import keras as fck
 
-    cell, task, batch, steps, dim, units, depth, samples, epochs, learning_rate, jit_compile, seed = (
-        dataclasses.astuple(config))
-    if task == "adding":
-        x, y = adding_problem(samples, steps, seed)
-        dim = 2
+    c = config
+    if c.task == "adding":
+        x, y = adding_problem(c.samples, c.steps, c.seed)
+        dim = 2  # a value and a marker per step
     else:
-        x, y = random_task(samples, steps, dim, seed)
-    keras.utils.set_random_seed(seed)
-    models = {"keras": build_model(keras.layers, cell, steps, dim, units, depth),
-              "fastcarry": build_model(fck, cell, steps, dim, units, depth)}
+        x, y = random_task(c.samples, c.steps, c.dim, c.seed)
+        dim = c.dim
+    keras.utils.set_random_seed(c.seed)
+    models = {"keras": build_model(keras.layers, c.cell, c.steps, dim, c.units, c.depth),
+              "fastcarry": build_model(fck, c.cell, c.steps, dim, c.units, c.depth)}
     models["fastcarry"].set_weights(models["keras"].get_weights())
     for model in models.values():
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse", jit_compile=jit_compile)
+        model.compile(optimizer=keras.optimizers.Adam(c.learning_rate), loss="mse", jit_compile=c.jit_compile)
     history = {name: {"loss": [], "epoch_s": []} for name in models}
-    progress = _report.Progress(2 * epochs, stream)
-    for epoch in range(epochs):
+    progress = _report.Progress(2 * c.epochs, stream)
+    for epoch in range(c.epochs):
         order = list(models) if epoch % 2 == 0 else list(reversed(models))
         for name in order:
-            progress.step(f"epoch {epoch + 1}/{epochs} {name}")
+            progress.step(f"epoch {epoch + 1}/{c.epochs} {name}")
             timer = _EpochTimer()
-            fit = models[name].fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+            fit = models[name].fit(x, y, batch_size=c.batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
             history[name]["epoch_s"].append(timer.seconds)
             history[name]["loss"].append(float(fit.history["loss"][0]))
     progress.close()
