@@ -83,8 +83,10 @@ class Carry(tf.Module):
     def variables(self):
         """The state variables and the cell's; warns while the cell is unbuilt (see ``fc.Cell``)."""
         self._warn_if_unbuilt("variables")
-        own = tuple(super().variables)
-        return own + tuple(v for v in self._cell_variables() if all(v is not w for w in own))
+        # Its own (the state), not recursing into the cell: a fastcarry cell's tf.Variables are the storage of
+        # the Keras variables it lists itself.
+        own = tuple(self._flatten(recursive=False, predicate=lambda v: isinstance(v, tf.Variable)))
+        return own + self._cell_variables()
 
     @property
     def trainable_variables(self):

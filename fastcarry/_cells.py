@@ -1,4 +1,4 @@
-"""The cells: weights (``tf.Module`` variables in Keras 3's layout) plus a ``Core``.
+"""The cells: weights (Keras 3 layers and ``tf.Module``\ s, Keras 3's weight layout) plus a ``Core``.
 
 A cell holds no loop and no math of its own: its math is in ``fastcarry.kernels``
 and its loop in ``fastcarry._loop``. It owns variables named ``kernel``,
@@ -9,10 +9,12 @@ import functools
 import warnings
 from typing import Any, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from fastcarry import weights as _weights
+from fastcarry._layer import CellLayer, concrete_variables, input_dim_of, tf_variable
 from fastcarry._protocol import Core, RecurrentSplit, SecondMatmul
 from fastcarry._support import activation_name
 from fastcarry.kernels import gru as _gru
@@ -24,18 +26,21 @@ from fastcarry.kernels.simple_rnn import ACTIVATIONS
 from fastcarry.weights import as_array, check_shape
 
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+_WEIGHTS = ("kernel", "recurrent_kernel", "bias")
 
 
-class Cell(tf.Module):
-    """Base of fastcarry's cells: the TF1 ``RNNCell`` contract on a ``tf.Module``.
+class Cell(CellLayer):
+    """Base of fastcarry's cells: a Keras 3 layer and a ``tf.Module`` (``fastcarry._layer``).
 
     It follows ``fastcarry.CellProtocol``. Subclasses define
     ``_weight_shapes(input_dim)``, ``_initial_values`` and ``core()``, and end
     their ``__init__`` with ``self._build_now(input_size)``.
     Variables are created at construction when ``input_size`` (D) is given, else
-    by ``build(D)`` or on first use (by ``fastcarry.unroll``). They are plain
-    ``tf.Variable`` objects, so ``trainable_variables`` lists them and
-    ``tf.train.Checkpoint(cell=cell)`` saves and restores them.
+    by ``build(D)`` or on first use (by ``fastcarry.unroll``). ``kernel``,
+    ``recurrent_kernel`` and ``bias`` are ``tf.Variable`` objects (what
+    ``trainable_variables`` lists and ``tf.train.Checkpoint(cell=cell)`` saves),
+    the same storage as the Keras variables in ``trainable_weights`` (what a
+    ``keras.Model`` holding the cell trains and saves).
 
     Reading ``variables`` or ``trainable_variables`` of a cell that has none yet
     warns (once per cell): a training loop that collects its parameters before
@@ -44,7 +49,6 @@ class Cell(tf.Module):
 
     def __init__(self, units: int, *, dtype: tf.DType | str = tf.float32, seed: int | None = None,
                  name: str | None = None):
-        super().__init__(name=name)
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"units must be a positive int, got {units!r}")
         if units < 1:
@@ -52,41 +56,25 @@ class Cell(tf.Module):
         dtype = tf.as_dtype(dtype)
         if dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be a floating dtype {[d.name for d in _FLOAT_DTYPES]}, got {dtype.name}")
+        super().__init__(dtype=dtype, name=name)
         self.units = int(units)
-        self.dtype = dtype
         self.seed = seed
         self.input_dim = None
         self.kernel = self.recurrent_kernel = self.bias = None
-        self._warned_unbuilt = False
 
     def _build_now(self, input_size):
         """Builds the cell for ``input_size`` features unless it is None (the end of every ``__init__``)."""
         if input_size is not None:
             self.build(input_size, name="input_size")
 
-    # -- variables: loud while there are none -----------------------------------
-    @property
-    def variables(self):
-        """The cell's variables (``kernel``, ``recurrent_kernel``, ``bias``); warns while unbuilt."""
-        self._warn_if_unbuilt("variables")
-        return super().variables
+    def _build_hint(self):
+        return (f"Make it with the input size, fc.{type(self).__name__}({self.units}, input_size=D), "
+                f"or call cell.build(D) first")
 
-    @property
-    def trainable_variables(self):
-        """The cell's trainable variables (all three); warns while unbuilt."""
-        self._warn_if_unbuilt("trainable_variables")
-        return super().trainable_variables
-
-    def _warn_if_unbuilt(self, what, owner=None):
-        if self.built or self._warned_unbuilt:
-            return
-        self._warned_unbuilt = True
-        kind = type(self).__name__
-        warnings.warn(
-            f"{owner or 'cell'}.{what} holds none of the {kind} cell {self.name!r}'s weights: it has no variables "
-            f"until it is built, so a parameter list collected now never trains it. Make it with the input size, "
-            f"fc.{kind}({self.units}, input_size=D), or call cell.build(D) first "
-            f"(fc.unroll builds it on first use)", UserWarning, stacklevel=3)  # the caller of the property
+    def get_config(self) -> dict:
+        """The constructor's arguments (Keras serialization: ``.keras`` files, ``keras.layers.RNN(cell)``)."""
+        return {"units": self.units, "input_size": self.input_dim, "dtype": self.dtype.name, "name": self.name,
+                **self._config()}
 
     # -- the RNNCell contract -------------------------------------------------
     @property
@@ -99,17 +87,15 @@ class Cell(tf.Module):
         """``H``."""
         return self.units
 
-    @property
-    def built(self):
-        return self.input_dim is not None
-
     def zero_state(self, batch_size: Any, dtype: tf.DType | str | None = None) -> Any:
         """Zeros in the state's structure, each ``[batch_size, H]``."""
         dtype = self.dtype if dtype is None else tf.as_dtype(dtype)
         return tf.nest.map_structure(lambda size: tf.zeros(tf.stack([batch_size, size]), dtype), self.state_size)
 
-    def build(self, input_dim: int, *, name: str = "input_dim") -> None:
-        """Creates the variables for inputs of feature size ``input_dim`` (D); ``name`` is the argument errors name."""
+    def build(self, input_dim: Any, *, name: str = "input_dim") -> None:
+        """Creates the variables for inputs of feature size ``input_dim`` (D, or a shape ``(B, D)`` as Keras
+        passes it); ``name`` is the argument errors name."""
+        input_dim = input_dim_of(input_dim, name)
         if isinstance(input_dim, bool) or not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
             raise ValueError(f"{name} must be a positive int, got {input_dim!r}")
         if self.built:
@@ -120,11 +106,13 @@ class Cell(tf.Module):
             return
         # init_scope: values and variables are made eagerly even when the first
         # use is inside a tf.function (a traced initial value could not escape it).
-        with tf.init_scope(), self.name_scope:
+        with tf.init_scope(), concrete_variables():
             values = self._initial_values(int(input_dim))
-            self.kernel = tf.Variable(values[0], name="kernel", dtype=self.dtype)
-            self.recurrent_kernel = tf.Variable(values[1], name="recurrent_kernel", dtype=self.dtype)
-            self.bias = tf.Variable(values[2], name="bias", dtype=self.dtype)
+            for value, weight in zip(values, _WEIGHTS):
+                variable = self.add_weight(shape=tuple(value.shape), dtype=self.dtype.name, name=weight,
+                                           initializer=lambda shape, dtype, value=value: value)
+                # The attribute is the tf.Variable behind the Keras variable (one storage; see _layer).
+                setattr(self, weight, tf_variable(variable, weight))
         self.input_dim = int(input_dim)
 
     def get_weights(self) -> list[np.ndarray]:
@@ -219,6 +207,7 @@ def simple_rnn_core(units, activation):
     return Core("simple_rnn", (activation,), _simple_rnn.project, units, split=split)
 
 
+@keras.saving.register_keras_serializable(package="fastcarry.cells")
 class LSTM(Cell):
     """LSTM cell, Keras 3 layout: gates **i, f, c, o**.
 
@@ -284,6 +273,7 @@ class LSTM(Cell):
         return new
 
 
+@keras.saving.register_keras_serializable(package="fastcarry.cells")
 class GRU(Cell):
     """GRU cell, Keras 3 layout: gates **z, r, h**.
 
@@ -340,6 +330,7 @@ class GRU(Cell):
         return new
 
 
+@keras.saving.register_keras_serializable(package="fastcarry.cells")
 class SimpleRNN(Cell):
     """SimpleRNN cell, Keras 3 layout: ``h' = activation(x @ kernel + bias + h @ recurrent_kernel)``.
 
