@@ -23,11 +23,14 @@ Shapes: ``x_t [B, D]``, each state component ``[B, size]``, ``y_t [B, output_siz
 
 import inspect
 import re
+import warnings
 from typing import Any, Callable, Sequence
 
+import keras
 import tensorflow as tf
 
 from fastcarry._keras_fused import KerasFusedCell
+from fastcarry._layer import CellLayer, in_keras_call, input_dim_of, tf_variable
 from fastcarry._protocol import SHAPE_MEMBERS, Core, attached, identity_project, missing_members, zeros_in
 from fastcarry._support import fused_kind, not_supported_reasons
 
@@ -79,20 +82,12 @@ def _generic_core(name, step, output_size, variables, owner):
                 owner=owner)
 
 
-def _tf_variable(v, where):
-    """The ``tf.Variable`` behind ``v`` (a Keras 3 variable holds one as ``.value``)."""
-    inner = v if isinstance(v, tf.Variable) else getattr(v, "value", None)
-    if not isinstance(inner, tf.Variable):
-        raise TypeError(f"{where} holds {type(v).__name__} {getattr(v, 'name', '')!r}, which is not a tf.Variable")
-    return inner
-
-
 def _snake(name):
     """``LSTMCell`` -> ``lstm_cell``, ``MultiRNNCell`` -> ``multi_rnn_cell``."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
-class FunctionCell:
+class FunctionCell(CellLayer):
     """A step function and the variables it reads, as a fastcarry cell (generic path)::
 
         step(state, x_t) -> (new_state, y_t)     x_t [B, D], y_t [B, output_size]
@@ -111,9 +106,15 @@ class FunctionCell:
       step: the function above; a pure function of its arguments and ``variables``.
       state_size: an int H, or a structure (tuple, list, NamedTuple) of ints.
       output_size: int, the last dimension of ``y_t``.
-      variables: the ``tf.Variable``\\ s (or Keras variables) ``step`` reads.
+      variables: the ``tf.Variable``\\ s or Keras variables ``step`` reads. Inside a
+        ``keras.Model`` (or ``fastcarry.keras.RNN``) give Keras variables
+        (``keras.Variable``): Keras 3 trains and saves only those.
       dtype: of inputs, state and outputs.
       name: names the compiled functions (``fastcarry_<name>_forward``); an identifier.
+
+    It is a Keras 3 layer (``fastcarry._layer``): Keras variables given here are
+    its weights, which a model holding it trains. ``trainable_variables`` lists
+    the ``tf.Variable`` behind each given variable.
     """
 
     def __init__(self, step: Callable, state_size: Any, output_size: int, variables: Sequence = (), *,
@@ -127,16 +128,20 @@ class FunctionCell:
             raise ValueError(f"output_size must be an int >= 1, got {output_size!r}")
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"name must be an identifier string, got {name!r}")
-        self.step = step
-        self.state_size = state_size
+        given = tf.nest.flatten(list(variables))
+        behind = tuple(tf_variable(v, "variables") for v in given)
+        super().__init__(dtype=tf.as_dtype(dtype), name=name)
+        # In __dict__ as given: a layer's __setattr__ would wrap a list state_size in a tracking list.
+        vars(self).update(step=step, state_size=state_size)
         self.output_size = output_size
-        self.variables = tuple(_tf_variable(v, "variables") for v in tf.nest.flatten(list(variables)))
-        self.dtype = tf.as_dtype(dtype)
-        self.name = name
+        # Keras tracks the Keras variables among them as this layer's weights; the step reads the tf.Variables.
+        self.keras_variables = [v for v in given if isinstance(v, keras.Variable)]
+        vars(self)["step_variables"] = behind
         self.input_dim = None
 
     def build(self, input_dim):
-        """Records D; a step function has no variables to make."""
+        """Records D (an int, or Keras's ``(B, D)``); a step function has no variables to make."""
+        input_dim = input_dim_of(input_dim, "input_dim")
         if self.input_dim is not None and input_dim != self.input_dim:
             raise ValueError(f"inputs have feature dim {input_dim}, expected {self.input_dim} "
                              f"(the first inputs of {self.name!r})")
@@ -144,16 +149,26 @@ class FunctionCell:
 
     @property
     def trainable_variables(self):
-        """``variables`` (what gets gradients)."""
-        return list(self.variables)
+        """The ``tf.Variable`` behind each given variable (what gets gradients)."""
+        return list(self.step_variables)
 
     def zero_state(self, batch_size, dtype=None):
         """Zeros in ``state_size``'s structure, ``[batch_size, size]`` each."""
         return zeros_in(self.state_size, batch_size, self.dtype if dtype is None else dtype)
 
     def core(self):
+        untracked = [v.name for v in self.step_variables
+                     if not any(v is k.value for k in self.keras_variables) and v.trainable]
+        if untracked and in_keras_call():
+            warnings.warn(f"FunctionCell {self.name!r} runs inside a Keras layer's call with tf.Variables "
+                          f"{untracked}, which Keras 3 does not track: fit does not train them and model.save does "
+                          f"not save them. Create them with keras.Variable", UserWarning, stacklevel=2)
         return _generic_core(self.name, checked_step(self.step, f"{self.name}'s step"), self.output_size,
-                             self.variables, self)
+                             self.step_variables, self)
+
+    def get_config(self):
+        raise NotImplementedError(f"FunctionCell {self.name!r} has no config: its step is Python code. Save the "
+                                  f"weights (model.save_weights), or the model with model.export")
 
     def params(self):
         return ()
@@ -227,7 +242,7 @@ class LayerCell:
 
     def core(self):
         layer = self.layer
-        variables = [_tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
+        variables = [tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
         return _generic_core(self.name, checked_step(self.step, f"{type(layer).__name__}.call"), self.output_size,
                              variables, layer)
 

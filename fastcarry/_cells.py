@@ -1,4 +1,4 @@
-"""The cells: weights (Keras 3 layers and ``tf.Module``\ s, Keras 3's weight layout) plus a ``Core``.
+"""The cells: weights (Keras 3 layers and ``tf.Module`` objects, Keras 3's weight layout) plus a ``Core``.
 
 A cell holds no loop and no math of its own: its math is in ``fastcarry.kernels``
 and its loop in ``fastcarry._loop``. It owns variables named ``kernel``,
@@ -6,7 +6,6 @@ and its loop in ``fastcarry._loop``. It owns variables named ``kernel``,
 """
 
 import functools
-import warnings
 from typing import Any, Sequence
 
 import keras

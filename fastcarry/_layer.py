@@ -48,7 +48,7 @@ def concrete_variables():
 
     A model's first call traces ``call`` symbolically under Keras's "stateless
     scope", where ``add_weight`` defers a variable's creation; a cell must
-    create its ``tf.Variable``\ s there (its attributes are them, see the
+    create its ``tf.Variable`` objects there (its attributes are them, see the
     module docstring), as TF's own layers did. Keras keeps the scope in its
     global state (``keras/src/backend/common/stateless_scope.py``), so it is
     set aside while the variables are made, and restored.
@@ -59,6 +59,11 @@ def concrete_variables():
         yield
     finally:
         global_state.set_global_attribute("stateless_scope", scope)
+
+
+def in_keras_call():
+    """Whether a Keras layer's ``call`` is running (Keras keeps its call context in its global state)."""
+    return global_state.get_global_attribute("current_call_ctx") is not None
 
 
 def input_dim_of(input_shape, name):
@@ -163,3 +168,57 @@ class CellLayer(keras.layers.Layer, tf.Module):
         spec = keras.KerasTensor((batch, self.output_size), dtype=self.dtype.name)
         flat = [keras.KerasTensor((batch, s), dtype=self.dtype.name) for s in tf.nest.flatten(self.state_size)]
         return spec, (flat if isinstance(states, list) else tf.nest.pack_sequence_as(self.state_size, flat))
+
+
+def untracked_variables(cell, layer):
+    """Names of ``cell``'s trainable ``tf.Variable``\\ s that no Keras variable of ``layer`` holds (fit skips them)."""
+    held = [tf_variable(v, "layer") for v in layer.weights]
+    with warnings.catch_warnings():  # an unbuilt part's warning is about parameter lists; this is a check
+        warnings.simplefilter("ignore", UserWarning)
+        found = [v for v in getattr(cell, "trainable_variables", ()) if getattr(v, "trainable", False)]
+    behind = [v if isinstance(v, tf.Variable) else getattr(v, "value", v) for v in found]
+    return [v.name for v in behind if not any(v is h for h in held)]
+
+
+class ProtocolLayer(CellLayer):
+    """A cell of ``fastcarry.CellProtocol`` that is not a Keras layer, as one (``keras.layers.RNN`` holds it).
+
+    Members are the cell's; the Keras variables among its ``trainable_variables``
+    (once built) are this layer's weights. ``call`` is one step of its ``core()``.
+    """
+
+    def __init__(self, cell: Any, *, name: str | None = None):
+        super().__init__(dtype=tf.as_dtype(cell.dtype), name=name or "protocol_cell")
+        vars(self)["cell"] = cell  # untracked: its Keras variables are tracked below, once they exist
+        self.held = []
+        if cell.input_dim is not None:
+            self.held = self._keras_variables()
+
+    def _keras_variables(self):
+        return [v for v in getattr(self.cell, "trainable_variables", ()) if isinstance(v, keras.Variable)]
+
+    state_size = property(lambda self: self.cell.state_size)
+    output_size = property(lambda self: self.cell.output_size)
+    input_dim = property(lambda self: self.cell.input_dim)
+
+    def build(self, input_dim: Any) -> None:
+        """Builds the cell for ``D`` (an int or Keras's ``(B, D)``) and tracks its Keras variables."""
+        self.cell.build(input_dim_of(input_dim, "input_dim"))
+        self.held = self._keras_variables()
+
+    def zero_state(self, batch_size, dtype=None):
+        return self.cell.zero_state(batch_size, dtype)
+
+    def core(self):
+        return self.cell.core()
+
+    def params(self):
+        return self.cell.params()
+
+    @property
+    def trainable_variables(self):
+        return list(getattr(self.cell, "trainable_variables", ()))
+
+    def get_config(self):
+        raise NotImplementedError(f"{type(self.cell).__name__} is not a Keras layer and has no config: save the "
+                                  f"weights (model.save_weights), or the model with model.export")

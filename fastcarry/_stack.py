@@ -6,8 +6,11 @@ state: a tuple with each layer's state.
 
 from typing import Any, Sequence
 
+import keras
+
 from fastcarry import _validate
 from fastcarry._adapters import as_cell
+from fastcarry._layer import CellLayer, input_dim_of
 from fastcarry._protocol import Core, identity_project
 
 
@@ -18,7 +21,8 @@ def _as_layer(cell, index):
         raise TypeError(f"cells[{index}]: {err}") from None
 
 
-class Stack:
+@keras.saving.register_keras_serializable(package="fastcarry.cells")
+class Stack(CellLayer):
     """Cells stacked in depth, a cell itself (``MultiRNNCell``'s semantics).
 
     Layer ``l + 1`` reads layer ``l``'s output at the same step; the state is
@@ -39,21 +43,38 @@ class Stack:
     sees zeros there and is masked too. The options given to ``unroll``
     (``chunk``, ``swap_memory``, ``reverse``, ...) apply to every layer.
 
+    It is a Keras 3 layer (``fastcarry._layer``): a model holding it tracks,
+    trains and saves the Keras layers among its cells (``members``, as given;
+    ``cells`` holds them as ``fc.as_cell`` runs them).
+
     Args:
       cells: a non-empty sequence of cells: fastcarry cells, Keras or TF1
         cells (through ``fc.as_cell``), or Stacks.
+      name: the layer's name (Keras makes one if None).
     """
 
-    def __init__(self, cells: Sequence[Any]):
+    def __init__(self, cells: Sequence[Any], *, name: str | None = None):
         if isinstance(cells, (str, bytes)) or not hasattr(cells, "__iter__"):
             raise TypeError(f"cells must be a sequence of cells, got {type(cells).__name__}")
         cells = list(cells)
         if not cells:
             raise ValueError("cells must hold at least one cell, got an empty sequence")
-        self.cells = tuple(_as_layer(c, i) for i, c in enumerate(cells))
-        dtypes = {c.dtype for c in self.cells}
+        adapted = tuple(_as_layer(c, i) for i, c in enumerate(cells))
+        dtypes = {c.dtype for c in adapted}
         if len(dtypes) > 1:
-            raise TypeError(f"cells must share one dtype, got {[c.dtype.name for c in self.cells]}")
+            raise TypeError(f"cells must share one dtype, got {[c.dtype.name for c in adapted]}")
+        super().__init__(dtype=adapted[0].dtype, name=name)
+        # Tracked (by Keras and by checkpoints): the cells as given. Untracked: the adapters that run them.
+        self.members = tuple(cells)
+        vars(self)["cells"] = adapted
+
+    @property
+    def built(self):
+        return all(getattr(c, "input_dim", None) is not None for c in vars(self).get("cells", ()))
+
+    @built.setter
+    def built(self, value):
+        del value  # Keras sets it; it follows the cells
 
     @property
     def dtype(self):
@@ -73,8 +94,9 @@ class Stack:
     def input_dim(self):
         return self.cells[0].input_dim
 
-    def build(self, input_dim):
-        """Builds layer by layer: each for the previous one's ``output_size``."""
+    def build(self, input_dim: Any) -> None:
+        """Builds layer by layer: each for the previous one's ``output_size`` (D: an int or Keras's ``(B, D)``)."""
+        input_dim = input_dim_of(input_dim, "input_dim")
         for cell in self.cells:
             cell.build(input_dim)
             input_dim = cell.output_size
@@ -84,8 +106,18 @@ class Stack:
 
     @property
     def trainable_variables(self):
-        """Every layer's trainable variables, in layer order."""
+        """Every layer's trainable variables, in layer order (Keras or TF1 cells' included)."""
+        self._warn_if_unbuilt("trainable_variables")
         return [v for cell in self.cells for v in cell.trainable_variables]
+
+    def get_config(self) -> dict:
+        """The cells' Keras configs (Keras serialization); a cell without one raises ``NotImplementedError``."""
+        return {"cells": [keras.saving.serialize_keras_object(c) for c in self.members], "name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Stack":
+        cells = [keras.saving.deserialize_keras_object(c) for c in config["cells"]]
+        return cls(cells, name=config.get("name"))
 
     def core(self):
         """Every layer inside one step (``MultiRNNCell``'s step): ``states`` a tuple, the last layer's output."""

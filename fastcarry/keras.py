@@ -22,7 +22,9 @@ Input ``dropout`` is applied once to the whole sequence, as Keras's cell does
 ``fastcarry.keras.RNN(cell)`` is ``keras.layers.RNN(cell)`` on ``fastcarry.unroll``: a
 Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` runs fused on its variables,
 any other Keras cell (a user's, or a list of cells: ``StackedRNNCells``) on the
-generic path (its own ``call`` per step, fastcarry's compiled loop and backward).
+generic path (its own ``call`` per step, fastcarry's compiled loop and backward),
+and fastcarry's own cells (``fc.LSTM``, ``fc.Stack``, ``fc.FunctionCell``, any
+``fastcarry.CellProtocol`` object) as ``fc.unroll`` runs them.
 
 What the fused loop cannot run, Keras's own loop runs, exactly, and a warning
 at construction says why (``layer.fused`` is False, ``layer.fallback_reason``
@@ -46,6 +48,8 @@ import tensorflow as tf
 
 from fastcarry._adapters import as_cell
 from fastcarry._keras_fused import KerasFusedCell
+from fastcarry._layer import ProtocolLayer, untracked_variables
+from fastcarry._protocol import missing_members
 from fastcarry._stack import Stack
 from fastcarry._support import not_supported_reasons
 from fastcarry._unroll import unroll as _unroll
@@ -218,13 +222,31 @@ class RNN(_FusedLoop, keras.layers.RNN):
 
     ``cell``: a Keras ``LSTMCell``/``GRUCell``/``SimpleRNNCell`` (fused, on its own
     variables, when ``fc.as_cell`` can fuse it), any other Keras RNN cell
-    (``state_size`` and ``call(inputs, states)``; the generic path), or a list
-    of cells (Keras's ``StackedRNNCells``). A cell with dropout runs Keras's loop.
+    (``state_size`` and ``call(inputs, states)``; the generic path), a list
+    of cells (Keras's ``StackedRNNCells``), or a fastcarry cell: ``fc.LSTM``/
+    ``GRU``/``SimpleRNN``, ``fc.Stack``, ``fc.FunctionCell`` or any object of
+    ``fastcarry.CellProtocol``. A cell with dropout runs Keras's loop. Trainable
+    variables that are not Keras variables are an error at build (Keras 3
+    would neither train nor save them).
     """
 
     def __init__(self, cell: Any, **kwargs: Any):
+        if not isinstance(cell, (keras.layers.Layer, list, tuple)) and not missing_members(cell):
+            cell = ProtocolLayer(cell)  # a fastcarry.CellProtocol object: Keras's RNN needs a layer
         super().__init__(cell, **kwargs)
         self._init_fastcarry()
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        if self.fused:
+            if self._fastcarry_cell is None:
+                self._fastcarry_cell = self._make_cell()
+            untracked = untracked_variables(self._fastcarry_cell, self)
+            if untracked:
+                raise TypeError(
+                    f"fastcarry.keras.RNN {self.name!r}: the cell's trainable variables {untracked} are tf.Variables, "
+                    f"which Keras 3 neither trains (fit) nor saves; create them as Keras variables (keras.Variable, "
+                    f"or add_weight in a Keras layer), or run the cell with fc.unroll in your own training loop")
 
     def _why_not_fused(self):
         # fc.unroll calls every cell of the stack without dropout, fused or not.
@@ -234,6 +256,8 @@ class RNN(_FusedLoop, keras.layers.RNN):
         if isinstance(self.cell, keras.layers.StackedRNNCells):
             # Layer by layer, each cell fused where it can be: fc.Stack's semantics are StackedRNNCells'.
             return Stack([as_cell(c) for c in self.cell.cells])
+        if isinstance(self.cell, ProtocolLayer):
+            return self.cell.cell
         return as_cell(self.cell)
 
     @property
