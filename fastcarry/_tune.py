@@ -45,6 +45,11 @@ class TuneReport(NamedTuple):
     rows: list
     key: str
 
+    @property
+    def cached(self):
+        """Whether the result came from the cache (its rows are then the measuring run's, each marked)."""
+        return bool(self.rows) and all(row.get("cached") for row in self.rows)
+
     def row(self, config):
         """The row measured for ``config``, or None."""
         return next((r for r in self.rows if r["config"] == config), None)
@@ -55,6 +60,27 @@ class TuneReport(NamedTuple):
         if config == Config.defaults() or default is None or row is None:
             return 1.0
         return statistics.median(paired_ratios(row, default))
+
+    def reasons(self):
+        """One line per candidate faster in median than the winner but not chosen, saying why."""
+        best, default = self.row(self.config), self.row(Config.defaults())
+        lines = []
+        for row in self.rows:
+            if row is best or not row["median_s"] < best["median_s"]:
+                continue
+            label = row["config"].describe()
+            ratios = paired_ratios(row, default) if default is not None else []
+            wins = sum(1 for q in ratios if q > 1)
+            if default is None or row is default:
+                why = "it does not fit the memory limit" if default is None else "the defaults are never replaced"
+            elif not row["median_s"] * MIN_GAIN <= default["median_s"]:
+                why = (f"{default['median_s'] / row['median_s']:.2f}x the defaults in median, under the "
+                       f"{MIN_GAIN - 1:.0%} a change needs")
+            else:
+                why = (f"{default['median_s'] / row['median_s']:.2f}x the defaults in median, but faster in only "
+                       f"{wins} of {len(ratios)} shared rounds (a sign test needs p <= {SIGNIFICANCE})")
+            lines.append(f"{label}: {why}: kept {self.config.describe()}")
+        return lines
 
 
 def parse_bytes(value):
@@ -227,6 +253,22 @@ class _Tuning:
         return best
 
 
+def _rows_to_json(rows):
+    """``rows`` as the cache stores them (configs as keyword dicts; JSON keys rounds by text)."""
+    def plain(value):
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return [{**{k: plain(v) for k, v in row.items() if k not in ("config", "rounds")},
+             "config": row["config"].as_kwargs(), "rounds": {str(r): t for r, t in row["rounds"].items()}}
+            for row in rows]
+
+
+def _rows_from_json(rows):
+    """The cache's rows back as ``TuneReport`` rows."""
+    return [{**row, "config": Config(**row["config"]), "rounds": {int(r): t for r, t in row["rounds"].items()},
+             "median_s": math.nan if row.get("median_s") is None else row["median_s"], "cached": True}
+            for row in rows]
+
+
 def _check(mode, budget_s):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -236,7 +278,8 @@ def _check(mode, budget_s):
 
 def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", time_major: bool = False,
          sequence_length: Any = None, memory_limit: int | str | None = None, budget_s: float = 60, cache: bool = True,
-         report: bool = False, progress: Callable[[Config], Any] | None = None) -> Config | TuneReport:
+         force: bool = False, report: bool = False,
+         progress: Callable[[Config], Any] | None = None) -> Config | TuneReport:
     """Measures ``fc.unroll``'s schedules for ``cell`` at ``shape`` on this device; returns the fastest ``fc.Config``.
 
     Args:
@@ -249,7 +292,11 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
       budget_s: seconds for the whole tuning, compilation included: a round or the second stage
         starts only when it is expected to end in time; only the first stage's compiles and first
         round always run (and with a ``memory_limit``, the chunk search until a candidate fits).
-      cache: store the result for ``fc.unroll(..., config="auto")`` and ``fastcarry tune --show``.
+      cache: read and store the cache (what ``fc.unroll(..., config="auto")`` and ``fastcarry tune --show``
+        read): a result measured for the same key (device, versions, cell, D, H, dtype, mode, B and T
+        buckets) with the same ``time_major``, ``sequence_length`` given or not, and ``memory_limit`` is
+        returned without measuring.
+      force: measure even when the cache holds a result (and replace it).
       report: return a ``TuneReport`` (the config, every measured row, the cache key) instead.
       progress: None, or ``progress(config)`` called as each candidate has been compiled.
 
@@ -296,16 +343,25 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
     cell.build(dim)
     core = check_core(cell.core(), type(cell).__name__)
     key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
+    # What the key leaves out but the result depends on: a cached result is reused only for the same.
+    context = {"time_major": bool(time_major), "lengths": sequence_length is not None, "memory_limit": limit}
+    if not isinstance(force, bool):
+        raise TypeError(f"force must be a bool, got {force!r}")
+    hit = tune_cache.load().get(key) if cache and not force else None
+    if hit is not None and hit["record"].get("context") == context and "rows" in hit["record"]:
+        found = TuneReport(Config(**hit["config"]), _rows_from_json(hit["record"]["rows"]), key)
+        return found if report else found.config
     layout = (steps, batch, dim) if time_major else (batch, steps, dim)
     x = tf.constant(np.random.default_rng(0).standard_normal(layout), cell.dtype)
     tuning = _Tuning(cell, x, mode, time_major, check_lengths(sequence_length, batch, steps),
                      time.perf_counter() + budget_s, progress)
     best = tuning.search(core, steps, limit, memory_limit)
-    if cache:
-        tune_cache.store(key, best["config"], {
-            "median_s": best["median_s"], "peak_bytes": best["peak_bytes"], "memory": best["memory"],
-            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": len(tuning.rows)})
     for row in tuning.rows:
         del row["fn"]
         row["samples"] = [row["rounds"][r] for r in sorted(row["rounds"])]
+    if cache:
+        tune_cache.store(key, best["config"], {
+            "median_s": best["median_s"], "peak_bytes": best["peak_bytes"], "memory": best["memory"],
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "candidates": len(tuning.rows), "context": context,
+            "rows": _rows_to_json(tuning.rows)})
     return TuneReport(best["config"], tuning.rows, key) if report else best["config"]

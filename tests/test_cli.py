@@ -155,6 +155,11 @@ def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, mon
     assert "winner: " in text and "x the defaults" in text and "2/3" in progress.getvalue()
     data = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert data["key"]["T"] == 4 and len(data["candidates"]) in (2, 3) and (tmp_path / "out" / "tune.png").exists()
+    assert "; measured now" in text
+    assert _tune_tool.run(_cli.parser().parse_args(argv[:-2])) == 0  # the same key again: from the cache
+    assert "; cached: measured earlier for this key (--force measures again)" in capsys.readouterr().out
+    assert _tune_tool.run(_cli.parser().parse_args(argv[:-2] + ["--force"])) == 0
+    assert "; measured now" in capsys.readouterr().out
     assert _tune_tool.run(_cli.parser().parse_args(["tune", "--show"])) == 0
     assert "1 entries" in capsys.readouterr().out
     assert _tune_tool.run(_cli.parser().parse_args(["tune", "--clear"])) == 0

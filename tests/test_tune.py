@@ -281,6 +281,43 @@ def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(
     assert config == fc.Config(unroll=2)
 
 
+def test_tune_returns_the_cached_result_at_once_and_force_measures_again(cache, monkeypatch):
+    cell = make_cell("lstm", H, input_dim=D)
+    calls = []
+    _fake_steps(monkeypatch, lambda c: calls.append(c) or 0.001)
+    first = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3, report=True)
+    assert not first.cached and calls
+    calls.clear()
+    start = time.perf_counter()
+    again = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3, report=True)
+    assert time.perf_counter() - start < 1.0 and calls == []  # on main: measured again, 4-6 s at real shapes
+    assert again.cached and again.config == first.config and again.key == first.key
+    assert [r["config"] for r in again.rows] == [r["config"] for r in first.rows]
+    assert again.gain(again.config) == pytest.approx(first.gain(first.config))
+    assert fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3) == first.config  # a Config when report=False
+    forced = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3, report=True, force=True)
+    assert not forced.cached and calls
+    # What the key leaves out must match too: another memory limit or layout is measured.
+    calls.clear()
+    assert not fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3, time_major=True, report=True).cached and calls
+    with pytest.raises(TypeError, match="force must be a bool, got 1"):
+        fc.tune(cell, (B, T, D), mode="infer", force=1)
+
+
+def test_the_report_says_why_a_faster_looking_candidate_was_not_chosen():
+    defaults, noisy, small = fc.Config(unroll=2), fc.Config(unroll=1), fc.Config(unroll=4)
+    # unroll=1: 1.07x in median, faster in 9 of 15 rounds (p = 0.30); unroll=4: 1.01x in every round.
+    noisy_times = [1 / 1.07] * 9 + [1.2] * 6
+    rows = [{"config": defaults, **_row([1.0] * 15)}, {"config": noisy, **_row(noisy_times)},
+            {"config": small, **_row([1 / 1.01] * 15)}]
+    report = fc.TuneReport(defaults, rows, "key")
+    assert report.reasons() == [
+        "unroll=1: 1.07x the defaults in median, but faster in only 9 of 15 shared rounds (a sign test needs "
+        "p <= 0.05): kept unroll=2",
+        "unroll=4: 1.01x the defaults in median, under the 3% a change needs: kept unroll=2"]
+    assert fc.TuneReport(noisy, rows, "key").reasons() == []  # nothing faster than the winner
+
+
 def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
     calls = []
 

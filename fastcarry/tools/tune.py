@@ -24,6 +24,7 @@ def add_parser(subparsers):
                       help="instead: measure process-wide settings (allocator, XLA flags, threads), each in a child "
                            "process, for this workload; prints what each changed and sets none of them")
     tune.add_argument("--rounds", type=positive, default=2, metavar="N", help="--env: rounds of children (2)")
+    tune.add_argument("--force", action="store_true", help="measure even if the cache holds a result")
     tune.add_argument("--show", action="store_true", help="list the cache and exit")
     tune.add_argument("--clear", action="store_true", help="empty the cache and exit")
     return tune
@@ -63,7 +64,10 @@ def table(args, report):
                      f"{row['compile_s']:.2f} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
     best = report.row(report.config)
     gain = f", {default['median_s'] / best['median_s']:.2f}x the defaults" if default else ""
-    return "\n".join(lines + ["", f"winner: {report.config.describe()} ({best['median_s'] * 1e3:.2f} ms{gain})"])
+    source = ("cached: measured earlier for this key (--force measures again)" if report.cached
+              else "measured now")
+    return "\n".join(lines + ["", f"winner: {report.config.describe()} ({best['median_s'] * 1e3:.2f} ms{gain}); "
+                                  f"{source}"] + [f"not chosen: {line}" for line in report.reasons()])
 
 
 def run(args, stream=sys.stderr):
@@ -80,10 +84,11 @@ def run(args, stream=sys.stderr):
     # The first stage's unrolls and the second stage's projection (a fastcarry cell has one): a total to grow.
     progress = _report.Progress(len([u for u in (1, 2, 4) if u <= args.time]) + 1, stream)
     report = fc.tune(cell, (args.batch, args.time, args.input), mode=args.mode, memory_limit=args.memory_limit,
-                     budget_s=args.budget_s, report=True, progress=lambda c: progress.step(c.describe()))
+                     budget_s=args.budget_s, force=args.force, report=True,
+                     progress=lambda c: progress.step(c.describe()))
     progress.close()
     markdown = table(args, report)
-    print(markdown + f"; cached in {cache.cache_path()}")
+    print(markdown + f"\ncache: {cache.cache_path()}")
     if args.out:
         _write(args.out, args, report, markdown)
         print(f"wrote tune.json, tune.md and tune.png to {args.out}")
