@@ -30,8 +30,11 @@ What the fused loop cannot run, Keras's own loop runs, exactly, and a warning
 at construction says why (``layer.fused`` is False, ``layer.fallback_reason``
 says why): ``recurrent_dropout``, activations other than the cell's standard
 ones (LSTM/GRU: tanh and sigmoid; SimpleRNN: tanh, relu, sigmoid, linear),
-LSTM/GRU ``implementation=1`` with ``dropout``. ``unroll=True`` (Keras's
-Python-unrolled loop) and ``use_cudnn=True`` are errors: they name other loops.
+LSTM/GRU ``implementation=1`` with ``dropout``. ``unroll=True`` runs all T
+steps in one iteration of the compiled loop (a fully unrolled body; T must be
+static, as Keras requires). ``use_cudnn=True`` is kept in the config and warns:
+the fused loop runs instead of cuDNN's kernel, which XLA cannot compile.
+Integer inputs are cast to the compute dtype, as Keras's cells promote them.
 
 A saved model loads with ``keras.models.load_model`` in any process that has
 imported ``fastcarry.keras`` (the import registers the layers; no ``custom_objects``).
@@ -95,19 +98,24 @@ class _FusedLoop:
     _kind = None  # "lstm", "gru" or "simple_rnn"
 
     def _init_fastcarry(self):
-        if self.unroll:
-            raise ValueError(f"{type(self).__name__}: unroll=True asks for Keras's Python-unrolled loop; "
-                             f"fastcarry.keras runs its own compiled loop, so unroll must be False")
-        if getattr(self, "use_cudnn", "auto") is True:
-            raise ValueError(f"{type(self).__name__}: use_cudnn=True asks for the cuDNN kernel, which XLA cannot "
-                             f"compile; fastcarry.keras replaces it: use_cudnn must be 'auto' or False")
         # Keras turns XLA off for a layer it would run with cuDNN; this one never does.
         self.supports_jit = True
         self.fallback_reason = self._why_not_fused()
         if self.fallback_reason:
             warnings.warn(f"fastcarry.keras.{type(self).__name__} {self.name!r}: {self.fallback_reason} runs "
                           f"Keras's own loop (exact, not fused)", UserWarning, stacklevel=3)
+        elif getattr(self, "use_cudnn", "auto") is True:
+            # Kept (get_config round-trips it), and said: the fused loop is what runs, on every device.
+            warnings.warn(f"fastcarry.keras.{type(self).__name__} {self.name!r}: use_cudnn=True: fastcarry's "
+                          f"compiled loop runs instead of cuDNN's kernel (which XLA cannot compile), with the same "
+                          f"results", UserWarning, stacklevel=3)
         self._fastcarry_cell = None
+
+    def get_config(self):
+        config = super().get_config()
+        if hasattr(self, "use_cudnn"):  # Keras's LSTM/GRU leave it out; a saved model keeps what was asked
+            config["use_cudnn"] = self.use_cudnn
+        return config
 
     def _why_not_fused(self):
         # The layer applies the cell's input dropout itself (one mask for all steps, as Keras's cell does).
@@ -139,6 +147,9 @@ class _FusedLoop:
         if self._fastcarry_cell is None:
             self._fastcarry_cell = self._make_cell()
         x = sequences
+        if not x.dtype.is_floating:
+            # Keras's cells promote integer inputs in their first matmul (int64 @ float32 -> float32).
+            x = tf.cast(x, self.compute_dtype)
         rate = getattr(self.cell, "dropout", 0.0)
         # (Keras's LSTM and GRU cells skip a rate of 1; its SimpleRNN cell does not.)
         if training and 0.0 < rate and (rate < 1.0 or self._kind == "simple_rnn"):
@@ -154,7 +165,10 @@ class _FusedLoop:
         cell = self._fastcarry_cell
         state = tf.nest.pack_sequence_as(cell.state_size, tf.nest.flatten(initial_state))
         # config="auto": a `fastcarry tune` result for this shape, if there is one (results are the same).
-        ys, final = _unroll(cell, x, state, mask=mask, config="auto")
+        # unroll=True (Keras: unroll the Python loop; T is static, Keras's call checked): all T steps in one
+        # iteration of the compiled loop, a fully unrolled body.
+        steps = x.shape[1] if self.unroll else None
+        ys, final = _unroll(cell, x, state, mask=mask, config="auto", unroll=steps or None)
         final = tf.nest.pack_sequence_as(list(initial_state), tf.nest.flatten(final))
         if not self._output_is_state:
             if mask is None or self.zero_output_for_mask:  # Keras's last output is then the last step's

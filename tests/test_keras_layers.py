@@ -142,13 +142,35 @@ def test_mixed_precision_computes_in_the_policy_dtype(policy, dtype):
     assert_all_close({"y": got}, {"y": want}, dtype, policy)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(unroll=True), "unroll must be False"),
-    (dict(use_cudnn=True), "use_cudnn must be 'auto' or False"),
-])
-def test_loop_arguments_that_name_other_loops_fail_at_construction(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        fck.LSTM(H, **kwargs)
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_unroll_true_runs_one_fully_unrolled_iteration_with_keras_numbers(kind, monkeypatch):
+    native, fast = _pair(kind, return_sequences=True, unroll=True)
+    seen = []
+    unroll = fck._unroll
+    monkeypatch.setattr(fck, "_unroll", lambda *a, **k: seen.append(k.get("unroll")) or unroll(*a, **k))
+    x = _inputs()
+    assert_all_close(_results(fast, x, mask=MASK), _results(native, x, mask=MASK), tf.float32, f"{kind} unroll")
+    assert seen and set(seen) == {T}  # all T steps in one iteration; on main: ValueError at construction
+    assert fast.get_config()["unroll"] is True and type(fast).from_config(fast.get_config()).unroll is True
+
+
+def test_use_cudnn_true_is_kept_and_warns_that_the_fused_loop_runs():
+    with pytest.warns(UserWarning, match="use_cudnn=True: fastcarry's compiled loop runs instead of cuDNN"):
+        native, fast = _pair("gru", use_cudnn=True)
+    native.use_cudnn = False  # on a CPU Keras's own layer would refuse True at call
+    assert fast.get_config()["use_cudnn"] is True  # Keras's own GRU leaves it out of its config
+    with pytest.warns(UserWarning, match="use_cudnn=True"):
+        assert fck.GRU.from_config(fast.get_config()).use_cudnn is True
+    x = _inputs()
+    assert_all_close(_results(fast, x), _results(native, x), tf.float32, "use_cudnn")
+
+
+def test_integer_inputs_are_cast_as_keras_casts_them():
+    native, fast = _pair("lstm", return_sequences=True)
+    x = np.random.default_rng(5).integers(-3, 4, (B, T, D))
+    got, want = fast(x), native(x)
+    assert got.dtype == want.dtype == tf.float32
+    assert_all_close({"y": got}, {"y": want}, tf.float32, "int64 inputs")
 
 
 def test_bad_inputs_after_build_fail_clearly():
