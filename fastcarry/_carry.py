@@ -10,12 +10,18 @@ from tensorflow.python.eager import record as _record
 
 from fastcarry import _validate
 from fastcarry._adapters import as_cell
+from fastcarry._replicas import ReplicaState, in_replica, replica_id, replicas_in_sync
 from fastcarry._unroll import unroll as _unroll
 
 
 def _context():
     """Where a tensor made now lives: None when eager, else the graph being built."""
     return None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+
+
+def _where():
+    """Whose live state: the replica's index inside ``strategy.run`` (replicas trace into one graph), else None."""
+    return replica_id() if in_replica() else None
 
 
 class Carry(tf.Module):
@@ -48,9 +54,21 @@ class Carry(tf.Module):
     assigned when the function runs, so the next step starts from this step's
     final state. Make the ``Carry`` outside the function (it creates variables).
 
+    **Under ``tf.distribute``** (``MirroredStrategy``, ``MultiWorkerMirroredStrategy``):
+    make the ``Carry`` in ``strategy.scope()`` with the *global* ``batch_size``
+    B; each of the R replicas in sync then keeps its own ``B / R`` rows
+    (replica r: rows ``r * B / R`` on; ``fastcarry._replicas``), and is called
+    inside ``strategy.run`` with its ``B / R`` rows of inputs. Inside
+    ``strategy.run``, ``state``, ``state = ...`` and ``reset(mask)`` are this
+    replica's rows; outside it, the global batch in replica order (a collective
+    across workers: read it on every worker). A checkpoint saves the global
+    batch and restores every replica's rows. A ``Carry`` made outside the scope
+    and called by more than one replica raises.
+
     Args:
       cell: any cell ``fc.unroll`` takes (fastcarry cells, ``fc.Stack``, Keras and TF1 cells).
-      batch_size: int >= 1, B; every call's inputs must have this batch size.
+      batch_size: int >= 1, B (the global batch under a strategy); every call's inputs must have this batch
+        size (``B / R`` per replica).
       truncate: bool, see above.
       name: optional module name.
     """
@@ -65,14 +83,40 @@ class Carry(tf.Module):
         self.cell = cell
         self.batch_size = int(batch_size)
         self.truncate = truncate
+        self.replicas = replicas_in_sync()
+        if self.batch_size % self.replicas:
+            raise ValueError(f"batch_size must be a multiple of the {self.replicas} replicas in sync (each keeps "
+                             f"batch_size / {self.replicas} rows), got {self.batch_size}")
+        rows = self.batch_size // self.replicas
+        strategy = tf.distribute.get_strategy()
         with tf.init_scope(), self.name_scope:
-            self._variables = tf.nest.map_structure(
-                lambda z: tf.Variable(z, trainable=False, name="state"),
-                cell.zero_state(self.batch_size, cell.dtype))
-        # The last stored state as a tensor, with the context it was made in;
+            zeros = cell.zero_state(rows, cell.dtype)
+            if self.replicas == 1:
+                self._variables = tf.nest.map_structure(lambda z: tf.Variable(z, trainable=False, name="state"),
+                                                        zeros)
+            else:
+                self._variables = tf.nest.map_structure(lambda z: ReplicaState(z, strategy, "state"), zeros)
+        # The last stored state as a tensor per replica, with the context it was made in;
         # reused (rather than re-read from the variables) so gradients can flow
-        # from one call into the previous one.
-        self._live = None
+        # from one call into the previous one. In __dict__ directly: tf.Module would track a dict.
+        vars(self)["_live"] = {}
+
+    @property
+    def rows(self):
+        """The rows a call holds: ``batch_size`` inside ``strategy.run`` or without a strategy is ``B / R``."""
+        if self.replicas > 1 and not in_replica():
+            return self.batch_size
+        return self.batch_size // self.replicas
+
+    def _check_replicas(self):
+        """Raises when the current replicas are not the ones this Carry was made for."""
+        now = replicas_in_sync()
+        if self.replicas == 1 and now > 1:
+            raise ValueError(f"this fc.Carry was made outside the strategy's scope, but runs on {now} replicas: "
+                             f"they would share one state. Make it inside strategy.scope() (each replica then "
+                             f"keeps its own rows)")
+        if self.replicas > 1 and now not in (self.replicas, 1):
+            raise ValueError(f"this fc.Carry was made for {self.replicas} replicas in sync, but runs on {now}")
 
     def _warn_if_unbuilt(self, what):
         for cell in getattr(self.cell, "cells", (self.cell,)):  # a Stack's layers, or the cell
@@ -83,9 +127,7 @@ class Carry(tf.Module):
     def variables(self):
         """The state variables and the cell's; warns while the cell is unbuilt (see ``fc.Cell``)."""
         self._warn_if_unbuilt("variables")
-        # Its own (the state), not recursing into the cell: a fastcarry cell's tf.Variables are the storage of
-        # the Keras variables it lists itself.
-        own = tuple(self._flatten(recursive=False, predicate=lambda v: isinstance(v, tf.Variable)))
+        own = tuple(v.variable if isinstance(v, ReplicaState) else v for v in tf.nest.flatten(self._variables))
         return own + self._cell_variables()
 
     @property
@@ -100,29 +142,33 @@ class Carry(tf.Module):
 
     @property
     def state(self):
-        """The carried state: the cell's structure of ``[batch_size, H]`` tensors (``fc.LSTMState(h, c)`` for LSTM)."""
+        """The carried state: the cell's structure of ``[rows, H]`` tensors (``fc.LSTMState(h, c)`` for LSTM)."""
         if self._live_is_current():
-            return self._live[1]
+            return self._live[_where()][1]
         return self._read()
 
     def _read(self):
-        return tf.nest.map_structure(lambda v: v.read_value(), self._variables)
+        self._check_replicas()
+        return tf.nest.map_structure(lambda v: v.value() if isinstance(v, ReplicaState) else v.read_value(),
+                                     self._variables)
 
     def _live_is_current(self):
-        if self._live is None or self._live[0] is not _context():
+        live = self._live.get(_where())
+        if live is None or live[0] is not _context():
             return False
-        if self._live[0] is not None:
+        if live[0] is not None:
             return True  # made earlier in the graph being traced now
         # Eager: only a tape needs the tensor, and only if the variables still
         # hold its value (a checkpoint restore or a direct assign bypasses _store).
         return _record.could_possibly_record() and all(
             np.array_equal(v.numpy(), s.numpy(), equal_nan=True)
-            for v, s in zip(tf.nest.flatten(self._variables), tf.nest.flatten(self._live[1])))
+            for v, s in zip(tf.nest.flatten(self._read()), tf.nest.flatten(live[1])))
 
     @state.setter
     def state(self, value):
         """Replaces the state; with ``truncate=False`` gradients flow from later calls into ``value``."""
-        self._store(_validate.check_state(value, self.cell, self.batch_size, name="state"))
+        self._check_replicas()
+        self._store(_validate.check_state(value, self.cell, self.rows, name="state"))
 
     def reset(self, mask: Any = None) -> None:
         """Zeroes the state: every row, or with ``mask`` (bool ``[batch_size]``) the rows where it is True.
@@ -131,14 +177,16 @@ class Carry(tf.Module):
         gradient path; use it when some sequences of a batch end and new ones
         start in their place.
         """
+        self._check_replicas()
         if mask is None:
-            self._store(self.cell.zero_state(self.batch_size, self.cell.dtype))
+            self._store(self.cell.zero_state(self.rows, self.cell.dtype))
             return
         mask = tf.convert_to_tensor(mask)
         if mask.dtype != tf.bool:
             raise TypeError(f"mask must be a bool tensor [batch_size], got dtype {mask.dtype.name}")
-        if not mask.shape.is_compatible_with([self.batch_size]):
-            raise ValueError(f"mask must have shape [batch_size] = [{self.batch_size}], got {mask.shape}")
+        if not mask.shape.is_compatible_with([self.rows]):
+            held = "batch_size" if self.rows == self.batch_size else "this replica's rows"
+            raise ValueError(f"mask must have shape [{held}] = [{self.rows}], got {mask.shape}")
         keep = tf.expand_dims(tf.logical_not(mask), -1)
         self._store(tf.nest.map_structure(lambda s: tf.where(keep, s, tf.zeros_like(s)), self.state))
 
@@ -159,11 +207,16 @@ class Carry(tf.Module):
         """
         if "initial_state" in unroll_options:
             raise TypeError("Carry starts from carry.state; assign carry.state instead of passing initial_state")
+        self._check_replicas()
+        if self.replicas > 1 and not in_replica():
+            raise ValueError(f"this fc.Carry keeps one state per replica ({self.replicas}): call it inside "
+                             f"strategy.run, with each replica's {self.rows // self.replicas} rows")
         batch_axis = 1 if unroll_options.get("time_major", False) else 0
         shape = getattr(inputs, "shape", None)
-        if shape is not None and len(shape) == 3 and shape[batch_axis] not in (None, self.batch_size):
-            raise ValueError(f"inputs have batch size {shape[batch_axis]} (shape {list(shape)}), expected "
-                             f"batch_size={self.batch_size} (the Carry's)")
+        if shape is not None and len(shape) == 3 and shape[batch_axis] not in (None, self.rows):
+            held = (f"batch_size={self.batch_size} (the Carry's)" if self.replicas == 1 else
+                    f"{self.rows} (the Carry's batch_size={self.batch_size} / {self.replicas} replicas)")
+            raise ValueError(f"inputs have batch size {shape[batch_axis]} (shape {list(shape)}), expected {held}")
         # Truncated: the stored value is all it needs (no eager compare with the
         # live tensor, which costs a host sync per call under a tape).
         state = tf.nest.map_structure(tf.stop_gradient, self._read()) if self.truncate else self.state
@@ -174,4 +227,4 @@ class Carry(tf.Module):
     def _store(self, state):
         for var, value in zip(tf.nest.flatten(self._variables), tf.nest.flatten(state)):
             var.assign(value)
-        self._live = (_context(), state)
+        self._live[_where()] = (_context(), state)
