@@ -86,10 +86,18 @@ DEFAULTS = {"unroll": DEFAULT_UNROLL, "chunk": None, "swap_memory": False, "proj
 
 
 class Layout(NamedTuple):
-    """What the data looks like: the caller's axes and direction. Changes the results' meaning."""
+    """What the data looks like: the caller's axes and direction. Changes the results' meaning.
+
+    ``batch_known``: whether B is static where ``fc.unroll`` is traced. Part of
+    the compiled functions' key, so a trace with B unknown (``model.export``,
+    Keras's ``fit``) is never reused for a call with B known: TF would reuse
+    the more general trace, whose TensorLists have no static element
+    shape, which TFLite's builtin ops cannot convert.
+    """
 
     time_major: bool
     reverse: bool
+    batch_known: bool = True
 
 
 class Schedule(NamedTuple):

@@ -246,6 +246,7 @@ def run(core, params, inputs, options):
     joined by ``fastcarry._boundary``.
     """
     layout, schedule = options.layout, options.schedule()
+    layout = layout._replace(batch_known=inputs.x.shape[1 if layout.time_major else 0] is not None)
     eager_inference = tf.executing_eagerly() and not _record.could_possibly_record()
     graph_autodiff = options.backward == "autodiff" and not options.jit_compile and options.chunk is None
     if eager_inference or graph_autodiff:

@@ -27,8 +27,10 @@ import statistics
 import sys
 import time
 
-B, T, D, H = 8, 12, 4, 16  # the global batch: each of R replicas gets B / R rows
-STEPS, CHUNKS = 4, 3
+# The global batch B: each of R replicas gets B / R rows. FASTCARRY_RECIPE_SHAPE="B,T,D,H" and
+# FASTCARRY_RECIPE_STEPS try another size (benchmarks/distributed.py does).
+B, T, D, H = (int(n) for n in os.environ.get("FASTCARRY_RECIPE_SHAPE", "8,12,4,16").split(","))
+STEPS, CHUNKS = int(os.environ.get("FASTCARRY_RECIPE_STEPS", "4")), 3
 
 
 def strategy_for(mode, argv):
