@@ -274,7 +274,16 @@ def advise(summary, space, matmul_gflops=None, minor_faults_per_step=None):
                 out.append(Advice(
                     f"slow matmuls: {r.phase}",
                     f"{r.gflops:.1f} GFLOP/s against {matmul_gflops:.0f} GFLOP/s for a large matmul on this "
-                    f"device, over {r.share:.0%} of the step",
-                    "the matmuls are too small to use the device: a larger batch fills them; on a GPU, "
-                    "hoisting the input projection out of the loop helps"))
+                    f"device, over {r.share:.0%} of the step", _MATMUL_FIX.get(r.phase, _MATMUL_FIX[None])))
     return out
+
+
+# What helps a slow matmul depends on which it is: hoisting moves only the input projection.
+_MATMUL_FIX = {
+    _phases.INPUT_PROJECTION: "projection='hoisted' makes the per-step input projections one [T*B, D] @ [D, G] "
+                              "matmul before the loop; a larger batch also fills them",
+    _phases.RECURRENT_MATMUL: "each step's [B, H] @ [H, G] is too small to use the device, and must wait for the "
+                              "previous step: a larger batch fills it, and a larger unroll= cuts the per-step "
+                              "overhead around it (projection='hoisted' does not change it)",
+    None: "the matmuls are too small to use the device: a larger batch fills them",
+}

@@ -141,6 +141,17 @@ def test_demo_trains_both_models_to_the_same_curve(tmp_path, capsys):
     assert (out / "demo.png").stat().st_size > 1000
 
 
+def test_the_demo_task_needs_every_step_and_has_unit_variance():
+    from fastcarry.tools import fit_bench
+
+    x, y = fit_bench.signed_sum_problem(4096, 50, seed=1)
+    assert x.shape == (4096, 50, 2) and 0.9 < float(y.var()) < 1.1  # the mean predictor scores about 1
+    flipped = x.copy()
+    flipped[:, -1, 1] *= -1  # the last step's sign alone moves every target
+    moved = (flipped[..., 0] * flipped[..., 1]).sum(1) / (50 / 3) ** 0.5 - y[:, 0]
+    assert (abs(moved) > 1e-6).all()
+
+
 def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, monkeypatch, capsys):
     import json
 

@@ -233,6 +233,13 @@ def test_advice_comes_from_the_measured_signals():
     advice = _summary.advise(slow, space, matmul_gflops=150.0)
     assert [a.signal for a in advice] == [f"slow matmuls: {_phases.WEIGHT_GRADIENTS}"]
     assert "10.0 GFLOP/s against 150 GFLOP/s" in advice[0].evidence
+    assert "hoist" not in advice[0].action
+    # The recurrent matmul's fix is not hoisting (which moves only the input projection): issue 23.
+    recurrent = slow._replace(rows=[r._replace(phase=_phases.RECURRENT_MATMUL) if r.gflops else r for r in slow.rows])
+    action = _summary.advise(recurrent, space, matmul_gflops=150.0)[0].action
+    assert "unroll=" in action and "does not change it" in action
+    projection = slow._replace(rows=[r._replace(phase=_phases.INPUT_PROJECTION) if r.gflops else r for r in slow.rows])
+    assert "projection='hoisted'" in _summary.advise(projection, space, matmul_gflops=150.0)[0].action
 
 
 # -- a GPU device plane (no GPU here: a synthetic XSpace in the layout TF's GPU tracer writes) --------

@@ -19,7 +19,10 @@ COMMANDS = (check, bench, profile, demo, tune)
 
 def parser():
     """The ``fastcarry`` parser: one subparser per module of ``COMMANDS``, whose ``run`` it calls."""
+    from fastcarry import __version__
+
     top = argparse.ArgumentParser(prog="fastcarry", description="Fast, exact RNNs under XLA.")
+    top.add_argument("--version", action="version", version=f"fastcarry {__version__}")
     sub = top.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub).set_defaults(run=command.run)

@@ -10,8 +10,8 @@ from fastcarry.tools.workload import positive
 def add_parser(subparsers):
     demo = subparsers.add_parser(
         "demo", help="train a Keras model with Keras's LSTM and with fastcarry.keras's: same curve, less time",
-        description="Trains the same model (same weights, data and batch order) on the adding problem, a task "
-                    "that needs memory over the whole sequence, once with keras.layers and once with "
+        description="Trains the same model (same weights, data and batch order) on a signed sum, a task "
+                    "that needs every step of the sequence, once with keras.layers and once with "
                     "fastcarry.keras (epochs alternate), under model.fit(jit_compile=True); prints both loss "
                     "curves' agreement, the time per epoch and the speedup, and writes demo.json, demo.md and "
                     "demo.png to --out.")
@@ -31,10 +31,10 @@ def run(args, stream=sys.stderr):
     """Runs ``fastcarry demo``; prints what it measured; returns 0."""
     from fastcarry.tools import fit_bench
 
-    print(f"fastcarry demo: the adding problem (T={args.time}), {args.layers} x {args.cell} {args.units} units, "
+    print(f"fastcarry demo: a signed sum over T={args.time} steps, {args.layers} x {args.cell} {args.units} units, "
           f"{args.samples} samples, batch {args.batch}: Keras's layers vs fastcarry.keras, model.fit with XLA",
           file=stream)
-    data = fit_bench.run(fit_bench.FitRun(cell=args.cell, task="adding", batch=args.batch, steps=args.time, dim=2,
+    data = fit_bench.run(fit_bench.FitRun(cell=args.cell, task="signed_sum", batch=args.batch, steps=args.time, dim=2,
                                           units=args.units, depth=args.layers, samples=args.samples,
                                           epochs=args.epochs), out_dir=args.out, stream=stream)
     print(fit_bench.markdown(data).split("\n", 4)[-1])

@@ -88,8 +88,8 @@ def non_negative(text):
 
 def add_workload_arguments(parser, *, batch, time, input, units, time_type=positive):
     """``--cell --batch --time --input --units`` with these defaults."""
-    parser.add_argument("--cell", choices=CELLS, default="lstm")
-    parser.add_argument("--batch", type=positive, default=batch, metavar="B")
-    parser.add_argument("--time", type=time_type, default=time, metavar="T")
-    parser.add_argument("--input", type=positive, default=input, metavar="D")
-    parser.add_argument("--units", type=positive, default=units, metavar="H")
+    parser.add_argument("--cell", choices=CELLS, default="lstm", help="default: lstm")
+    parser.add_argument("--batch", type=positive, default=batch, metavar="B", help=f"batch size (default {batch})")
+    parser.add_argument("--time", type=time_type, default=time, metavar="T", help=f"time steps (default {time})")
+    parser.add_argument("--input", type=positive, default=input, metavar="D", help=f"input features (default {input})")
+    parser.add_argument("--units", type=positive, default=units, metavar="H", help=f"units (default {units})")
