@@ -76,3 +76,12 @@ def assert_all_close(got, want, dtype=tf.float32, context=""):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# The tests that run child processes for tens of seconds go first: xdist hands out tests in order, and one of
+# them started last would leave a worker running alone at the end.
+_LONG_FIRST = ("test_distribute.py", "test_keras_suite.py", "test_export.py", "test_bench.py", "test_packaging.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: 0 if item.fspath.basename in _LONG_FIRST else 1)
