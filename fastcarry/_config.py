@@ -128,8 +128,10 @@ class Options:
     parallel_iterations: Optional[int] = None
     swap_memory: Optional[bool] = None
     projection: Optional[str] = None
+    training: Optional[bool] = None  # False: inference (``_strategies.recomputing``)
 
     def __post_init__(self):
+        check_flag(self.training, "training", optional=True)
         for name in ("time_major", "reverse", "jit_compile"):
             check_flag(getattr(self, name), name)
         check_flag(self.swap_memory, "swap_memory", optional=True)

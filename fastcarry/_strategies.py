@@ -20,6 +20,7 @@ two sides with a custom gradient; ``pair_for`` chooses the pair, ``run`` runs it
   the backward fetches them back a piece at a time.
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import tensorflow as tf
@@ -247,6 +248,8 @@ def run(core, params, inputs, options):
     """
     layout, schedule = options.layout, options.schedule()
     layout = layout._replace(batch_known=inputs.x.shape[1 if layout.time_major else 0] is not None)
+    if options.training is False and not tf.executing_eagerly() and not core.variables:
+        return recomputing(core, params, inputs, layout, options)
     eager_inference = tf.executing_eagerly() and not _record.could_possibly_record()
     graph_autodiff = options.backward == "autodiff" and not options.jit_compile and options.chunk is None
     if eager_inference or graph_autodiff:
@@ -255,3 +258,42 @@ def run(core, params, inputs, options):
     pair = pair_for(options.backward, schedule)
     return _boundary.call(core, pair, pair.forward(core, layout, schedule), pair.backward(core, layout, schedule),
                           inputs, params)
+
+
+def recomputing(core, params, inputs, layout, options):
+    """``(ys, final_state)`` by the forward that saves nothing; a gradient, if asked for, recomputes.
+
+    For inference in a graph (``fc.unroll(..., training=False)``; a
+    ``fastcarry.keras`` layer called with ``training`` False: ``model.export``,
+    ``predict``): nothing is written for a backward
+    pass, so the graph holds no ``TensorList`` whose element shape carries B,
+    and TFLite's builtin ops convert it with B unknown. A graph may still be
+    differentiated (``tf.gradients``, a tape around ``model(x)``): then the
+    saving forward runs again and its backward gives the gradients (equal to
+    the saving path's: the same loops).
+    """
+    flat_state, flat_params = tf.nest.flatten(inputs.state), tf.nest.flatten(params)
+    n_state = len(flat_state)
+    saving = dataclasses.replace(options, training=None)
+
+    @tf.custom_gradient
+    def forward(x, *tensors):
+        state = tf.nest.pack_sequence_as(inputs.state, tensors[:n_state])
+        weights = tf.nest.pack_sequence_as(params, tensors[n_state:])
+        step_inputs = Inputs(x, state, inputs.validity)
+        ys, final, _ = infer(core, layout, options.schedule())(step_inputs, weights)
+
+        def grad(*cotangents):
+            sources = [x, *tensors]
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                again, again_final = run(core, weights, step_inputs, saving)
+            targets = [again, *tf.nest.flatten(again_final)]
+            cotangents = [tf.zeros_like(t) if c is None else c for t, c in zip(targets, cotangents)]
+            return tape.gradient(targets, sources, output_gradients=cotangents,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        return (ys, *tf.nest.flatten(final)), grad
+
+    out = forward(inputs.x, *flat_state, *flat_params)
+    return out[0], tf.nest.pack_sequence_as(inputs.state, list(out[1:]))

@@ -26,7 +26,7 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
            mask: TensorLike | None = None, time_major: bool = False, reverse: bool = False, unroll: int | None = None,
            jit_compile: bool = True, backward: str = "fused", chunk: int | None = None,
            parallel_iterations: int | None = None, swap_memory: bool | None = None, projection: str | None = None,
-           config: Config | str | None = None) -> tuple[tf.Tensor, Any]:
+           config: Config | str | None = None, training: bool | None = None) -> tuple[tf.Tensor, Any]:
     """Runs ``cell`` over time; fused, XLA-compiled, exactly differentiable.
 
     Type (with ``S`` the state, ``X`` one step of inputs, ``Y`` one output)::
@@ -113,6 +113,13 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
         cached ``fc.tune`` result for this device, cell and shape, if any
         (``"train"`` when a tape could record, else ``"infer"``). Its fields
         apply to the options this call leaves None; given values win.
+      training: None (default) or True: in a graph the forward saves what a
+        gradient needs. False (inference, as Keras's ``training=False``): in a
+        graph the forward saves nothing, so an exported graph holds no
+        ``TensorList`` whose element shape carries B (TFLite's builtin ops
+        convert it at any batch size); a gradient, if one is asked for all the
+        same, recomputes the saving forward (same values, one more forward).
+        Eagerly, and for cells whose step reads variables itself, no effect.
 
     Returns:
       ``(outputs, state)``: ``outputs`` ``[B, T, H]`` (``[T, B, H]`` if
@@ -121,7 +128,7 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
       initial state.
     """
     options = Options(time_major, reverse, unroll, jit_compile, backward, chunk, parallel_iterations,
-                      swap_memory, projection)
+                      swap_memory, projection, training)
     if not (config is None or isinstance(config, Config) or (isinstance(config, str) and config == "auto")):
         raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
     return _run(as_cell(cell), inputs, initial_state, options, config, sequence_length, mask)

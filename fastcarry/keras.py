@@ -168,7 +168,10 @@ class _FusedLoop:
         # unroll=True (Keras: unroll the Python loop; T is static, Keras's call checked): all T steps in one
         # iteration of the compiled loop, a fully unrolled body.
         steps = x.shape[1] if self.unroll else None
-        ys, final = _unroll(cell, x, state, mask=mask, config="auto", unroll=steps or None)
+        # training False (predict, evaluate, export): in a graph the forward saves nothing for a backward pass
+        # (TFLite builtins convert it at any batch; a gradient asked for all the same recomputes).
+        ys, final = _unroll(cell, x, state, mask=mask, config="auto", unroll=steps or None,
+                            training=None if training else False)
         final = tf.nest.pack_sequence_as(list(initial_state), tf.nest.flatten(final))
         if not self._output_is_state:
             if mask is None or self.zero_output_for_mask:  # Keras's last output is then the last step's

@@ -127,7 +127,7 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
            mask: TensorLike | None = None, time_major: bool = False, reverse: bool = False, unroll: int | None = None,
            jit_compile: bool = True, backward: str = "fused", chunk: int | None = None,
            parallel_iterations: int | None = None, swap_memory: bool | None = None, projection: str | None = None,
-           config: Config | str | None = None) -> tuple[tf.Tensor, Any]:
+           config: Config | str | None = None, training: bool | None = None) -> tuple[tf.Tensor, Any]:
     """Same signature, arguments and results as ``fastcarry.unroll``; see there.
 
     ``unroll``, ``jit_compile``, ``backward``, ``chunk``, ``parallel_iterations``, ``swap_memory``,
@@ -138,7 +138,7 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
     ``(outputs [B, T, H], state)``.
     """
     options = Options(time_major, reverse, unroll, jit_compile, backward, chunk, parallel_iterations,
-                      swap_memory, projection).resolve()
+                      swap_memory, projection, training).resolve()
     if not (config is None or isinstance(config, Config) or (isinstance(config, str) and config == "auto")):
         raise TypeError(f"config must be None, an fc.Config or 'auto', got {config!r}")
     cell = as_cell(cell)

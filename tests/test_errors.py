@@ -203,7 +203,7 @@ def test_backward_unknown(run, value):
 
 
 @UNROLLS
-@pytest.mark.parametrize("flag, value", [("time_major", 1), ("reverse", "yes"), ("jit_compile", None)])
+@pytest.mark.parametrize("flag, value", [("time_major", 1), ("reverse", "yes"), ("jit_compile", None), ("training", "no")])
 def test_non_bool_flag(run, flag, value):
     with _raises(flag, "bool", repr(value), exc=TypeError):
         run(_cell(), _x(), **{flag: value})

@@ -4,6 +4,7 @@
   also after a batch-None trace of the same math in the same process
   (``model.export`` makes one; on main the converter then met the batch-None
   trace's ``TensorListReserve`` and failed). The interpreter matches TF.
+- With B unknown it converts with builtins too, which Keras's own LSTM cannot.
 - A SavedModel of a function calling ``fc.unroll``, and ``model.export`` of a
   ``fastcarry.keras`` model, load and run in a child process where
   ``import fastcarry`` fails: outputs bit-exact, gradients too.
@@ -50,18 +51,25 @@ def test_a_fixed_batch_model_converts_with_builtins_after_a_batch_none_export(tm
     np.testing.assert_allclose(got, model(X), rtol=0, atol=1e-6)
 
 
-def test_a_batch_none_model_needs_select_tf_ops_as_keras_own_does():
-    # Builtins need static TensorList element shapes; with B unknown they fail for Keras's LSTM and
-    # fastcarry's alike (docs/guide.md, "Export"). SELECT_TF_OPS converts both.
-    for layer in (fck.LSTM, keras.layers.LSTM):
-        try:
-            _builtin_tflite(_model(None, layer))
-            raise AssertionError(f"{layer.__module__}.LSTM converted with builtins: update the guide")
-        except Exception as err:  # the converter's ConverterError
-            assert "TensorListReserve" in str(err) or "element_shape" in str(err), str(err)[-500:]
-    converter = tf.lite.TFLiteConverter.from_keras_model(_model(None))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    assert len(converter.convert()) > 1000
+def test_a_batch_none_model_converts_with_builtins_which_keras_own_lstm_cannot():
+    # With B unknown, the forward that saves for a gradient writes TensorLists whose element shape holds B,
+    # which TFLite's builtins refuse (Keras's LSTM too). fastcarry.keras runs the forward that saves nothing
+    # when training is False (export, predict), so its graph converts (on main: the same error as Keras's).
+    model = _model(None)
+    flat = _builtin_tflite(model)
+    interpreter = tf.lite.Interpreter(model_content=flat)
+    x = np.concatenate([X, X[:1]])  # a batch of 3, chosen after conversion
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model(x), rtol=0, atol=1e-6)
+    try:
+        _builtin_tflite(_model(None, keras.layers.LSTM))
+        raise AssertionError("Keras's LSTM converted with builtins and B unknown: update the guide")
+    except Exception as err:  # the converter's ConverterError
+        assert "TensorListReserve" in str(err) or "element_shape" in str(err), str(err)[-500:]
 
 
 _CHILD = r"""

@@ -292,3 +292,21 @@ def test_rnn_of_a_cell_with_dropout_falls_back():
     with pytest.warns(UserWarning, match="GRUCell dropout=0.5"):
         layer = fck.RNN(keras.layers.GRUCell(H, dropout=0.5))
     assert not layer.fused
+
+
+def test_a_gradient_of_an_inference_call_in_a_graph_recomputes_keras_numbers():
+    """Outside fit (training False) the layer's graph saves nothing; a tape around it still gets Keras's gradients."""
+    native, fast = _pair("gru", return_sequences=True)
+    x = tf.constant(_inputs())
+    cotangent = tf.constant(np.random.default_rng(8).standard_normal((B, T, H)), tf.float32)
+    grads = []
+    for layer in (fast, native):
+        @tf.function
+        def step(x, layer=layer):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(layer(x, mask=MASK) * cotangent)  # training defaults to False
+            return tape.gradient(loss, [x, *layer.trainable_weights])
+        grads.append(step(x))
+    assert_all_close({f"g{i}": g for i, g in enumerate(grads[0])}, {f"g{i}": g for i, g in enumerate(grads[1])},
+                     tf.float32, "inference-call gradients")

@@ -366,3 +366,35 @@ def test_eager_inference_path_equals_the_training_path(kind):
     np.testing.assert_allclose(infer_y.numpy(), train_y.numpy(), rtol=1e-6, atol=1e-7)
     for a, b in zip(tf.nest.flatten(infer_s), tf.nest.flatten(train_s)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru-reset-before", "rnn"])
+def test_training_false_saves_nothing_in_a_graph_and_a_gradient_recomputes_exactly(kind):
+    """``training=False``: the forward that saves nothing (no TensorList in the graph); gradients equal."""
+    cell = make_cell(kind, H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+    lengths = tf.constant([T, 2, 0, T - 1][:B])
+    cotangent = tf.constant(np.random.default_rng(3).standard_normal((B, T, H)), tf.float32)
+
+    def make(training):
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                ys, state = fc.unroll(cell, x, sequence_length=lengths, reverse=True, training=training)
+                loss = tf.reduce_sum(ys * cotangent) + tf.reduce_sum(tf.nest.flatten(state)[0])
+            return ys, tape.gradient(loss, [x, *cell.trainable_variables])
+        return step
+
+    inference, saving = make(False), make(None)
+    (ys, grads), (want_ys, want_grads) = inference(x), saving(x)
+    np.testing.assert_array_equal(ys, want_ys)
+    for got, want in zip(grads, want_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # The inference forward's graph writes no TensorList (what TFLite's builtins cannot take with B unknown).
+    forward = tf.function(lambda x: fc.unroll(cell, x, training=False)[0]).get_concrete_function(
+        tf.TensorSpec([None, T, D], tf.float32))
+    graph = forward.graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert "While" in ops or "StatelessWhile" in ops  # the loop is there
+    assert not any(op.startswith("TensorList") for op in ops), sorted(o for o in ops if "List" in o)
