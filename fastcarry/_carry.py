@@ -10,7 +10,7 @@ from tensorflow.python.eager import record as _record
 
 from fastcarry import _validate
 from fastcarry._adapters import as_cell
-from fastcarry._replicas import ReplicaState, in_replica, replica_id, replicas_in_sync
+from fastcarry._replicas import ReplicaState, in_replica, local_replica_ids, replica_id, replicas_in_sync
 from fastcarry._unroll import unroll as _unroll
 
 
@@ -95,7 +95,8 @@ class Carry(tf.Module):
                 self._variables = tf.nest.map_structure(lambda z: tf.Variable(z, trainable=False, name="state"),
                                                         zeros)
             else:
-                self._variables = tf.nest.map_structure(lambda z: ReplicaState(z, strategy, "state"), zeros)
+                ids = local_replica_ids(strategy)
+                self._variables = tf.nest.map_structure(lambda z: ReplicaState(z, strategy, ids, "state"), zeros)
         # The last stored state as a tensor per replica, with the context it was made in;
         # reused (rather than re-read from the variables) so gradients can flow
         # from one call into the previous one. In __dict__ directly: tf.Module would track a dict.
@@ -149,8 +150,7 @@ class Carry(tf.Module):
 
     def _read(self):
         self._check_replicas()
-        return tf.nest.map_structure(lambda v: v.value() if isinstance(v, ReplicaState) else v.read_value(),
-                                     self._variables)
+        return tf.nest.map_structure(lambda v: v.read_value(), self._variables)  # a tf.Variable or ReplicaState
 
     def _live_is_current(self):
         live = self._live.get(_where())

@@ -40,25 +40,29 @@ def replica_id():
     return int(value)
 
 
+def local_replica_ids(strategy):
+    """The global index of each of this worker's replicas, in the order of its local components."""
+    ids = strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group)
+    return [int(i) for i in strategy.experimental_local_results(ids)]
+
+
 class ReplicaState(tf.__internal__.tracking.Trackable):
     """One state component: ``[rows, size]`` per replica, the global ``[rows * R, size]`` across them.
 
     Made in the strategy's scope (where ``fc.Carry`` is made). ``value`` and
     ``assign`` act on this replica's rows inside ``strategy.run``, and on the
-    global batch outside it.
+    global batch outside it (as a ``tf.Variable``'s ``read_value`` and ``assign`` do).
     """
 
-    def __init__(self, zeros: tf.Tensor, strategy: tf.distribute.Strategy, name: str):
+    def __init__(self, zeros: tf.Tensor, strategy: tf.distribute.Strategy, local_ids: list, name: str):
         self.strategy = strategy
         self.variable = tf.Variable(zeros, trainable=False, name=name,
                                     synchronization=tf.VariableSynchronization.ON_READ,
                                     aggregation=tf.VariableAggregation.NONE)
-        # The global index of each of this worker's replicas, in the order of its local components.
-        ids = strategy.run(lambda: tf.distribute.get_replica_context().replica_id_in_sync_group)
-        self.local_ids = [int(i) for i in strategy.experimental_local_results(ids)]
+        self.local_ids = local_ids
         self.rows = int(zeros.shape[0])
 
-    def value(self) -> tf.Tensor:
+    def read_value(self) -> tf.Tensor:
         """This replica's ``[rows, size]`` in ``strategy.run``, else the global ``[rows * R, size]``."""
         if not in_replica():
             return self.strategy.gather(self.variable, axis=0)
@@ -73,7 +77,7 @@ class ReplicaState(tf.__internal__.tracking.Trackable):
             part.assign(value[index * self.rows:(index + 1) * self.rows])
 
     def _serialize_to_tensors(self):
-        return {_KEY: self.value()}
+        return {_KEY: self.read_value()}
 
     def _restore_from_tensors(self, restored_tensors):
         self.assign(restored_tensors[_KEY])

@@ -249,7 +249,7 @@ def run(core, params, inputs, options):
     layout, schedule = options.layout, options.schedule()
     layout = layout._replace(batch_known=inputs.x.shape[1 if layout.time_major else 0] is not None)
     if options.training is False and not tf.executing_eagerly() and not core.variables:
-        return recomputing(core, params, inputs, layout, options)
+        return recomputing(core, params, inputs, layout, schedule, options)
     eager_inference = tf.executing_eagerly() and not _record.could_possibly_record()
     graph_autodiff = options.backward == "autodiff" and not options.jit_compile and options.chunk is None
     if eager_inference or graph_autodiff:
@@ -260,7 +260,7 @@ def run(core, params, inputs, options):
                           inputs, params)
 
 
-def recomputing(core, params, inputs, layout, options):
+def recomputing(core, params, inputs, layout, schedule, options):
     """``(ys, final_state)`` by the forward that saves nothing; a gradient, if asked for, recomputes.
 
     For inference in a graph (``fc.unroll(..., training=False)``; a
@@ -281,7 +281,7 @@ def recomputing(core, params, inputs, layout, options):
         state = tf.nest.pack_sequence_as(inputs.state, tensors[:n_state])
         weights = tf.nest.pack_sequence_as(params, tensors[n_state:])
         step_inputs = Inputs(x, state, inputs.validity)
-        ys, final, _ = infer(core, layout, options.schedule())(step_inputs, weights)
+        ys, final, _ = infer(core, layout, schedule)(step_inputs, weights)
 
         def grad(*cotangents):
             sources = [x, *tensors]

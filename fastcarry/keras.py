@@ -121,6 +121,12 @@ class _FusedLoop:
         # The layer applies the cell's input dropout itself (one mask for all steps, as Keras's cell does).
         return "; ".join(not_supported_reasons(self.cell, "fused", kind=self._kind, input_dropout=True)) or None
 
+    def _cell_to_run(self):
+        """The fastcarry cell that runs ``self.cell``, made on first use."""
+        if self._fastcarry_cell is None:
+            self._fastcarry_cell = self._make_cell()
+        return self._fastcarry_cell
+
     def _make_cell(self):
         """The fastcarry cell that runs ``self.cell`` (its output is its state's first component)."""
         return KerasFusedCell(self.cell, self._kind)
@@ -144,8 +150,6 @@ class _FusedLoop:
             return super().inner_loop(sequences, initial_state, mask, training=training)
         if tf.nest.is_nested(mask):
             mask = mask[0]
-        if self._fastcarry_cell is None:
-            self._fastcarry_cell = self._make_cell()
         x = sequences
         if not x.dtype.is_floating:
             # Keras's cells promote integer inputs in their first matmul (int64 @ float32 -> float32).
@@ -162,7 +166,7 @@ class _FusedLoop:
             mask = None if mask is None else tf.reverse(mask, [1])
         # Keras may nest the states otherwise than state_size does (a stack's GRUCell: [h] for 6): fastcarry
         # gets them in the cell's structure, Keras gets the final states back in its own.
-        cell = self._fastcarry_cell
+        cell = self._cell_to_run()
         state = tf.nest.pack_sequence_as(cell.state_size, tf.nest.flatten(initial_state))
         # config="auto": a `fastcarry tune` result for this shape, if there is one (results are the same).
         # unroll=True (Keras: unroll the Python loop; T is static, Keras's call checked): all T steps in one
@@ -256,9 +260,7 @@ class RNN(_FusedLoop, keras.layers.RNN):
     def build(self, sequences_shape, initial_state_shape=None):
         super().build(sequences_shape, initial_state_shape)
         if self.fused:
-            if self._fastcarry_cell is None:
-                self._fastcarry_cell = self._make_cell()
-            untracked = untracked_variables(self._fastcarry_cell, self)
+            untracked = untracked_variables(self._cell_to_run(), self)
             if untracked:
                 raise TypeError(
                     f"fastcarry.keras.RNN {self.name!r}: the cell's trainable variables {untracked} are tf.Variables, "
