@@ -4,22 +4,56 @@ Tolerances are relative to the largest magnitude of the expected tensor, keyed
 by dtype (``harness.TOLERANCE``; float32's 2e-5 is the acceptance bound).
 """
 
+import importlib.util
+import mmap
 import os
+import pathlib
 import tempfile
 
+
+def _xla_knows(flag):
+    """Whether the installed TensorFlow's XLA defines ``flag`` (read from its library, before TF is imported)."""
+    spec = importlib.util.find_spec("tensorflow")
+    for root in spec.submodule_search_locations if spec else ():
+        for lib in pathlib.Path(root).glob("libtensorflow_framework.so*"):
+            with open(lib, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return data.find(flag.encode()) >= 0
+    return False
+
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The suite's shapes are tiny, so most of its time is XLA compiling. LLVM's
-# backend optimisation level changes how fast the machine code runs, not what
-# the HLO computes (the graph passes and the numbers are the same), and level 0
-# compiles ~30% faster. The benchmarks and `fastcarry check` run at XLA's default.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# The suite's shapes are tiny, so most of its time is XLA compiling. Two codegen settings make compiles
+# about twice as fast without changing the HLO the graph passes produce (so what is computed): LLVM's
+# backend optimisation level 0 (how fast the machine code runs), and XLA:CPU's elemental IR emitters in
+# place of its MLIR fusion emitters (the default since TF 2.20, about half of a compile at these shapes).
+# XLA's default codegen is still tested: test_packaging runs `fastcarry check` in a child with
+# `user_env()`, the environment without these flags. Set only where this TF's XLA knows the flag: XLA
+# aborts on an unknown one.
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
+SUITE_XLA_FLAGS = ["--xla_backend_optimization_level=0"]
+if _xla_knows("xla_cpu_use_fusion_emitters"):
+    SUITE_XLA_FLAGS.append("--xla_cpu_use_fusion_emitters=false")
+SUITE_XLA_FLAGS = [f for f in SUITE_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *SUITE_XLA_FLAGS]).strip()
 # pytest-xdist runs one worker per core: each worker's ops on the suite's tiny shapes gain nothing from a
 # thread pool of their own, whose idle threads spin on the cores the other worker compiles on.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 # Never the user's tune cache: config="auto" (fastcarry.keras's layers use it) reads it.
 os.environ["FASTCARRY_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastcarry-test-cache-")
+
+
+
+def user_env(**extra):
+    """``os.environ`` with ``XLA_FLAGS`` as the user's shell had it: without the suite's codegen flags
+    (``SUITE_XLA_FLAGS``) and the profiler's hooks (``fastcarry.profiling``, imported below)."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if _USER_XLA_FLAGS is not None:
+        env["XLA_FLAGS"] = _USER_XLA_FLAGS
+    env.update(extra)
+    return env
+
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -7,12 +7,13 @@ the target directory (``PYTHONPATH``) from an unrelated working directory.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from conftest import SUITE_XLA_FLAGS, user_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,8 @@ _IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycac
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """The user's environment (``conftest.user_env``: XLA's default codegen) without ``PYTHONPATH``."""
+    env = {k: v for k, v in user_env().items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.update(extra)
     return env
@@ -72,9 +74,11 @@ def test_regular_install_has_only_the_fastcarry_package(tmp_path):
 
 
 def test_check_command_passes_and_keeps_stderr_clean(tmp_path):
-    """As a user runs it: no TF_CPP_MIN_LOG_LEVEL set, and nothing but our output (TF's start-up lines neither)."""
+    """As a user runs it: XLA's default codegen, no TF_CPP_MIN_LOG_LEVEL set, and nothing but our output (TF's
+    start-up lines neither)."""
     env = {k: v for k, v in _env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    run = _run([sys.executable, "-m", "fastcarry", "check", "--cell", "rnn", "--batch", "2", "--time", "3",
+    assert not set(env.get("XLA_FLAGS", "").split()) & set(SUITE_XLA_FLAGS), env["XLA_FLAGS"]
+    run = _run([sys.executable, "-m", "fastcarry", "check", "--cell", "gru", "--batch", "2", "--time", "3",
                 "--input", "2", "--units", "3"], cwd=tmp_path, env=env)
     assert run.returncode == 0, f"exit {run.returncode}:\n{run.stdout}\n{run.stderr}"
     assert run.stderr == "", run.stderr
