@@ -16,7 +16,40 @@ import numpy as np
 
 PROJECTIONS = ("per_iteration", "hoisted")  # unroll's projection= values
 BACKWARDS = ("fused", "autodiff")  # unroll's backward= values
-DEFAULT_UNROLL = 2  # steps per loop iteration when neither the call nor a config chooses
+DEFAULT_UNROLL = 2  # steps per loop iteration when neither the call, a config nor the table below chooses
+
+# Inference on a CPU, by core name: unroll=1 where B * H is at most ROWS (and H at most UNITS), else OTHERWISE.
+# One step per iteration keeps the loop body a short chain of kernels, which XLA:CPU's thunk executor runs on
+# the calling thread; with two or more steps the body has independent kernels (the next step's projection
+# beside the recurrent matmul), which it hands to its thread pool, once per iteration: at small B * H the
+# hand-offs cost more than the work (LSTM 4x20x8x16: 0.45 ms with unroll=1, 0.82 with 2). Where the work is
+# larger the concurrency pays. Measured on a 2-core AMD EPYC: benchmarks/README.md, "The default schedule";
+# training showed no unroll reliably faster than 2 there, and GPUs are unmeasured (both keep DEFAULT_UNROLL).
+CPU_INFERENCE = {  # core name: (ROWS, UNITS, OTHERWISE)
+    "lstm": (4096, 128, 4),
+    "gru": (512, None, 2),
+    "simple_rnn": (4096, None, 2),
+}
+
+
+def default_unroll(core_name, batch, units, mode, device_type):
+    """The steps per loop iteration ``fc.unroll`` runs when neither the call nor a config chooses.
+
+    Args:
+      core_name: the cell's ``Core.name`` (``"lstm"``, ``"gru"``, ``"simple_rnn"``, a generic cell's).
+      batch: B, or None when it is not known where ``fc.unroll`` is traced.
+      units: H, the output size.
+      mode: ``"infer"`` (nothing can ask for a gradient) or ``"train"``.
+      device_type: ``"CPU"`` or ``"GPU"`` (``fastcarry._measure.device_info``).
+
+    Returns ``CPU_INFERENCE``'s choice for inference on a CPU with B known, else ``DEFAULT_UNROLL``.
+    """
+    rule = CPU_INFERENCE.get(core_name)
+    if mode != "infer" or device_type != "CPU" or batch is None or rule is None:
+        return DEFAULT_UNROLL
+    rows, max_units, otherwise = rule
+    small = batch * units <= rows and (max_units is None or units <= max_units)
+    return 1 if small else otherwise
 
 
 def check_count(value, name):
@@ -67,10 +100,10 @@ class Config:
         check_choice(self.projection, "Config.projection", PROJECTIONS, optional=True)
 
     @classmethod
-    def defaults(cls):
-        """The schedule ``fc.unroll`` runs when neither the call nor a config chooses one: ``Config(unroll=2)``,
-        the other fields not chosen (``DEFAULTS``)."""
-        return cls(unroll=DEFAULT_UNROLL)
+    def defaults(cls, unroll=DEFAULT_UNROLL):
+        """The schedule ``fc.unroll`` runs when neither the call nor a config chooses one: ``Config(unroll=..)``
+        (``default_unroll``'s for the workload; 2 where no workload is said), the other fields not chosen."""
+        return cls(unroll=unroll)
 
     def as_kwargs(self):
         """``{"unroll": .., "chunk": .., "swap_memory": .., "projection": ..}`` for ``fc.unroll``."""
@@ -144,13 +177,14 @@ class Options:
     def layout(self):
         return Layout(self.time_major, self.reverse)
 
-    def resolve(self, config=None):
-        """These options with every knob not given taken from ``config`` (a ``Config`` or None), else ``DEFAULTS``.
+    def resolve(self, config=None, unroll=DEFAULT_UNROLL):
+        """These options with every knob not given taken from ``config`` (a ``Config`` or None), else ``DEFAULTS``
+        (``unroll``: the workload's default, ``default_unroll``).
 
         Raises ``ValueError`` for a combination that cannot run (``swap_memory`` without a saving backward).
         """
         knobs = {}
-        for name, default in DEFAULTS.items():
+        for name, default in dict(DEFAULTS, unroll=unroll).items():
             given, chosen = getattr(self, name), None if config is None else getattr(config, name)
             knobs[name] = given if given is not None else chosen if chosen is not None else default
         resolved = dataclasses.replace(self, **knobs)

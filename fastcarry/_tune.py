@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from fastcarry import tune_cache
-from fastcarry._config import Config
+from fastcarry._config import Config, default_unroll
 from fastcarry._measure import device_info, peak_memory, step_function, timed_call
 from fastcarry._protocol import identity_project
 
@@ -36,14 +36,20 @@ MAX_ROUNDS = 50  # per stage
 class TuneReport(NamedTuple):
     """What ``fc.tune(..., report=True)`` returns: the chosen ``config``, every measured row, the cache ``key``.
 
-    A row is a dict: ``config``, ``compile_s``, ``peak_bytes`` and how it was read (``memory``: ``"allocator"``,
-    ``"rss"`` or ``"unavailable"``), ``rounds`` (``{round: seconds}``), ``samples`` (those seconds in round
-    order) and ``median_s`` (nan if not timed: it did not fit the memory limit).
+    A row is a dict: ``config``, ``defaults`` (whether it is what runs when nothing is chosen), ``compile_s``,
+    ``peak_bytes`` and how it was read (``memory``: ``"allocator"``, ``"rss"`` or ``"unavailable"``),
+    ``rounds`` (``{round: seconds}``), ``samples`` (those seconds in round order) and ``median_s`` (nan if
+    not timed: it did not fit the memory limit).
     """
 
     config: Config
     rows: list
     key: str
+
+    @property
+    def defaults(self):
+        """What ``fc.unroll`` runs for this workload when nothing is chosen (the row marked ``"defaults"``)."""
+        return next((r["config"] for r in self.rows if r.get("defaults")), Config.defaults())
 
     @property
     def cached(self):
@@ -56,14 +62,14 @@ class TuneReport(NamedTuple):
 
     def gain(self, config):
         """The median over shared rounds of the defaults' time over ``config``'s (1.0 for the defaults)."""
-        default, row = self.row(Config.defaults()), self.row(config)
-        if config == Config.defaults() or default is None or row is None:
+        default, row = self.row(self.defaults), self.row(config)
+        if config == self.defaults or default is None or row is None:
             return 1.0
         return statistics.median(paired_ratios(row, default))
 
     def reasons(self):
         """One line per candidate faster in median than the winner but not chosen, saying why."""
-        best, default = self.row(self.config), self.row(Config.defaults())
+        best, default = self.row(self.config), self.row(self.defaults)
         lines = []
         for row in self.rows:
             if row is best or not row["median_s"] < best["median_s"]:
@@ -165,9 +171,9 @@ def _fits(row, limit):
 class _Tuning:
     """One tuning run: the cell, its example inputs, the deadline, and the rows measured so far."""
 
-    def __init__(self, cell, x, mode, time_major, lengths, deadline, progress):
+    def __init__(self, cell, x, mode, defaults, time_major, lengths, deadline, progress):
         self.cell, self.x, self.mode, self.time_major, self.lengths = cell, x, mode, time_major, lengths
-        self.deadline, self.progress, self.device = deadline, progress, device_info()
+        self.defaults, self.deadline, self.progress, self.device = defaults, deadline, progress, device_info()
         self.rows = []
 
     def measure(self, config):
@@ -179,8 +185,8 @@ class _Tuning:
         if self.progress:
             self.progress(config)
         # rounds: {round number: seconds}, so two candidates compare on the rounds both ran in.
-        row = {"config": config, "fn": fn, "compile_s": compile_s, "peak_bytes": peak, "memory": how,
-               "rounds": {}, "measure_s": time.perf_counter() - start}
+        row = {"config": config, "defaults": config == self.defaults, "fn": fn, "compile_s": compile_s,
+               "peak_bytes": peak, "memory": how, "rounds": {}, "measure_s": time.perf_counter() - start}
         self.rows.append(row)
         return row
 
@@ -203,7 +209,8 @@ class _Tuning:
 
     def fitting_first_stage(self, steps, limit, memory_limit):
         """The first stage's rows that fit ``limit``: the unrolls, and chunks while none fits (train only)."""
-        for config in candidates(steps):
+        first = candidates(steps)
+        for config in first + ([] if self.defaults in first else [self.defaults]):
             self.measure(config)
         chunk = 0  # no chunk left to try
         if limit is not None and self.mode == "train":
@@ -227,7 +234,7 @@ class _Tuning:
     def search(self, core, steps, limit, memory_limit):
         """Both stages (see ``tune``); returns the winning row."""
         fitting = self.fitting_first_stage(steps, limit, memory_limit)
-        default = next((r for r in fitting if r["config"] == Config.defaults()), None)
+        default = next((r for r in fitting if r["config"] == self.defaults), None)
 
         def choose(timed):
             """The fastest of ``timed`` that reliably beats the defaults, else the defaults (when they fit)."""
@@ -343,6 +350,7 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
     cell.build(dim)
     core = check_core(cell.core(), type(cell).__name__)
     key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
+    defaults = Config.defaults(default_unroll(core.name, batch, core.output_size, mode, device_info()["type"]))
     # What the key leaves out but the result depends on: a cached result is reused only for the same.
     context = {"time_major": bool(time_major), "lengths": sequence_length is not None, "memory_limit": limit}
     if not isinstance(force, bool):
@@ -353,7 +361,7 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
         return found if report else found.config
     layout = (steps, batch, dim) if time_major else (batch, steps, dim)
     x = tf.constant(np.random.default_rng(0).standard_normal(layout), cell.dtype)
-    tuning = _Tuning(cell, x, mode, time_major, check_lengths(sequence_length, batch, steps),
+    tuning = _Tuning(cell, x, mode, defaults, time_major, check_lengths(sequence_length, batch, steps),
                      time.perf_counter() + budget_s, progress)
     best = tuning.search(core, steps, limit, memory_limit)
     for row in tuning.rows:

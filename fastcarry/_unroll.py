@@ -10,9 +10,13 @@ from typing import Any
 
 import tensorflow as tf
 
+# Private but stable since TF 2.4: whether any GradientTape could record now.
+from tensorflow.python.eager import record as _record
+
 from fastcarry import _strategies, _validate, tune_cache
 from fastcarry._adapters import as_cell
-from fastcarry._config import Config, Options
+from fastcarry._config import Config, Options, default_unroll
+from fastcarry._measure import device_info
 from fastcarry._protocol import TensorLike, check_core
 from fastcarry._records import Inputs
 from fastcarry._stack import Stack, run_layers
@@ -90,7 +94,9 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
       time_major: layout of ``inputs`` and outputs.
       reverse: run time backwards (see above).
       unroll: None or int >= 1, time steps per loop iteration (and the input
-        projection's block); None: the config's, else 2.
+        projection's block); None: the config's, else the default for the
+        cell, B, H and mode (``_config.default_unroll``: 1 for inference of
+        small fused cells on a CPU, else 2 or 4).
       jit_compile: compile with XLA (True) or run a graph loop (False).
       backward: ``"fused"`` (hand-written gradient) or ``"autodiff"`` (TF's;
         with ``jit_compile=False`` and no ``chunk``, differentiable to any
@@ -140,9 +146,10 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
             return _run(c, x, state, options, config, sequence_length, mask)
         return run_layers(cell, layer, inputs, initial_state, options.time_major)
     tuned = tune_cache.for_call(config, cell, inputs, options.time_major)  # a Config, or None
-    options = options.resolve(tuned)
     args = _validate.check(cell, inputs, initial_state, options, sequence_length=sequence_length, mask=mask)
     _validate.build_for(cell, args)
+    core = check_core(cell.core(), type(cell).__name__)
+    options = options.resolve(tuned, _default_unroll(core, args.batch, options))
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if options.time_major else [args.batch, 0, cell.output_size]
@@ -151,5 +158,11 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
         warn_once("parallel_iterations has no effect with jit_compile=True: XLA runs while-loop iterations in "
                   "order and ignores it; it applies to the graph loop of jit_compile=False")
         options = dataclasses.replace(options, parallel_iterations=None)
-    core = check_core(cell.core(), type(cell).__name__)
     return _strategies.run(core, cell.params(), Inputs(args.inputs, state, args.validity), options)
+
+
+def _default_unroll(core, batch, options):
+    """``_config.default_unroll`` for this call: inference when ``training=False`` or no tape could record."""
+    inference = options.training is False or (options.training is None and not _record.could_possibly_record())
+    return default_unroll(core.name, batch if isinstance(batch, int) else None, core.output_size,
+                          "infer" if inference else "train", device_info()["type"])

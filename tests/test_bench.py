@@ -124,6 +124,22 @@ def test_memory_bench_quick_writes_every_row(tmp_path):
     assert json.loads((tmp_path / "results.json").read_text())["workload"]["time"] == 64
 
 
+def test_schedule_bench_times_every_unroll_the_default_and_keras_and_writes_every_file(tmp_path):
+    from fastcarry._config import default_unroll
+    from fastcarry.tools import schedule_bench as _schedule_bench
+
+    rows = _schedule_bench.run(cells=("gru",), shapes=_schedule_bench.QUICK_SHAPES, rounds=2, out_dir=str(tmp_path))
+    assert [(r["cell"], r["mode"]) for r in rows] == [("gru", "infer"), ("gru", "train")]
+    for r in rows:
+        names = {"unroll=1", "unroll=2", "unroll=4", "default"} | ({"keras"} if r["mode"] == "infer" else set())
+        assert set(r["ms"]) == names and min(r["ms"].values()) > 0
+        assert r["default"] == default_unroll("gru", 2, 4, r["mode"], "CPU") and r["best"] in (1, 2, 4)
+    table = (tmp_path / "results.md").read_text()
+    assert "| gru | 2×5×3×4 | infer |" in table and "Machine: " in table
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+    assert (tmp_path / "results.png").stat().st_size > 0
+
+
 def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):
     from fastcarry.tools import profile_bench as _profile_bench
 

@@ -162,7 +162,7 @@ def test_tune_prints_the_candidates_caches_the_winner_and_shows_it(tmp_path, mon
     progress = io.StringIO()
     assert _tune_tool.run(_cli.parser().parse_args(argv), stream=progress) == 0
     text = capsys.readouterr().out
-    assert "| unroll=1 |" in text and "| unroll=2 |" in text and "| unroll=4 |" not in text  # pruned: 4 > T
+    assert "| unroll=1 (defaults) |" in text and "| unroll=2 |" in text and "| unroll=4 |" not in text  # pruned: 4 > T
     assert "winner: " in text and "x the defaults" in text and "2/3" in progress.getvalue()
     data = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert data["key"]["T"] == 4 and len(data["candidates"]) in (2, 3) and (tmp_path / "out" / "tune.png").exists()

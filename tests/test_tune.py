@@ -86,6 +86,51 @@ def test_unroll_applies_a_config_where_the_call_leaves_the_default(monkeypatch):
         fc.unroll(cell, x, config="fast")
 
 
+def test_the_default_unroll_follows_the_table():
+    from fastcarry._config import CPU_INFERENCE, DEFAULT_UNROLL, default_unroll
+
+    assert default_unroll("lstm", 4, 16, "infer", "CPU") == 1  # the issue's 4x20x8x16
+    assert default_unroll("lstm", 32, 128, "infer", "CPU") == 1  # B * H = 4096, the table's edge
+    assert default_unroll("lstm", 64, 128, "infer", "CPU") == 4  # B * H above it
+    assert default_unroll("lstm", 8, 256, "infer", "CPU") == 4  # H above LSTM's 128
+    assert default_unroll("gru", 4, 128, "infer", "CPU") == 1 and default_unroll("gru", 8, 128, "infer", "CPU") == 2
+    assert default_unroll("simple_rnn", 16, 256, "infer", "CPU") == 1
+    assert default_unroll("simple_rnn", 32, 256, "infer", "CPU") == 2
+    # Training, a GPU, a batch unknown where traced, a generic cell: the one default.
+    for args in [("lstm", 4, 16, "train", "CPU"), ("lstm", 4, 16, "infer", "GPU"), ("lstm", None, 16, "infer", "CPU"),
+                 ("my_cell", 4, 16, "infer", "CPU")]:
+        assert default_unroll(*args) == DEFAULT_UNROLL, args
+    assert set(CPU_INFERENCE) == {"lstm", "gru", "simple_rnn"}  # every fused core's name
+
+
+def test_unroll_runs_the_default_for_its_mode_and_shape(monkeypatch):
+    """Inference (no tape, or training=False) of a small cell: unroll=1; under a tape, a batch unknown where
+    traced, or a size past the table's edge: the one default, 2 (LSTM: 4)."""
+    cell = make_cell("lstm", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+
+    def unrolls(run):
+        return {s.unroll for s in _schedules_used(monkeypatch, run)}
+
+    def train():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fc.unroll(cell, x)[0])
+        return tape.gradient(loss, x)
+
+    assert unrolls(lambda: fc.unroll(cell, x)) == {1}  # eager inference
+    assert unrolls(lambda: tf.function(lambda x: fc.unroll(cell, x)[0], jit_compile=True)(x)) == {1}
+    assert unrolls(train) == {2}
+    assert unrolls(lambda: tf.function(lambda: train())()) == {2}  # a tape inside a traced training step
+    with tf.GradientTape():  # training=False: inference even under a tape
+        assert unrolls(lambda: tf.function(lambda x: fc.unroll(cell, x, training=False)[0])(x)) == {1}
+    unknown = tf.function(lambda x: fc.unroll(cell, x)[0], input_signature=[tf.TensorSpec([None, T, D])])
+    assert unrolls(lambda: unknown(x)) == {2}
+    wide = make_cell("lstm", 256, input_dim=D)
+    assert unrolls(lambda: fc.unroll(wide, x)) == {4}
+    assert unrolls(lambda: fc.unroll(cell, x, unroll=2)) == {2}  # given: wins
+
+
 # -- the cache ------------------------------------------------------------------------------------------------
 
 def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
@@ -273,12 +318,15 @@ def _fake_steps(monkeypatch, seconds):
 def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
     _fake_steps(monkeypatch, lambda c: 0.002 if c.projection == "hoisted" else 0.006)
-    config, rows, _ = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False, report=True)
-    assert config == fc.Config(unroll=2, projection="hoisted")  # the variant of the (default) first winner
+    config, rows, _ = report = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False, report=True)
+    # Inference of a small LSTM on a CPU: fc.unroll's defaults are unroll=1 (_config.CPU_INFERENCE).
+    assert report.defaults == fc.Config(unroll=1) and [r["config"] for r in rows if r["defaults"]] == [report.defaults]
+    assert config == fc.Config(unroll=1, projection="hoisted")  # the variant of the (default) first winner
     assert len(next(r for r in rows if r["config"] == config)["samples"]) >= 5
     _fake_steps(monkeypatch, lambda c: 0.004)  # all the same: noise decides nothing
     config = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
-    assert config == fc.Config(unroll=2)
+    assert config == fc.Config(unroll=1)
+    assert fc.tune(cell, (B, T, D), mode="train", budget_s=0.5, cache=False) == fc.Config(unroll=2)
 
 
 def test_tune_returns_the_cached_result_at_once_and_force_measures_again(cache, monkeypatch):

@@ -53,14 +53,13 @@ def _show(clear):
 
 def table(args, report):
     """The candidate table and the winner line (Markdown)."""
-    import fastcarry as fc
-
-    default = report.row(fc.Config.defaults())
+    default = report.row(report.defaults)
     lines = [f"fastcarry tune: {args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} {args.mode}",
              "", "| config | median ms | peak MiB | compile s | vs defaults |", "|---|---:|---:|---:|---:|"]
     for row in report.rows:
         ratio = default["median_s"] / row["median_s"] if default and row["median_s"] == row["median_s"] else None
-        lines.append(f"| {row['config'].describe()} | {row['median_s'] * 1e3:.2f} | {_mib(row['peak_bytes'])} | "
+        label = row["config"].describe() + (" (defaults)" if row is default else "")
+        lines.append(f"| {label} | {row['median_s'] * 1e3:.2f} | {_mib(row['peak_bytes'])} | "
                      f"{row['compile_s']:.2f} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
     best = report.row(report.config)
     gain = f", {default['median_s'] / best['median_s']:.2f}x the defaults" if default else ""

@@ -62,7 +62,7 @@ def run(grid, modes=("train", "infer"), budget_s=20, memory_limit="300MiB", memo
             cell = make_cell(cell_kind, h, input_size=d)
             tuned = fc.tune(cell, (b, t, d), mode=mode, budget_s=budget_s, cache=False, report=True)
             tune_s = time.perf_counter() - start
-            config, default = tuned.config, fc.Config.defaults()
+            config, default = tuned.config, tuned.defaults
             results.append({"workload": f"{cell_kind} {b}x{t}x{d}x{h}", "mode": mode, "winner": config.as_kwargs(),
                             "tune_s": tune_s, "recheck": recheck(cell, (b, t, d), mode, config, default),
                             "default_ms": tuned.row(default)["median_s"] * 1e3,
