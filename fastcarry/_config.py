@@ -27,8 +27,8 @@ DEFAULT_UNROLL = 2  # steps per loop iteration when neither the call, a config n
 # training showed no unroll reliably faster than 2 there, and GPUs are unmeasured (both keep DEFAULT_UNROLL).
 CPU_INFERENCE = {  # core name: (ROWS, UNITS, OTHERWISE)
     "lstm": (4096, 128, 4),
-    "gru": (512, None, 2),
-    "simple_rnn": (4096, None, 2),
+    "gru": (1024, None, 2),
+    "simple_rnn": (4096, 256, 2),
 }
 
 

@@ -9,6 +9,7 @@ helper, so anything may use it.
 import functools
 import os
 import platform
+import random
 import threading
 import time
 
@@ -60,6 +61,18 @@ def block(result):
             value.read_value().numpy()
         elif tf.is_tensor(value) and hasattr(value, "numpy"):
             value.numpy()
+
+
+def round_order(items, round_index):
+    """``items`` in the order round ``round_index`` of an interleaved measurement visits them: a permutation
+    seeded by the round, new every round.
+
+    A fixed cycle, even one started one further along each round, has every
+    item always follow the same neighbour, and what one leaves behind (its
+    thread pool still spinning, caches filled) always falls on the same other;
+    new orders spread it over all of them.
+    """
+    return random.Random(round_index).sample(list(items), len(items))
 
 
 def timed_call(fn, *args):

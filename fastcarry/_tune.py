@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 
 from fastcarry import tune_cache
 from fastcarry._config import Config, default_unroll
-from fastcarry._measure import device_info, peak_memory, step_function, timed_call
+from fastcarry._measure import device_info, peak_memory, round_order, step_function, timed_call
 from fastcarry._protocol import identity_project
 
 MODES = ("train", "infer")
@@ -191,13 +191,12 @@ class _Tuning:
         return row
 
     def time_rounds(self, timed, first_round, until):
-        """Interleaved rounds of ``timed`` (each starting one further along): one, then more while another
+        """Interleaved rounds of ``timed`` (each in its own order, ``round_order``): one, then more while another
         round of the same length ends by ``until`` (at most ``MAX_ROUNDS``); returns the next round's number."""
         n, last = 0, 0.0
         while n < 1 or (n < MAX_ROUNDS and time.perf_counter() + last <= until):
             r, round_start = first_round + n, time.perf_counter()
-            for k in range(len(timed)):
-                row = timed[(r + k) % len(timed)]
+            for row in round_order(timed, r):
                 row["rounds"][r] = timed_call(row["fn"], self.x)
             n, last = n + 1, time.perf_counter() - round_start
         self.medians()

@@ -93,9 +93,10 @@ def test_the_default_unroll_follows_the_table():
     assert default_unroll("lstm", 32, 128, "infer", "CPU") == 1  # B * H = 4096, the table's edge
     assert default_unroll("lstm", 64, 128, "infer", "CPU") == 4  # B * H above it
     assert default_unroll("lstm", 8, 256, "infer", "CPU") == 4  # H above LSTM's 128
-    assert default_unroll("gru", 4, 128, "infer", "CPU") == 1 and default_unroll("gru", 8, 128, "infer", "CPU") == 2
+    assert default_unroll("gru", 8, 128, "infer", "CPU") == 1 and default_unroll("gru", 16, 128, "infer", "CPU") == 2
     assert default_unroll("simple_rnn", 16, 256, "infer", "CPU") == 1
     assert default_unroll("simple_rnn", 32, 256, "infer", "CPU") == 2
+    assert default_unroll("simple_rnn", 8, 512, "infer", "CPU") == 2  # H above SimpleRNN's 256
     # Training, a GPU, a batch unknown where traced, a generic cell: the one default.
     for args in [("lstm", 4, 16, "train", "CPU"), ("lstm", 4, 16, "infer", "GPU"), ("lstm", None, 16, "infer", "CPU"),
                  ("my_cell", 4, 16, "infer", "CPU")]:
@@ -194,6 +195,14 @@ def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
     core = make_cell("lstm", H, input_dim=D).core()
     assert fc.Config(unroll=1, swap_memory=True) in _tune.variants(fc.Config(unroll=1), core, "train",
                                                                    _measure.device_info())
+
+
+def test_each_round_visits_every_candidate_once_after_changing_neighbours():
+    names = ["a", "b", "c", "d"]
+    orders = [_measure.round_order(names, r) for r in range(12)]
+    assert all(sorted(o) == names for o in orders) and orders == [_measure.round_order(names, r) for r in range(12)]
+    before = {n: {o[o.index(n) - 1] for o in orders if o.index(n) > 0} for n in names}
+    assert all(len(p) >= 2 for p in before.values()), before  # a fixed cycle gives each exactly one
 
 
 def test_peak_memory_reads_the_device_allocator(monkeypatch):

@@ -3,8 +3,9 @@
 Every contender of one workload (cell kind and ``B, T, D, H``) and mode (``infer``
 is the forward pass; ``train`` is forward plus the gradient of
 ``reduce_sum(outputs * cotangent)`` w.r.t. all weights) is timed in this one
-process, interleaved: each repeat times every contender once, round-robin, so
-machine noise (other jobs, frequency scaling) spreads over all of them alike.
+process, interleaved: each repeat times every contender once, in an order of its own
+(``fastcarry._measure.round_order``), so machine noise (other jobs, frequency
+scaling, what the previous contender left behind) spreads over all of them alike.
 
 Contenders:
 
@@ -33,7 +34,7 @@ import warnings
 
 import numpy as np
 
-from fastcarry._measure import step_function, timed_call
+from fastcarry._measure import round_order, step_function, timed_call
 from fastcarry.tools import report as _report
 from fastcarry.tools.report import Progress, machine_info, require_matplotlib
 from fastcarry.tools.workload import Workload, random_data, workload_cell
@@ -227,8 +228,8 @@ def _summary(samples):
 def time_contenders(steps, repeats, progress=None):
     """Times every step: first call (``compile_s``), warm-up, then ``repeats`` interleaved rounds.
 
-    Each round visits every contender once, starting one further along each time
-    so no contender always runs right after the same neighbour.
+    Each round visits every contender once, in a new order (``round_order``), so
+    no contender always runs right after the same neighbour.
     ``progress(name, phase)`` is called before each contender's compile and each round.
     Returns ``{name: {compile_s, median_s, min_s, max_s, samples_s}}``.
     """
@@ -244,8 +245,7 @@ def time_contenders(steps, repeats, progress=None):
     for r in range(repeats):
         if progress:
             progress(None, f"repeat {r + 1}/{repeats}")
-        for k in range(len(names)):
-            name = names[(r + k) % len(names)]
+        for name in round_order(names, r):
             samples[name].append(timed_call(steps[name]))
     return {name: {"compile_s": compile_s[name], **_summary(samples[name])} for name in names}
 

@@ -1,7 +1,7 @@
 """The default schedule's measurement: ``unroll`` 1, 2 and 4 per cell, shape and mode, against Keras 3.
 
 For every cell x shape x mode the candidates run in one process, interleaved
-(round-robin, starting one further along each round), each sample a block of
+(each round in an order of its own, ``fastcarry._measure.round_order``), each sample a block of
 consecutive calls (a user's hot loop calls one function many times; a block
 of at least ``MIN_SAMPLE_S`` keeps the timer's resolution out of the figure),
 and the median per call is kept. ``keras`` is the Keras 3 layer under
@@ -71,7 +71,7 @@ def time_blocks(steps, rounds):
     """``{name: median seconds per call}``: ``rounds`` interleaved rounds, each a block of calls per step."""
     import time
 
-    from fastcarry._measure import block, timed_call
+    from fastcarry._measure import block, round_order, timed_call
 
     names = list(steps)
     for name in names:  # trace, compile, warm up
@@ -80,8 +80,7 @@ def time_blocks(steps, rounds):
     calls = {name: _calls_per_sample(steps[name]) for name in names}
     samples = {name: [] for name in names}
     for r in range(rounds):
-        for k in range(len(names)):
-            name = names[(r + k) % len(names)]
+        for name in round_order(names, r):
             start = time.perf_counter()
             for _ in range(calls[name]):
                 result = steps[name]()
