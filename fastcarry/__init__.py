@@ -13,6 +13,7 @@ Public surface::
     fc.bidirectional(cell_fw, cell_bw, inputs)      # bidirectional_dynamic_rnn
     fc.keras.LSTM(units, return_sequences=True)     # keras.layers.LSTM, run by the fused loop
     config = fc.tune(cell, (B, T, D))               # an fc.Config, cached for fc.unroll(..., config="auto")
+    fc.default_config(cell, (B, T, D), mode="infer")  # what runs when nothing chooses
     fc.tune_cache.load(), fc.weights.to_torch(...)  # the tune cache; every weight-layout conversion
 
 The cell protocol (``fc.CellProtocol``, ``fc.Core``, ``fc.RecurrentSplit``,
@@ -42,6 +43,7 @@ _EXPORTS = {
     "TuneReport": ("fastcarry._tune", "TuneReport"),
     "as_cell": ("fastcarry._adapters", "as_cell"),
     "bidirectional": ("fastcarry._bidirectional", "bidirectional"),
+    "default_config": ("fastcarry._tune", "default_config"),
     "keras": ("fastcarry.keras", None),
     "GRU": ("fastcarry._cells", "GRU"),
     "LSTM": ("fastcarry._cells", "LSTM"),
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from fastcarry._protocol import SecondMatmul as SecondMatmul
     from fastcarry._stack import Stack as Stack
     from fastcarry._tune import TuneReport as TuneReport
+    from fastcarry._tune import default_config as default_config
     from fastcarry._tune import tune as tune
     from fastcarry._unroll import unroll as unroll
     from fastcarry.kernels.lstm import LSTMState as LSTMState

@@ -282,6 +282,28 @@ def _check(mode, budget_s):
         raise ValueError(f"budget_s must be a number of seconds > 0, got {budget_s!r}")
 
 
+def default_config(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train") -> Config:
+    """What ``fc.unroll`` runs for ``cell`` at ``shape`` in ``mode`` on this device when neither the call nor a
+    config chooses: ``Config(unroll=k)``, ``k`` from ``fastcarry._config.default_unroll`` (1 for inference of
+    small fused cells on a CPU, else 2 or 4; the table is in ``benchmarks/README.md``).
+
+    Args:
+      cell: anything ``fc.unroll`` takes (built for ``D`` here if it is not).
+      shape: ``(B, T, D)``, or an example tensor ``[B, T, D]``.
+      mode: ``"train"`` or ``"infer"`` (``fc.unroll`` infers when no tape could record, or ``training=False``).
+    """
+    from fastcarry._adapters import as_cell
+    from fastcarry._protocol import check_core
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    batch, _, dim = _check_shape(shape)
+    cell = as_cell(cell)
+    cell.build(dim)
+    core = check_core(cell.core(), type(cell).__name__)
+    return Config.defaults(default_unroll(core.name, batch, core.output_size, mode, device_info()["type"]))
+
+
 def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", time_major: bool = False,
          sequence_length: Any = None, memory_limit: int | str | None = None, budget_s: float = 60, cache: bool = True,
          force: bool = False, report: bool = False,
@@ -349,7 +371,7 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
     cell.build(dim)
     core = check_core(cell.core(), type(cell).__name__)
     key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
-    defaults = Config.defaults(default_unroll(core.name, batch, core.output_size, mode, device_info()["type"]))
+    defaults = default_config(cell, (batch, steps, dim), mode=mode)
     # What the key leaves out but the result depends on: a cached result is reused only for the same.
     context = {"time_major": bool(time_major), "lengths": sequence_length is not None, "memory_limit": limit}
     if not isinstance(force, bool):

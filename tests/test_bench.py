@@ -6,6 +6,7 @@ import pathlib
 
 import pytest
 
+import fastcarry as fc
 from fastcarry.tools import bench as _bench
 from fastcarry.tools import cli as _cli
 from fastcarry.tools import grid_bench as _grid
@@ -138,6 +139,29 @@ def test_schedule_bench_times_every_unroll_the_default_and_keras_and_writes_ever
     assert "| gru | 2×5×3×4 | infer |" in table and "Machine: " in table
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
     assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_user_cell_bench_checks_gradients_times_both_sides_and_writes_every_file(tmp_path, monkeypatch):
+    from fastcarry.tools import user_cell_bench as _user_cell_bench
+
+    rows = _user_cell_bench.run(cells=("peephole_lstm", "indrnn"), shapes=_user_cell_bench.QUICK_SHAPES, rounds=2,
+                                out_dir=str(tmp_path))
+    assert [(r["cell"], r["mode"]) for r in rows] == [("peephole_lstm", "infer"), ("peephole_lstm", "train"),
+                                                      ("indrnn", "infer"), ("indrnn", "train")]
+    for r in rows:
+        assert set(r["ms"]) == {"fastcarry", "keras-graph", "keras-jit"} and min(r["ms"].values()) > 0
+        assert r["speedup"] == r["ms"][r["keras"]] / r["ms"]["fastcarry"] and r["max_relative_error"] <= 2e-5
+    assert "| **median** | | train |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 0
+    # Every cell's two sides agree (the benchmark refuses to time a case where they do not) ...
+    for kind in _user_cell_bench.CELLS[1::2]:  # the two not timed above
+        assert _user_cell_bench.check_equal(kind, (2, 5, 3, 4)) <= 2e-5, kind
+    # ... and a wrong side is caught: outputs off by 0.1% fail the check, and the run refuses to time.
+    unroll = fc.unroll
+    monkeypatch.setattr(fc, "unroll", lambda cell, x: (unroll(cell, x)[0] * 1.001, None))
+    assert _user_cell_bench.check_equal("indrnn", (2, 5, 3, 4)) > 5e-4
+    with pytest.raises(AssertionError, match="fastcarry and keras.layers.RNN differ by"):
+        _user_cell_bench.run(cells=("indrnn",), shapes=_user_cell_bench.QUICK_SHAPES, rounds=1)
 
 
 def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):

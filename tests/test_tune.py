@@ -102,6 +102,12 @@ def test_the_default_unroll_follows_the_table():
                  ("my_cell", 4, 16, "infer", "CPU")]:
         assert default_unroll(*args) == DEFAULT_UNROLL, args
     assert set(CPU_INFERENCE) == {"lstm", "gru", "simple_rnn"}  # every fused core's name
+    # The public question: what runs for this cell and shape.
+    assert fc.default_config(make_cell("lstm", 16), (4, 20, 8), mode="infer") == fc.Config(unroll=1)
+    assert fc.default_config(make_cell("lstm", 16), (4, 20, 8)) == fc.Config(unroll=2)  # mode="train"
+    assert fc.default_config(make_cell("gru", 512), tf.zeros([64, 3, 8]), mode="infer") == fc.Config(unroll=2)
+    with pytest.raises(ValueError, match="mode must be one of \\('train', 'infer'\\), got 'eval'"):
+        fc.default_config(make_cell("lstm", 16), (4, 20, 8), mode="eval")
 
 
 def test_unroll_runs_the_default_for_its_mode_and_shape(monkeypatch):

@@ -93,8 +93,7 @@ def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, st
     """One row per cell x shape x mode: ``{"cell", "shape", "mode", "ms": {name: ms per call}, "best", "default"}``
     (``best``: the fastest unroll; ``default``: ``fc.unroll``'s). With ``out_dir``, writes results.json (the
     machine and the rows), results.md and results.png there."""
-    from fastcarry._config import default_unroll
-    from fastcarry._measure import device_info
+    import fastcarry as fc
 
     progress = _report.Progress(len(cells) * len(shapes) * len(modes), stream)
     rows = []
@@ -104,11 +103,9 @@ def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, st
                 progress.step(f"{kind} {'x'.join(map(str, shape))} {mode}")
                 ms = {k: v * 1e3 for k, v in time_blocks(_steps(kind, shape, mode), rounds).items()}
                 unrolls = {u: ms[f"unroll={u}"] for u in UNROLLS}
-                b, _, _, h = shape
-                core = make_cell(kind, h, input_size=shape[2]).core()
+                default = fc.default_config(make_cell(kind, shape[3]), shape[:3], mode=mode)
                 rows.append({"cell": kind, "shape": list(shape), "mode": mode, "ms": ms,
-                             "best": min(unrolls, key=unrolls.get),
-                             "default": default_unroll(core.name, b, h, mode, device_info()["type"])})
+                             "best": min(unrolls, key=unrolls.get), "default": default.unroll})
     if out_dir is not None:
         machine = _report.machine_info()
         _report.write(out_dir, {"machine": machine, "rounds": rounds, "rows": rows},
