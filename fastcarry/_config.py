@@ -30,6 +30,10 @@ CPU_INFERENCE = {  # core name: (ROWS, UNITS, OTHERWISE)
     "gru": (1024, None, 2),
     "simple_rnn": (4096, 256, 2),
 }
+# Any other core (a Keras or TF1 cell, a FunctionCell, a user's protocol cell): its step's kernels are the
+# user's, so only the smallest sizes, where the hand-offs dominate whatever the step is (a peephole LSTM
+# 8x200x64x128: 10.7 ms with unroll=1, 15.2 with 2; IndRNN 2.2 and 4.0; a layer-normalised cell 9.2 and 8.5).
+OTHER_CPU_INFERENCE = (1024, None, 2)
 
 
 def default_unroll(core_name, batch, units, mode, device_type):
@@ -42,12 +46,12 @@ def default_unroll(core_name, batch, units, mode, device_type):
       mode: ``"infer"`` (nothing can ask for a gradient) or ``"train"``.
       device_type: ``"CPU"`` or ``"GPU"`` (``fastcarry._measure.device_info``).
 
-    Returns ``CPU_INFERENCE``'s choice for inference on a CPU with B known, else ``DEFAULT_UNROLL``.
+    Returns the choice of ``CPU_INFERENCE`` (``OTHER_CPU_INFERENCE`` for a core not in it) for inference on a
+    CPU with B known, else ``DEFAULT_UNROLL``.
     """
-    rule = CPU_INFERENCE.get(core_name)
-    if mode != "infer" or device_type != "CPU" or batch is None or rule is None:
+    if mode != "infer" or device_type != "CPU" or batch is None:
         return DEFAULT_UNROLL
-    rows, max_units, otherwise = rule
+    rows, max_units, otherwise = CPU_INFERENCE.get(core_name, OTHER_CPU_INFERENCE)
     small = batch * units <= rows and (max_units is None or units <= max_units)
     return 1 if small else otherwise
 

@@ -285,7 +285,7 @@ def _check(mode, budget_s):
 def default_config(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train") -> Config:
     """What ``fc.unroll`` runs for ``cell`` at ``shape`` in ``mode`` on this device when neither the call nor a
     config chooses: ``Config(unroll=k)``, ``k`` from ``fastcarry._config.default_unroll`` (1 for inference of
-    small fused cells on a CPU, else 2 or 4; the table is in ``benchmarks/README.md``).
+    small cells on a CPU, else 2 or 4; the table is in ``benchmarks/README.md``).
 
     Args:
       cell: anything ``fc.unroll`` takes (built for ``D`` here if it is not).

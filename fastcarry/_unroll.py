@@ -96,7 +96,7 @@ def unroll(cell: Any, inputs: TensorLike, initial_state: Any = None, *, sequence
       unroll: None or int >= 1, time steps per loop iteration (and the input
         projection's block); None: the config's, else the default for the
         cell, B, H and mode (``_config.default_unroll``: 1 for inference of
-        small fused cells on a CPU, else 2 or 4).
+        small cells on a CPU, else 2 or 4).
       jit_compile: compile with XLA (True) or run a graph loop (False).
       backward: ``"fused"`` (hand-written gradient) or ``"autodiff"`` (TF's;
         with ``jit_compile=False`` and no ``chunk``, differentiable to any

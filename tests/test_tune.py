@@ -97,9 +97,12 @@ def test_the_default_unroll_follows_the_table():
     assert default_unroll("simple_rnn", 16, 256, "infer", "CPU") == 1
     assert default_unroll("simple_rnn", 32, 256, "infer", "CPU") == 2
     assert default_unroll("simple_rnn", 8, 512, "infer", "CPU") == 2  # H above SimpleRNN's 256
-    # Training, a GPU, a batch unknown where traced, a generic cell: the one default.
+    # Any other cell: unroll=1 at the smallest sizes only.
+    assert default_unroll("my_cell", 8, 128, "infer", "CPU") == 1 and default_unroll("my_cell", 16, 128, "infer",
+                                                                                       "CPU") == 2
+    # Training, a GPU, a batch unknown where traced: the one default.
     for args in [("lstm", 4, 16, "train", "CPU"), ("lstm", 4, 16, "infer", "GPU"), ("lstm", None, 16, "infer", "CPU"),
-                 ("my_cell", 4, 16, "infer", "CPU")]:
+                 ("my_cell", 4, 16, "train", "CPU")]:
         assert default_unroll(*args) == DEFAULT_UNROLL, args
     assert set(CPU_INFERENCE) == {"lstm", "gru", "simple_rnn"}  # every fused core's name
     # The public question: what runs for this cell and shape.

@@ -74,3 +74,11 @@ def write(out_dir, data, markdown, plot, *, stem="results"):
     with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
         f.write(markdown if markdown.endswith("\n") else markdown + "\n")
     plot(os.path.join(out_dir, f"{stem}.png"))
+
+
+def write_rows(out_dir, rows, rounds, markdown, plot):
+    """``write`` for a measurement of ``rows`` in ``rounds`` rounds: the JSON holds the machine, the rounds and
+    the rows; the Markdown table is headed by the machine's line."""
+    machine = machine_info()
+    write(out_dir, {"machine": machine, "rounds": rounds, "rows": rows},
+          f"Machine: {describe(machine)}\n\n{markdown}", plot)

@@ -106,10 +106,9 @@ def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, st
                 default = fc.default_config(make_cell(kind, shape[3]), shape[:3], mode=mode)
                 rows.append({"cell": kind, "shape": list(shape), "mode": mode, "ms": ms,
                              "best": min(unrolls, key=unrolls.get), "default": default.unroll})
+    progress.close()
     if out_dir is not None:
-        machine = _report.machine_info()
-        _report.write(out_dir, {"machine": machine, "rounds": rounds, "rows": rows},
-                      f"Machine: {_report.describe(machine)}\n\n" + markdown(rows), lambda path: plot(rows, path))
+        _report.write_rows(out_dir, rows, rounds, markdown(rows), lambda path: plot(rows, path))
     return rows
 
 

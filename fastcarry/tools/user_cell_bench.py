@@ -33,10 +33,18 @@ def cell_classes():
     import keras
     import tensorflow as tf
 
-    class PeepholeLSTMCell(keras.layers.Layer):
+    class UserCell(keras.layers.Layer):
+        """A Keras cell of ``units`` outputs whose state is ``states`` arrays of ``[B, units]``."""
+
+        states = 1
+
         def __init__(self, units, **kwargs):
             super().__init__(**kwargs)
-            self.units, self.state_size, self.output_size = units, [units, units], units
+            self.units, self.output_size = units, units
+            self.state_size = units if self.states == 1 else [units] * self.states
+
+    class PeepholeLSTMCell(UserCell):
+        states = 2
 
         def build(self, input_shape):
             h = self.units
@@ -56,10 +64,7 @@ def cell_classes():
             h = tf.sigmoid(zo + c * self.peepholes[2]) * tf.tanh(c)
             return h, [h, c]
 
-    class MinimalGatedUnitCell(keras.layers.Layer):
-        def __init__(self, units, **kwargs):
-            super().__init__(**kwargs)
-            self.units, self.state_size, self.output_size = units, units, units
+    class MinimalGatedUnitCell(UserCell):
 
         def build(self, input_shape):
             h = self.units
@@ -77,10 +82,7 @@ def cell_classes():
             h = (1.0 - f) * h + f * candidate
             return h, [h]
 
-    class IndRNNCell(keras.layers.Layer):
-        def __init__(self, units, **kwargs):
-            super().__init__(**kwargs)
-            self.units, self.state_size, self.output_size = units, units, units
+    class IndRNNCell(UserCell):
 
         def build(self, input_shape):
             self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
@@ -92,10 +94,7 @@ def cell_classes():
             h = tf.nn.relu(tf.matmul(inputs, self.kernel) + self.recurrent * states[0] + self.bias)
             return h, [h]
 
-    class LayerNormGatedCell(keras.layers.Layer):
-        def __init__(self, units, **kwargs):
-            super().__init__(**kwargs)
-            self.units, self.state_size, self.output_size = units, units, units
+    class LayerNormGatedCell(UserCell):
 
         def build(self, input_shape):
             h = self.units
@@ -201,9 +200,7 @@ def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, st
                              "ms": ms, "keras": keras, "speedup": ms[keras] / ms["fastcarry"]})
     progress.close()
     if out_dir is not None:
-        machine = _report.machine_info()
-        _report.write(out_dir, {"machine": machine, "rounds": rounds, "rows": rows},
-                      f"Machine: {_report.describe(machine)}\n\n" + markdown(rows), lambda path: plot(rows, path))
+        _report.write_rows(out_dir, rows, rounds, markdown(rows), lambda path: plot(rows, path))
     return rows
 
 
