@@ -22,17 +22,17 @@ DEFAULT_UNROLL = 2  # steps per loop iteration when neither the call, a config n
 # One step per iteration keeps the loop body a short chain of kernels, which XLA:CPU's thunk executor runs on
 # the calling thread; with two or more steps the body has independent kernels (the next step's projection
 # beside the recurrent matmul), which it hands to its thread pool, once per iteration: at small B * H the
-# hand-offs cost more than the work (LSTM 4x20x8x16: 0.45 ms with unroll=1, 0.82 with 2). Where the work is
-# larger the concurrency pays. Measured on a 2-core AMD EPYC: benchmarks/README.md, "The default schedule";
-# training showed no unroll reliably faster than 2 there, and GPUs are unmeasured (both keep DEFAULT_UNROLL).
+# hand-offs cost more than the work; where the work is larger the concurrency pays. The thresholds were
+# measured (benchmarks/README.md, "The default schedule", with the machine); there training showed no unroll
+# reliably faster than 2, and GPUs are unmeasured: both keep DEFAULT_UNROLL.
 CPU_INFERENCE = {  # core name: (ROWS, UNITS, OTHERWISE)
     "lstm": (4096, 128, 4),
     "gru": (1024, None, 2),
     "simple_rnn": (4096, 256, 2),
 }
 # Any other core (a Keras or TF1 cell, a FunctionCell, a user's protocol cell): its step's kernels are the
-# user's, so only the smallest sizes, where the hand-offs dominate whatever the step is (a peephole LSTM
-# 8x200x64x128: 10.7 ms with unroll=1, 15.2 with 2; IndRNN 2.2 and 4.0; a layer-normalised cell 9.2 and 8.5).
+# user's, so only the smallest sizes, where the hand-offs dominate whatever the step is (benchmarks/README.md,
+# "Users' own cells").
 OTHER_CPU_INFERENCE = (1024, None, 2)
 
 
