@@ -15,9 +15,7 @@ from fastcarry.tools import cli as _cli  # noqa: E402
 if __name__ == "__main__":
     _cli.start_tensorflow()
     from fastcarry.tools import user_cell_bench  # noqa: E402
+    from fastcarry.tools.report import run_rows_bench  # noqa: E402
 
-    quick = "--quick" in sys.argv[1:]
     results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "user_cells")
-    rows = user_cell_bench.run(shapes=user_cell_bench.QUICK_SHAPES if quick else user_cell_bench.SHAPES,
-                               rounds=3 if quick else user_cell_bench.ROUNDS, out_dir=None if quick else results)
-    print(user_cell_bench.markdown(rows))
+    run_rows_bench(user_cell_bench, sys.argv[1:], results)

@@ -118,6 +118,33 @@ def step_function(run, variables, mode, cotangent=None, *, wrt_inputs=False, jit
     return named_function(fn, f"{name}_{mode}", jit_compile=jit_compile)
 
 
+def time_blocks(steps, rounds, min_sample_s=0.02):
+    """``{name: median seconds per call}`` of ``steps`` (``{name: zero-argument step}``).
+
+    Each step is called three times first (trace, compile, warm up); then
+    ``rounds`` interleaved rounds (``round_order``), each timing one block of
+    consecutive calls per step, as a user's hot loop calls one function: enough
+    calls for ``min_sample_s`` (one timed call decides how many), so the
+    timer's resolution and the one sync at the block's end stay out of the figure.
+    """
+    import statistics
+
+    names = list(steps)
+    for name in names:
+        for _ in range(3):
+            timed_call(steps[name])
+    calls = {name: max(1, int(min_sample_s / max(timed_call(steps[name]), 1e-6))) for name in names}
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in round_order(names, r):
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                result = steps[name]()
+            block(result)
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def rss_bytes():
     """This process's resident memory in bytes (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:

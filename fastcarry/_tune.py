@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from fastcarry import tune_cache
-from fastcarry._config import Config, default_unroll
+from fastcarry._config import Config
 from fastcarry._measure import device_info, peak_memory, round_order, step_function, timed_call
 from fastcarry._protocol import identity_project
 
@@ -294,14 +294,14 @@ def default_config(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = 
     """
     from fastcarry._adapters import as_cell
     from fastcarry._protocol import check_core
+    from fastcarry._unroll import default_unroll_for
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     batch, _, dim = _check_shape(shape)
     cell = as_cell(cell)
     cell.build(dim)
-    core = check_core(cell.core(), type(cell).__name__)
-    return Config.defaults(default_unroll(core.name, batch, core.output_size, mode, device_info()["type"]))
+    return Config.defaults(default_unroll_for(check_core(cell.core(), type(cell).__name__), batch, mode))
 
 
 def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", time_major: bool = False,
@@ -362,6 +362,7 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
 
     from fastcarry._adapters import as_cell
     from fastcarry._protocol import check_core
+    from fastcarry._unroll import default_unroll_for
     from fastcarry._validate import check_lengths
 
     _check(mode, budget_s)
@@ -371,7 +372,7 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
     cell.build(dim)
     core = check_core(cell.core(), type(cell).__name__)
     key = tune_cache.make_key(tune_cache.cell_name(core), dim, core.output_size, cell.dtype, mode, batch, steps)
-    defaults = default_config(cell, (batch, steps, dim), mode=mode)
+    defaults = Config.defaults(default_unroll_for(core, batch, mode))
     # What the key leaves out but the result depends on: a cached result is reused only for the same.
     context = {"time_major": bool(time_major), "lengths": sequence_length is not None, "memory_limit": limit}
     if not isinstance(force, bool):

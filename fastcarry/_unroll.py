@@ -162,7 +162,11 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
 
 
 def _default_unroll(core, batch, options):
-    """``_config.default_unroll`` for this call: inference when ``training=False`` or no tape could record."""
+    """``default_unroll_for`` this call: inference when ``training=False`` or no tape could record."""
     inference = options.training is False or (options.training is None and not _record.could_possibly_record())
-    return default_unroll(core.name, batch if isinstance(batch, int) else None, core.output_size,
-                          "infer" if inference else "train", device_info()["type"])
+    return default_unroll_for(core, batch if isinstance(batch, int) else None, "infer" if inference else "train")
+
+
+def default_unroll_for(core, batch, mode):
+    """``_config.default_unroll`` for ``core`` (a ``Core``) at ``batch`` (B, or None) in ``mode`` on this device."""
+    return default_unroll(core.name, batch, core.output_size, mode, device_info()["type"])

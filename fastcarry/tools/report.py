@@ -82,3 +82,13 @@ def write_rows(out_dir, rows, rounds, markdown, plot):
     machine = machine_info()
     write(out_dir, {"machine": machine, "rounds": rounds, "rows": rows},
           f"Machine: {describe(machine)}\n\n{markdown}", plot)
+
+
+def run_rows_bench(bench, argv, out_dir):
+    """The command line of a rows benchmark (``schedule_bench``, ``user_cell_bench``): its ``SHAPES`` for
+    ``ROUNDS`` rounds, writing to ``out_dir``, or with ``--quick`` in ``argv`` its ``QUICK_SHAPES`` for 3 rounds,
+    writing nothing; the table is printed either way."""
+    quick = "--quick" in argv
+    rows = bench.run(shapes=bench.QUICK_SHAPES if quick else bench.SHAPES, rounds=3 if quick else bench.ROUNDS,
+                     out_dir=None if quick else out_dir)
+    print(bench.markdown(rows))

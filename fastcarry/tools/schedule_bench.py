@@ -1,10 +1,8 @@
 """The default schedule's measurement: ``unroll`` 1, 2 and 4 per cell, shape and mode, against Keras 3.
 
-For every cell x shape x mode the candidates run in one process, interleaved
-(each round in an order of its own, ``fastcarry._measure.round_order``), each sample a block of
-consecutive calls (a user's hot loop calls one function many times; a block
-of at least ``MIN_SAMPLE_S`` keeps the timer's resolution out of the figure),
-and the median per call is kept. ``keras`` is the Keras 3 layer under
+For every cell x shape x mode the candidates run in one process, interleaved,
+each sample a block of consecutive calls, and the median per call is kept
+(``fastcarry._measure.time_blocks``). ``keras`` is the Keras 3 layer under
 ``tf.function(jit_compile=True)`` with the same weights (inference only: it is
 the target's comparison, not a candidate). ``default`` is what ``fc.unroll``
 runs when nothing is chosen (``fastcarry._config.default_unroll``), timed as
@@ -14,7 +12,6 @@ The table the default is read from is ``benchmarks/README.md`` ("The default
 schedule").
 """
 
-import statistics
 import sys
 
 from fastcarry.tools import report as _report
@@ -29,7 +26,6 @@ SHAPES = ((4, 20, 8, 16), (16, 50, 32, 64), (1, 100, 64, 128), (8, 200, 64, 128)
           (8, 50, 256, 512), (32, 100, 128, 256), (16, 500, 128, 256), (64, 100, 256, 512))
 QUICK_SHAPES = ((2, 5, 3, 4),)
 ROUNDS = 11
-MIN_SAMPLE_S = 0.02
 
 
 def _steps(kind, shape, mode, seed=0):
@@ -60,40 +56,12 @@ def _steps(kind, shape, mode, seed=0):
     return steps
 
 
-def _calls_per_sample(step):
-    """Calls in one sample: enough for ``MIN_SAMPLE_S`` at this step's speed (one call, timed, decides)."""
-    from fastcarry._measure import timed_call
-
-    return max(1, int(MIN_SAMPLE_S / max(timed_call(step), 1e-6)))
-
-
-def time_blocks(steps, rounds):
-    """``{name: median seconds per call}``: ``rounds`` interleaved rounds, each a block of calls per step."""
-    import time
-
-    from fastcarry._measure import block, round_order, timed_call
-
-    names = list(steps)
-    for name in names:  # trace, compile, warm up
-        for _ in range(3):
-            timed_call(steps[name])
-    calls = {name: _calls_per_sample(steps[name]) for name in names}
-    samples = {name: [] for name in names}
-    for r in range(rounds):
-        for name in round_order(names, r):
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                result = steps[name]()
-            block(result)
-            samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(s) for name, s in samples.items()}
-
-
 def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, stream=sys.stderr):
     """One row per cell x shape x mode: ``{"cell", "shape", "mode", "ms": {name: ms per call}, "best", "default"}``
     (``best``: the fastest unroll; ``default``: ``fc.unroll``'s). With ``out_dir``, writes results.json (the
     machine and the rows), results.md and results.png there."""
     import fastcarry as fc
+    from fastcarry._measure import time_blocks
 
     progress = _report.Progress(len(cells) * len(shapes) * len(modes), stream)
     rows = []

@@ -14,7 +14,7 @@ For every cell, shape and mode, one Keras cell object (so one set of weights) is
 ``jit_compile=True``, the faster of the two counting. Before timing, the outputs and the gradients of
 ``sum(outputs * cotangent)`` (random cotangent) w.r.t. the inputs and every weight are compared: a case whose
 two sides differ beyond float32's 2e-5 (relative to the largest magnitude) fails the run. Timing is
-``schedule_bench.time_blocks``: interleaved rounds, each in its own order, blocks of calls, medians.
+``fastcarry._measure.time_blocks``: interleaved rounds, each in its own order, blocks of calls, medians.
 """
 
 import sys
@@ -182,7 +182,7 @@ def _steps(kind, shape, mode):
 def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, stream=sys.stderr):
     """One row per cell x shape x mode: ``{"cell", "shape", "mode", "max_relative_error", "ms", "keras",
     "speedup"}`` (``keras``: the faster Keras variant; ``speedup``: its time over fastcarry's)."""
-    from fastcarry.tools.schedule_bench import time_blocks
+    from fastcarry._measure import time_blocks
 
     progress = _report.Progress(len(cells) * len(shapes) * len(modes), stream)
     rows = []
