@@ -28,7 +28,9 @@ from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
+from keras.src.backend.common import global_state
 
+from fastcarry import _hoist
 from fastcarry._keras_fused import KerasFusedCell
 from fastcarry._layer import CellLayer, in_keras_call, input_dim_of, tf_variable
 from fastcarry._protocol import SHAPE_MEMBERS, Core, attached, identity_project, missing_members, zeros_in
@@ -73,13 +75,55 @@ def checked_step(step, name):
     return run
 
 
-def _generic_core(name, step, output_size, variables, owner):
-    """The ``Core`` of a generic cell: identity projection, ``step(state, x_t)`` as it is."""
-    def core_step(params, state, xp_t):
-        del params  # the step reads its variables itself
-        return step(state, xp_t)
-    return Core(name, None, identity_project, output_size, step=core_step, variables=tuple(variables),
+def _generic_core(name, step, output_size, variables, owner, cell, hoist):
+    """The ``Core`` of a generic cell: ``step(state, x_t)`` split at its state-free input part
+    (``fastcarry._hoist``; key ``("hoisted", widths)``) as ``hoist`` says, else as it is with the identity
+    projection (key None)."""
+    split = _split_of(step, variables, owner, cell, hoist)
+    if split is None:
+        def core_step(params, state, xp_t):
+            del params  # the step reads its variables itself
+            return step(state, xp_t)
+        return Core(name, None, identity_project, output_size, step=core_step, variables=tuple(variables),
+                    owner=owner)
+
+    def project(params, x):
+        del params
+        rows = tf.reshape(x, [-1, x.shape[-1]])
+        xp = tf.reshape(split.project(rows, split.values()), tf.concat([tf.shape(x)[:-1], [sum(split.sizes)]], 0))
+        xp.set_shape(x.shape[:-1].concatenate([sum(split.sizes)]))
+        return xp
+
+    def split_step(params, state, xp_t):
+        del params
+        return split.step(state, xp_t, split.values())
+    return Core(name, ("hoisted", split.sizes), project, output_size, step=split_step, variables=tuple(variables),
                 owner=owner)
+
+
+def _split_of(step, variables, owner, cell, hoist):
+    """``_hoist.split`` of ``cell``'s step for its D and dtype (kept on ``owner``), as ``hoist`` asks.
+
+    hoist: None: the split where there is one, else None; True: the split, or a
+      ``ValueError`` saying why there is none; False: None.
+    Not inside Keras's stateless scope (a model's symbolic build, a pass for
+    shapes), where the step reads the scope's values instead of its variables.
+    """
+    if hoist is False or cell.input_dim is None or global_state.get_global_attribute("stateless_scope") is not None:
+        return None
+    splits = attached(owner, "_fastcarry_splits")
+    key = (cell.input_dim, cell.dtype.name)
+    if key not in splits:
+        splits[key] = _hoist.split(step, cell.zero_state(1), cell.input_dim, cell.dtype, variables)
+    found, why = splits[key]
+    if found is None and hoist:
+        raise ValueError(f"hoist=True: cannot split the step of {cell!r} at its input projection: {why}")
+    return found
+
+
+def _check_hoist(hoist):
+    if hoist not in (None, True, False):
+        raise TypeError(f"hoist must be None, True or False, got {hoist!r}")
 
 
 def _snake(name):
@@ -111,6 +155,10 @@ class FunctionCell(CellLayer):
         (``keras.Variable``): Keras 3 trains and saves only those.
       dtype: of inputs, state and outputs.
       name: names the compiled functions (``fastcarry_<name>_forward``); an identifier.
+      hoist: None: the part of ``step`` that reads ``x_t`` and the weights but not the
+        state (its input projection) runs for all steps at once, before the loop, where
+        ``fastcarry._hoist`` finds one; True: that, or a ``ValueError`` saying why not;
+        False: ``step`` runs as it is, once per step.
 
     It is a Keras 3 layer (``fastcarry._layer``): Keras variables given here are
     its weights, which a model holding it trains. ``trainable_variables`` lists
@@ -118,7 +166,7 @@ class FunctionCell(CellLayer):
     """
 
     def __init__(self, step: Callable, state_size: Any, output_size: int, variables: Sequence = (), *,
-                 dtype: tf.DType | str = tf.float32, name: str = "function_cell"):
+                 dtype: tf.DType | str = tf.float32, name: str = "function_cell", hoist: bool | None = None):
         if not callable(step):
             raise TypeError(f"step must be callable (state, x_t) -> (new_state, y_t), got {type(step).__name__}")
         for size in tf.nest.flatten(state_size):
@@ -128,6 +176,7 @@ class FunctionCell(CellLayer):
             raise ValueError(f"output_size must be an int >= 1, got {output_size!r}")
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"name must be an identifier string, got {name!r}")
+        _check_hoist(hoist)
         given = tf.nest.flatten(list(variables))
         behind = tuple(tf_variable(v, "variables") for v in given)
         super().__init__(dtype=tf.as_dtype(dtype), name=name)
@@ -137,6 +186,7 @@ class FunctionCell(CellLayer):
         # Keras tracks the Keras variables among them as this layer's weights; the step reads the tf.Variables.
         self.keras_variables = [v for v in given if isinstance(v, keras.Variable)]
         vars(self)["step_variables"] = behind
+        self.hoist = hoist
         self.input_dim = None
 
     def build(self, input_dim):
@@ -164,7 +214,7 @@ class FunctionCell(CellLayer):
                           f"{untracked}, which Keras 3 does not track: fit does not train them and model.save does "
                           f"not save them. Create them with keras.Variable", UserWarning, stacklevel=2)
         return _generic_core(self.name, checked_step(self.step, f"{self.name}'s step"), self.output_size,
-                             self.step_variables, self)
+                             self.step_variables, self, self, self.hoist)
 
     def get_config(self):
         raise NotImplementedError(f"FunctionCell {self.name!r} has no config: its step is Python code. Save the "
@@ -184,12 +234,12 @@ class LayerCell:
     if needed, by calling it once on zeros.
     """
 
-    def __init__(self, layer):
+    def __init__(self, layer, hoist=None):
         reasons = not_supported_reasons(layer, "generic")
         if reasons:
             raise ValueError(f"{'; '.join(reasons)}: make the cell without dropout (or apply dropout to the "
                              f"inputs and outputs of fc.unroll)")
-        self.layer = layer
+        self.layer, self.hoist = layer, hoist
         self.tf1 = callable(getattr(layer, "zero_state", None))
         self.name = _snake(type(layer).__name__)
         self.dtype = tf.as_dtype(getattr(layer, "compute_dtype", None) or getattr(layer, "dtype", None) or "float32")
@@ -244,7 +294,7 @@ class LayerCell:
         layer = self.layer
         variables = [tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
         return _generic_core(self.name, checked_step(self.step, f"{type(layer).__name__}.call"), self.output_size,
-                             variables, layer)
+                             variables, layer, self, self.hoist)
 
     def params(self):
         return ()
@@ -280,7 +330,7 @@ def _check_not_a_class_or_layer(cell):
                         f"fc.unroll, or use fastcarry.keras.{name} in a Keras model")
 
 
-def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
+def as_cell(cell: Any, *, fused: bool | None = None, hoist: bool | None = None) -> Any:
     """``cell`` as a fastcarry cell (an object of ``fastcarry.CellProtocol``).
 
     Args:
@@ -290,16 +340,24 @@ def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
         fused kernels can run (standard activations, no dropout) is run by
         them on its own variables, anything else generically; True: fused or a
         ``ValueError`` saying why not; False: the generic path.
+      hoist: on the generic path, None: the part of the cell's call that reads the
+        inputs and weights but not the state (its input projection) runs for all
+        steps at once, before the loop, where ``fastcarry._hoist`` finds one; True:
+        that, or a ``ValueError`` saying why not; False: the call runs as it is,
+        once per step.
 
     Returns:
       a cell for ``fc.unroll``, ``fc.Carry``, ``fc.Stack`` and ``fc.bidirectional``.
     """
     if fused not in (None, True, False):
         raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    _check_hoist(hoist)
     _check_not_a_class_or_layer(cell)
     if not missing_members(cell):
-        if fused is not None:
-            raise ValueError(f"fused= applies to Keras cells; {type(cell).__name__} is already a fastcarry cell")
+        for name, value in (("fused", fused), ("hoist", hoist)):
+            if value is not None:
+                raise ValueError(f"{name}= applies to Keras and TF1 cells; {type(cell).__name__} is already a "
+                                 f"fastcarry cell")
         return cell
     lacks = _lacks(cell)
     if lacks:
@@ -308,10 +366,13 @@ def as_cell(cell: Any, *, fused: bool | None = None) -> Any:
     if fused is True and reasons:
         raise ValueError(f"fused=True: the fused kernels cannot run this {type(cell).__name__} "
                          f"({'; '.join(reasons)})")
-    key = "fused" if (fused is not False and not reasons) else "generic"
+    key = "fused" if (fused is not False and not reasons) else ("generic", hoist)
+    if key == "fused" and hoist is not None:
+        raise ValueError(f"hoist= applies to the generic path; this {type(cell).__name__} runs on the fused "
+                         f"kernels, which project the inputs before the loop themselves (pass fused=False too)")
     # Kept on the layer, so an eager loop does not build (and probe) one per call.
     adapters = attached(cell, "_fastcarry_cells")
     if key not in adapters:
-        adapters[key] = KerasFusedCell(cell, fused_kind(cell)) if key == "fused" else LayerCell(cell)
+        adapters[key] = KerasFusedCell(cell, fused_kind(cell)) if key == "fused" else LayerCell(cell, hoist)
     return adapters[key]
 

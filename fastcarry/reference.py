@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from fastcarry import _validate
-from fastcarry._adapters import LayerCell, as_cell
+from fastcarry._adapters import FunctionCell, LayerCell, as_cell
 from fastcarry._cells import GRU, LSTM, LSTMState, SimpleRNN
 from fastcarry._config import Config, Options
 from fastcarry._keras_fused import KerasFusedCell
@@ -88,7 +88,10 @@ def _simple_rnn_step(cell):
 
 
 def _generic_step(cell):
-    """For a cell this module has no equations for: the cell's own core, one step at a time."""
+    """For a cell this module has no equations for: its own step as written (a Keras or TF1 cell's call, a
+    ``FunctionCell``'s function, never the split ``fastcarry.unroll`` runs), else its core, one step at a time."""
+    if isinstance(cell, (LayerCell, FunctionCell)):
+        return cell.step
     core, params = cell.core(), cell.params()
 
     def step(state, x):
