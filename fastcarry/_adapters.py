@@ -122,7 +122,7 @@ def _split_of(step, variables, owner, cell, hoist):
 
 
 def _check_hoist(hoist):
-    if hoist not in (None, True, False):
+    if not (hoist is None or hoist is True or hoist is False):  # not ``in``: 1 == True
         raise TypeError(f"hoist must be None, True or False, got {hoist!r}")
 
 
