@@ -228,7 +228,7 @@ def _values(wrapped, variables):
             variable = by_handle.get(id(external))
             consumers = internal.consumers()
             if variable is None:
-                return None, f"it reads a variable that is not among the cell's variables ({external.name})"
+                return None, "it reads a variable that is not among the cell's variables"
             others = [c.type for c in consumers if c.type != _READ]
             if others:
                 return None, (f"it reads the variable {variable.name} by {others[0]} (only a whole read, "

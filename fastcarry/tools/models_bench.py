@@ -145,6 +145,9 @@ def bidirectional_steps(w, mode):
                  lambda: (layer, layer.trainable_variables), mode, x, cot)
 
 
+GENERIC_CELLS = ("lstm_cell", "minimal_rnn_cell")  # the generic suite's cells: Keras's LSTMCell, the guide's cell
+
+
 def cases(suites, shapes):
     """``[(suite, label, mode, build)]``: every benchmark case of ``suites`` at ``shapes``."""
     out = []
@@ -154,7 +157,7 @@ def cases(suites, shapes):
         if "stack" in suites:
             out.append(("stack", f"2-layer LSTM {shape}", "train", lambda w=w: stack_steps(w, "train")))
         if "generic" in suites:
-            for kind in ("lstm_cell", "minimal_rnn_cell"):
+            for kind in GENERIC_CELLS:
                 for mode in _bench.MODES:
                     out.append(("generic", f"{kind} {shape}", mode,
                                 lambda w=w, kind=kind, mode=mode: generic_steps(w, mode, kind)))
