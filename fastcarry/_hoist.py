@@ -22,8 +22,8 @@ in as the values of their variables, read where the halves run (so a replica
 reads its own copy and a tape sees the reads), never as captured handles.
 A step whose graph is not of this form (a variable read by an op other than
 ``ReadVariableOp``, one not among the cell's variables, a frontier that is not
-``[N, k]`` of the cell's dtype, no matmul to hoist) is not split: ``split``
-returns None and the step runs as it is.
+``[N, k]`` of the cell's dtype, no matmul to hoist, an op that cannot be made
+again) is not split: ``split`` says why, and the step runs as it is.
 """
 
 from typing import Callable, NamedTuple, Optional
@@ -42,7 +42,7 @@ _ELEMENTWISE = frozenset({
     "Identity", "StopGradient", "Cast", "Neg", "Abs", "Sign", "Floor", "Ceil", "Round", "Square", "Sqrt", "Rsqrt",
     "Reciprocal", "Exp", "Expm1", "Log", "Log1p", "Sigmoid", "Tanh", "Relu", "Relu6", "Elu", "Selu", "LeakyRelu",
     "Softplus", "Softsign", "Erf", "Sin", "Cos", "AddV2", "Add", "Sub", "Mul", "RealDiv", "Div", "DivNoNan",
-    "Maximum", "Minimum", "Pow", "SquaredDifference", "BiasAdd", "SelectV2", "Softmax", "LogSoftmax",
+    "Maximum", "Minimum", "Pow", "SquaredDifference", "BiasAdd", "SelectV2",
 })
 _REDUCTIONS = frozenset({"Sum", "Mean", "Max", "Min", "Prod"})
 _MATMULS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3"})
@@ -87,6 +87,8 @@ def _batch_axis_untouched(op, x_inputs):
         if rank is None:
             return False
         return all(int(a) % rank != 0 for a in tf.nest.flatten(axes.tolist()))
+    if kind in ("Softmax", "LogSoftmax"):  # over the last axis, which is the batch axis at rank 1
+        return op.inputs[0].shape.rank is not None and op.inputs[0].shape.rank >= 2
     if kind == "StridedSlice":
         strides = _constant(op.inputs[3])
         return (x_inputs == [0] and strides is not None and int(strides.flat[0]) == 1
@@ -116,7 +118,7 @@ def _graph_of(step, state_like, input_dim, dtype):
 
 
 def _hoisted_ops(graph, state_phs, x_ph):
-    """The ops that run before the loop, in graph order, and each tensor's dependence flags."""
+    """The ops that run before the loop (``x_t``'s placeholder first, then in graph order)."""
     flags = {t.ref(): _STATE for t in state_phs}
     flags[x_ph.ref()] = _X
     hoisted = [x_ph.op]
@@ -191,7 +193,15 @@ def _half(graph, feeds, fetches):
                 return None, (f"its op {op.name} ({op.type}) has control inputs or a function attribute, so it "
                               f"cannot be made again outside the cell's call")
             ops.append((op, replay))
-    return _Half(list(feeds), list(fetches), ops), ""
+    half = _Half(list(feeds), list(fetches), ops)
+    # Made again once here, in a scratch graph: an op TF will not rebuild from its definition is found now,
+    # not inside the caller's trace.
+    with tf.Graph().as_default():
+        try:
+            _in_graph(half, [tf.compat.v1.placeholder(t.dtype, t.shape) for t in feeds])
+        except Exception as err:  # noqa: BLE001 (any op of the user's step)
+            return None, f"one of its ops cannot be made again outside the cell's call ({type(err).__name__}: {err})"
+    return half, ""
 
 
 def _in_graph(half, given):
