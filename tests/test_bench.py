@@ -4,6 +4,7 @@ import io
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 import fastcarry as fc
@@ -162,6 +163,20 @@ def test_user_cell_bench_checks_gradients_times_both_sides_and_writes_every_file
     assert _user_cell_bench.check_equal("indrnn", (2, 5, 3, 4)) > 5e-4
     with pytest.raises(AssertionError, match="fastcarry and keras.layers.RNN differ by"):
         _user_cell_bench.run(cells=("indrnn",), shapes=_user_cell_bench.QUICK_SHAPES, rounds=1)
+
+
+def test_lstm_directions_bench_checks_outputs_times_every_contender_and_writes_every_file(tmp_path):
+    from fastcarry.tools import lstm_directions_bench as _directions
+
+    rows = _directions.run(shapes=_directions.QUICK_SHAPES, rounds=1, out_dir=str(tmp_path))
+    assert [r["shape"] for r in rows] == [[2, 5, 3, 4]] and rows[0]["max_relative_error"] <= 2e-5
+    want = {"default", "unroll1", "unroll2", "unroll4", "halves", "one_dot"}
+    assert want <= set(rows[0]["ms"]) <= want | {"torch"} and min(rows[0]["ms"].values()) > 0
+    assert "| 2×5×3×4 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 0
+    # A contender off by 0.1% is caught (the run then refuses to time the shape).
+    ones = np.ones([2, 5, 4])
+    assert _directions.check_equal({"default": lambda: ones, "other": lambda: ones * 1.001}) > 5e-4
 
 
 def test_profile_overhead_bench_quick_writes_every_contender(tmp_path):
