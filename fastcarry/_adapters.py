@@ -75,11 +75,13 @@ def checked_step(step, name):
     return run
 
 
-def _generic_core(name, step, output_size, variables, owner, cell, hoist):
-    """The ``Core`` of a generic cell: ``step(state, x_t)`` split at its state-free input part
-    (``fastcarry._hoist``; key ``("hoisted", widths)``) as ``hoist`` says, else as it is with the identity
-    projection (key None)."""
-    split = _split_of(step, variables, owner, cell, hoist)
+def _generic_core(cell, step, variables, owner):
+    """The ``Core`` of a generic ``cell`` (a ``LayerCell`` or ``FunctionCell``): ``step(state, x_t)`` split at its
+    state-free input part (``fastcarry._hoist``; key ``("hoisted", widths)``) as ``cell.hoist`` says, else as it
+    is with the identity projection (key None). ``variables`` are what ``step`` reads; compiled functions are
+    kept on ``owner``."""
+    name, output_size = cell.name, cell.output_size
+    split = _split_of(step, variables, owner, cell)
     if split is None:
         def core_step(params, state, xp_t):
             del params  # the step reads its variables itself
@@ -101,14 +103,15 @@ def _generic_core(name, step, output_size, variables, owner, cell, hoist):
                 owner=owner)
 
 
-def _split_of(step, variables, owner, cell, hoist):
-    """``_hoist.split`` of ``cell``'s step for its D and dtype (kept on ``owner``), as ``hoist`` asks.
+def _split_of(step, variables, owner, cell):
+    """``_hoist.split`` of ``cell``'s step for its D and dtype (kept on ``owner``), as ``cell.hoist`` asks.
 
     hoist: None: the split where there is one, else None; True: the split, or a
       ``ValueError`` saying why there is none; False: None.
     Not inside Keras's stateless scope (a model's symbolic build, a pass for
     shapes), where the step reads the scope's values instead of its variables.
     """
+    hoist = cell.hoist
     if hoist is False or cell.input_dim is None or global_state.get_global_attribute("stateless_scope") is not None:
         return None
     splits = attached(owner, "_fastcarry_splits")
@@ -156,9 +159,10 @@ class FunctionCell(CellLayer):
       dtype: of inputs, state and outputs.
       name: names the compiled functions (``fastcarry_<name>_forward``); an identifier.
       hoist: None: the part of ``step`` that reads ``x_t`` and the weights but not the
-        state (its input projection) runs for all steps at once, before the loop, where
-        ``fastcarry._hoist`` finds one; True: that, or a ``ValueError`` saying why not;
-        False: ``step`` runs as it is, once per step.
+        state (its input projection) runs as the cell's input projection, where
+        ``fastcarry._hoist`` finds one: per loop iteration for its ``unroll`` steps at
+        once, and in the backward for all steps at once; True: that, or a
+        ``ValueError`` saying why not; False: ``step`` runs as it is, once per step.
 
     It is a Keras 3 layer (``fastcarry._layer``): Keras variables given here are
     its weights, which a model holding it trains. ``trainable_variables`` lists
@@ -213,8 +217,7 @@ class FunctionCell(CellLayer):
             warnings.warn(f"FunctionCell {self.name!r} runs inside a Keras layer's call with tf.Variables "
                           f"{untracked}, which Keras 3 does not track: fit does not train them and model.save does "
                           f"not save them. Create them with keras.Variable", UserWarning, stacklevel=2)
-        return _generic_core(self.name, checked_step(self.step, f"{self.name}'s step"), self.output_size,
-                             self.step_variables, self, self, self.hoist)
+        return _generic_core(self, checked_step(self.step, f"{self.name}'s step"), self.step_variables, self)
 
     def get_config(self):
         raise NotImplementedError(f"FunctionCell {self.name!r} has no config: its step is Python code. Save the "
@@ -293,8 +296,7 @@ class LayerCell:
     def core(self):
         layer = self.layer
         variables = [tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
-        return _generic_core(self.name, checked_step(self.step, f"{type(layer).__name__}.call"), self.output_size,
-                             variables, layer, self, self.hoist)
+        return _generic_core(self, checked_step(self.step, f"{type(layer).__name__}.call"), variables, layer)
 
     def params(self):
         return ()
@@ -340,11 +342,10 @@ def as_cell(cell: Any, *, fused: bool | None = None, hoist: bool | None = None) 
         fused kernels can run (standard activations, no dropout) is run by
         them on its own variables, anything else generically; True: fused or a
         ``ValueError`` saying why not; False: the generic path.
-      hoist: on the generic path, None: the part of the cell's call that reads the
-        inputs and weights but not the state (its input projection) runs for all
-        steps at once, before the loop, where ``fastcarry._hoist`` finds one; True:
-        that, or a ``ValueError`` saying why not; False: the call runs as it is,
-        once per step.
+      hoist: on the generic path, as ``FunctionCell``'s: None: the part of the
+        cell's call that reads the inputs and weights but not the state (its input
+        projection) is split off where ``fastcarry._hoist`` finds one; True: that,
+        or a ``ValueError`` saying why not; False: the call runs as it is.
 
     Returns:
       a cell for ``fc.unroll``, ``fc.Carry``, ``fc.Stack`` and ``fc.bidirectional``.
