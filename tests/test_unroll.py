@@ -71,13 +71,17 @@ MODES = {
 AUTODIFF_MODE_OPTIONS = ("plain", "reverse+lengths", "unroll3", "all", "batch1", "time1", "hoisted+all")
 # ("hoisted" reads batch-major inputs in place, which only XLA does: the graph mode has "hoisted+all".)
 DATA_ONLY_OPTIONS = ("initial_state", "lengths", "time_major", "unroll7", "mask", "hoisted")
-FUSED_CASES = [(name, mode) for name in OPTIONS for mode in MODES
+# The two graph modes differ from the jit mode in the loop, not in the cell math, which every kind runs in
+# the jit mode under every option: there, two kinds stand for the four (the LSTM's two-part state; the
+# reset-before GRU's second recurrent matmul, in the loop and in the backward), which keeps CI in its time.
+GRAPH_MODE_KINDS = ("lstm", "gru-reset-before")
+FUSED_CASES = [(kind, name, mode) for kind in CELL_KINDS for name in OPTIONS for mode in MODES
                if (mode != "graph-autodiff" or name in AUTODIFF_MODE_OPTIONS)
-               and (mode != "graph" or name not in DATA_ONLY_OPTIONS)]
+               and (mode != "graph" or name not in DATA_ONLY_OPTIONS)
+               and (mode == "jit" or kind in GRAPH_MODE_KINDS)]
 
 
-@pytest.mark.parametrize("name, mode", FUSED_CASES)
-@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("kind, name, mode", FUSED_CASES)
 def test_fused_equals_reference(kind, name, mode):
     cell, x, s0, cot, options = _case(kind, OPTIONS[name])
     want = harness.evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), x, s0, cot, **options)
