@@ -9,9 +9,9 @@ Four Keras cells of the kinds users write, none of which fastcarry knows:
   learned gain and bias.
 
 For every cell, shape and mode, one Keras cell object (so one set of weights) is run by both sides:
-``fc.unroll(fc.as_cell(cell, fused=False), x)`` inside ``tf.function(jit_compile=True)`` (the cell's input
-projection split off and run before the loop, ``fastcarry._hoist``), the same with ``hoist=False`` (the call as
-written, once per step: what the split gains), and
+``fc.unroll(fc.as_cell(cell, fused=False), x)`` inside ``tf.function(jit_compile=True)`` (the call split at its
+input projection, ``fastcarry._hoist``), the same with ``hoist=False`` (the call as written, once per step: what
+the split gains), and
 ``keras.layers.RNN(cell, return_sequences=True)`` under a plain ``tf.function`` and under
 ``jit_compile=True``, the faster of the two counting. Before timing, the outputs and the gradients of
 ``sum(outputs * cotangent)`` (random cotangent) w.r.t. the inputs and every weight are compared: a case whose
