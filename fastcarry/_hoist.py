@@ -166,7 +166,7 @@ def _replayer(op):
 
 
 class _Half(NamedTuple):
-    """Part of a traced graph, to be made again: ``run(feeds) -> fetches`` (tensors in the graph's order)."""
+    """Part of a traced graph, to be made again from tensors given for ``feeds`` (``_in_graph``)."""
 
     feeds: list     # the graph's tensors that are given
     fetches: list   # the graph's tensors that are wanted

@@ -28,48 +28,44 @@ UNROLLS = (1, 2, 4)
 
 
 def _one_dot_loop(params, x):
-    """``x [B, T, D] -> outputs [B, T, H]``: the LSTM with one ``[x_t, h] @ [W; U]`` per step."""
+    """``x [B, T, D] -> outputs [B, T, H]``: the LSTM with one ``[x_t, h] @ [W; U]`` per step, then the fused
+    kernel's own gates (``fastcarry.kernels.lstm.update``)."""
     import tensorflow as tf
+
+    from fastcarry.kernels import lstm
 
     kernel = tf.concat([params.kernel, params.recurrent_kernel], 0)  # [D + H, 4H]
     b, t = x.shape[0], x.shape[1]
-    h_size = params.recurrent_kernel.shape[0]
     xs = tf.transpose(x, [1, 0, 2])
 
-    def body(i, h, c, ys):
-        z = tf.matmul(tf.concat([xs[i], h], 1), kernel) + params.bias
-        gi, gf, gg, go = tf.split(z, 4, axis=1)
-        c = tf.sigmoid(gf) * c + tf.sigmoid(gi) * tf.tanh(gg)
-        h = tf.sigmoid(go) * tf.tanh(c)
-        return i + 1, h, c, ys.write(i, h)
+    def body(i, state, ys):
+        state, h = lstm.update(state, tf.matmul(tf.concat([xs[i], state.h], 1), kernel) + params.bias)
+        return i + 1, state, ys.write(i, h)
 
-    zeros = tf.zeros([b, h_size], x.dtype)
-    _, _, _, ys = tf.while_loop(lambda i, *_: i < t, body, (0, zeros, zeros, tf.TensorArray(x.dtype, t)),
-                                maximum_iterations=t)
+    zeros = tf.zeros([b, params.recurrent_kernel.shape[0]], x.dtype)
+    _, _, ys = tf.while_loop(lambda i, *_: i < t, body, (0, lstm.LSTMState(zeros, zeros), tf.TensorArray(x.dtype, t)),
+                             maximum_iterations=t)
     return tf.transpose(ys.stack(), [1, 0, 2])
 
 
-def _torch_lstm(params, x):
-    """``() -> outputs [B, T, H]`` of PyTorch's ``nn.LSTM`` on ``params`` (Keras layout), or None without torch."""
+def _torch_lstm(cell, x):
+    """``() -> outputs [B, T, H]`` of PyTorch's ``nn.LSTM`` holding ``cell``'s weights
+    (``grid_bench.torch_module``), its threads set as the grid's; None without PyTorch."""
+    import importlib.util
     import os
 
-    try:
-        import torch
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         return None
-    torch.set_num_threads(os.cpu_count())
-    d, h = params.kernel.shape[0], params.recurrent_kernel.shape[0]
-    lstm = torch.nn.LSTM(d, h, batch_first=True).eval()
-    with torch.no_grad():  # both sides use gate order i, f, g/c, o
-        lstm.weight_ih_l0.copy_(torch.tensor(params.kernel.numpy().T))
-        lstm.weight_hh_l0.copy_(torch.tensor(params.recurrent_kernel.numpy().T))
-        lstm.bias_ih_l0.copy_(torch.tensor(params.bias.numpy()))
-        lstm.bias_hh_l0.zero_()
-    inputs = torch.tensor(x.numpy())
+    import torch
+
+    from fastcarry.tools.grid_bench import torch_module
+
+    torch.set_num_threads(os.cpu_count())  # the same cores TensorFlow uses
+    module, inputs = torch_module(cell), torch.from_numpy(x.numpy())
 
     def run():
         with torch.inference_mode():
-            return lstm(inputs)[0]
+            return module(inputs)[0]
     return run
 
 
@@ -97,7 +93,7 @@ def _contenders(shape, seed=0):
     fns = {"default": unroll, **{f"unroll{u}": functools.partial(unroll, unroll=u) for u in UNROLLS},
            "halves": halves, "one_dot": functools.partial(_one_dot_loop, params)}
     out = {name: functools.partial(tf.function(fn, jit_compile=True), x) for name, fn in fns.items()}
-    torch_run = _torch_lstm(params, x)
+    torch_run = _torch_lstm(cell, x)
     if torch_run is not None:
         out["torch"] = torch_run
     return out
