@@ -75,13 +75,13 @@ def checked_step(step, name):
     return run
 
 
-def _generic_core(cell, step, variables, owner):
+def _generic_core(cell, step, variables, owner, as_written=False):
     """The ``Core`` of a generic ``cell`` (a ``LayerCell`` or ``FunctionCell``): ``step(state, x_t)`` split at its
-    state-free input part (``fastcarry._hoist``; key ``("hoisted", widths)``) as ``cell.hoist`` says, else as it
-    is with the identity projection (key None). ``variables`` are what ``step`` reads; compiled functions are
-    kept on ``owner``."""
+    state-free input part (``fastcarry._hoist``; key ``("hoisted", widths)``) as ``cell.hoist`` says, else (and
+    with ``as_written``) as it is with the identity projection (key None). ``variables`` are what ``step``
+    reads; compiled functions are kept on ``owner``."""
     name, output_size = cell.name, cell.output_size
-    split = _split_of(step, variables, owner, cell)
+    split = None if as_written else _split_of(step, variables, owner, cell)
     if split is None:
         def core_step(params, state, xp_t):
             del params  # the step reads its variables itself
@@ -124,6 +124,18 @@ def _split_of(step, variables, owner, cell):
     return found
 
 
+def for_inference(cell, core, unroll):
+    """The ``Core`` ``cell`` runs for inference with ``unroll`` steps per loop iteration: ``core`` (its
+    ``core()``), except that a generic cell split at its input projection by default (``hoist=None``) runs its
+    step as written with ``unroll == 1``. With one step per iteration the split's projection is one more kernel
+    per iteration beside the step, no larger a matmul than the step's own, and nothing is saved for a backward
+    that projects all steps at once (measured: ``benchmarks/README.md``, "Users' own cells")."""
+    generic = isinstance(cell, (LayerCell, FunctionCell))
+    if generic and unroll == 1 and cell.hoist is None and core.project is not identity_project:
+        return cell.core(as_written=True)
+    return core
+
+
 def _check_hoist(hoist):
     if not (hoist is None or hoist is True or hoist is False):  # not ``in``: 1 == True
         raise TypeError(f"hoist must be None, True or False, got {hoist!r}")
@@ -161,8 +173,10 @@ class FunctionCell(CellLayer):
       hoist: None: the part of ``step`` that reads ``x_t`` and the weights but not the
         state (its input projection) runs as the cell's input projection, where
         ``fastcarry._hoist`` finds one: per loop iteration for its ``unroll`` steps at
-        once, and in the backward for all steps at once; True: that, or a
-        ``ValueError`` saying why not; False: ``step`` runs as it is, once per step.
+        once, and in the backward for all steps at once (inference with one step
+        per iteration runs ``step`` as it is: ``for_inference``); True: that in
+        every mode, or a ``ValueError`` saying why not; False: ``step`` runs as it
+        is, once per step.
 
     It is a Keras 3 layer (``fastcarry._layer``): Keras variables given here are
     its weights, which a model holding it trains. ``trainable_variables`` lists
@@ -210,14 +224,16 @@ class FunctionCell(CellLayer):
         """Zeros in ``state_size``'s structure, ``[batch_size, size]`` each."""
         return zeros_in(self.state_size, batch_size, self.dtype if dtype is None else dtype)
 
-    def core(self):
+    def core(self, as_written=False):
+        """The ``Core``: the step split at its input projection as ``hoist`` says; ``as_written``: never split."""
         untracked = [v.name for v in self.step_variables
                      if not any(v is k.value for k in self.keras_variables) and v.trainable]
         if untracked and in_keras_call():
             warnings.warn(f"FunctionCell {self.name!r} runs inside a Keras layer's call with tf.Variables "
                           f"{untracked}, which Keras 3 does not track: fit does not train them and model.save does "
                           f"not save them. Create them with keras.Variable", UserWarning, stacklevel=2)
-        return _generic_core(self, checked_step(self.step, f"{self.name}'s step"), self.step_variables, self)
+        return _generic_core(self, checked_step(self.step, f"{self.name}'s step"), self.step_variables, self,
+                             as_written)
 
     def get_config(self):
         raise NotImplementedError(f"FunctionCell {self.name!r} has no config: its step is Python code. Save the "
@@ -293,10 +309,13 @@ class LayerCell:
         state = initial(batch_size=batch_size, **kwargs)
         return [tf.cast(s, dtype) for s in (state if isinstance(state, (list, tuple)) else [state])]
 
-    def core(self):
+    def core(self, as_written=False):
+        """The ``Core``: the layer's call split at its input projection as ``hoist`` says; ``as_written``: never
+        split."""
         layer = self.layer
         variables = [tf_variable(v, type(layer).__name__) for v in layer.trainable_variables]
-        return _generic_core(self, checked_step(self.step, f"{type(layer).__name__}.call"), variables, layer)
+        return _generic_core(self, checked_step(self.step, f"{type(layer).__name__}.call"), variables, layer,
+                             as_written)
 
     def params(self):
         return ()
@@ -344,8 +363,9 @@ def as_cell(cell: Any, *, fused: bool | None = None, hoist: bool | None = None) 
         ``ValueError`` saying why not; False: the generic path.
       hoist: on the generic path, as ``FunctionCell``'s: None: the part of the
         cell's call that reads the inputs and weights but not the state (its input
-        projection) is split off where ``fastcarry._hoist`` finds one; True: that,
-        or a ``ValueError`` saying why not; False: the call runs as it is.
+        projection) is split off where ``fastcarry._hoist`` finds one (except for
+        inference with one step per loop iteration); True: that in every mode, or
+        a ``ValueError`` saying why not; False: the call runs as it is.
 
     Returns:
       a cell for ``fc.unroll``, ``fc.Carry``, ``fc.Stack`` and ``fc.bidirectional``.

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _record
 
 from fastcarry import _strategies, _validate, tune_cache
-from fastcarry._adapters import as_cell
+from fastcarry._adapters import as_cell, for_inference
 from fastcarry._config import Config, Options, default_unroll
 from fastcarry._measure import device_info
 from fastcarry._protocol import TensorLike, check_core
@@ -149,7 +149,11 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
     args = _validate.check(cell, inputs, initial_state, options, sequence_length=sequence_length, mask=mask)
     _validate.build_for(cell, args)
     core = check_core(cell.core(), type(cell).__name__)
-    options = options.resolve(tuned, _default_unroll(core, args.batch, options))
+    mode = _mode(options)
+    batch = args.batch if isinstance(args.batch, int) else None
+    options = options.resolve(tuned, default_unroll_for(core, batch, mode))
+    if mode == "infer":
+        core = check_core(for_inference(cell, core, options.unroll), type(cell).__name__)
     state = args.initial_state if args.initial_state is not None else cell.zero_state(args.batch, cell.dtype)
     if isinstance(args.time, int) and args.time == 0:
         shape = [0, args.batch, cell.output_size] if options.time_major else [args.batch, 0, cell.output_size]
@@ -161,10 +165,10 @@ def _run(cell, inputs, initial_state, options, config, sequence_length, mask):
     return _strategies.run(core, cell.params(), Inputs(args.inputs, state, args.validity), options)
 
 
-def _default_unroll(core, batch, options):
-    """``default_unroll_for`` this call: inference when ``training=False`` or no tape could record."""
+def _mode(options):
+    """``"infer"`` when ``training=False`` or no tape could record, else ``"train"``."""
     inference = options.training is False or (options.training is None and not _record.could_possibly_record())
-    return default_unroll_for(core, batch if isinstance(batch, int) else None, "infer" if inference else "train")
+    return "infer" if inference else "train"
 
 
 def default_unroll_for(core, batch, mode):

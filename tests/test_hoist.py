@@ -111,3 +111,26 @@ def test_a_split_that_hoisted_a_row_mixing_op_would_be_wrong(monkeypatch):
     cell = _mixing_cell(ROW_MIXING["reverse_rows"])
     got, want = _outputs(cell, _hoisted), _outputs(cell, _reference)
     assert np.abs(got["outputs"] - want["outputs"]).max() > 1e-2
+
+
+def _keys_run(layer, x, hoist, unroll, tape):
+    """The ``Core.key``\\ s of the compiled functions one eager ``fc.unroll`` of ``layer`` (a Keras cell) made."""
+    vars(layer).pop("_fastcarry_functions", None)  # kept on the layer (the core's owner)
+    cell = fc.as_cell(layer, fused=False, hoist=hoist)
+    if tape:
+        with tf.GradientTape():
+            fc.unroll(cell, x, unroll=unroll, jit_compile=False)
+    else:
+        fc.unroll(cell, x, unroll=unroll, jit_compile=False)
+    return {key[2] for key in vars(layer)["_fastcarry_functions"]}
+
+
+def test_inference_with_one_step_per_iteration_runs_the_step_as_written():
+    layer = cell_classes()["indrnn"](H)
+    x = tf.constant(np.random.default_rng(3).standard_normal((B, T, D)), tf.float32)
+    split = ("hoisted", (H,))
+    assert _keys_run(layer, x, None, 1, tape=False) == {None}  # fastcarry._adapters.for_inference
+    assert _keys_run(layer, x, None, 2, tape=False) == {split}
+    assert _keys_run(layer, x, None, 1, tape=True) == {split}  # training: the backward projects all T at once
+    assert _keys_run(layer, x, True, 1, tape=False) == {split}  # asked for
+    assert _keys_run(layer, x, False, 2, tape=False) == {None}
