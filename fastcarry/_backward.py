@@ -214,21 +214,30 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
 
     # da_t may take a_t's place, which no later step reads: XLA then updates
     # the buffer in place and the backward needs no second [T, B, G] array.
-    # Only for a single-array ``a``: with several, a write of one component may
-    # precede a read of it for another's VJP, and XLA then copies the whole
-    # buffer every step (both measured: benchmarks/README.md, "Measurements
-    # behind the code").
-    in_place = len(a_tas) == 1
+    # Only for a single-array ``a`` whose step's VJP has a matmul and reads no
+    # unit parameters: with several arrays, a write of one component may precede
+    # a read of it for another's VJP; with an elementwise recurrence (IndRNN's
+    # ``u * h``) or unit parameters, XLA:CPU fuses one step's read of ``a`` into
+    # kernels that run after the next step's write. Either way XLA then copies
+    # the whole buffer every step (all measured: benchmarks/README.md,
+    # "Measurements behind the code").
+    in_place = len(a_tas) == 1 and split.recurrent_kernel is not None and split.unit_params is None
+    # The unit parameters (``RecurrentSplit.unit_params``), made once: per step the tape gives their gradient
+    # (summed over the batch's rows), added up over the steps in the loop's carry.
+    unit_like = None if split.unit_params is None else split.unit_params(params)
+    units = [] if unit_like is None else tf.nest.flatten(unit_like)
 
-    def one_vjp(t, dstate, das):
+    def one_vjp(t, dstate, das, dunits):
         state = run.read_state(t)
         a_t = tf.nest.pack_sequence_as(like.a, [ta.read(t) for ta in (das if in_place else a_tas)])
         with tf.GradientTape() as step_tape:
-            step_tape.watch([state, a_t])
-            new_state, y = masked_update(split, state, a_t, plan.validity.at(t))
-        dstate_direct, da_t = step_tape.gradient(
-            [new_state, y], [state, a_t], output_gradients=[dstate, run.dys_at(t)],
+            step_tape.watch([state, a_t, units])
+            new_state, y = masked_update(split, params, state, a_t, plan.validity.at(t),
+                                         None if unit_like is None else tf.nest.pack_sequence_as(unit_like, units))
+        dstate_direct, da_t, dunits_t = step_tape.gradient(
+            [new_state, y], [state, a_t, units], output_gradients=[dstate, run.dys_at(t)],
             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        dunits = tf.nest.map_structure(tf.add, dunits, dunits_t)
         if second is not None:
             dstate_second, da_t = second_vjp(state, a_t, da_t)
             dstate_direct = tf.nest.map_structure(tf.add, dstate_direct, dstate_second)
@@ -236,13 +245,21 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
         # d h_prev = drec @ recurrent_kernelᵀ.
         dstate_rec, = _matmul_input_vjp(split.recurrent, split.recurrent_input, params, kernel_t, [state], drec_t)
         dstate = tf.nest.map_structure(tf.add, dstate_direct, dstate_rec)
-        return dstate, write_all(das, t, da_t)
+        return dstate, write_all(das, t, da_t), dunits
 
     das = list(a_tas) if in_place else tensor_arrays_like(like.a, plan.t_run)
-    dstate, das = _reverse_loop(one_vjp, (run.dfinal, das), plan.n_loop, run.unroll, plan.tail,
-                                run.parallel_iterations)
+    dstate, das, dunits = _reverse_loop(one_vjp, (run.dfinal, das, tf.nest.map_structure(tf.zeros_like, units)),
+                                        plan.n_loop, run.unroll, plan.tail, run.parallel_iterations)
     da = tf.nest.pack_sequence_as(like.a, [ta.stack()[: plan.t_true] for ta in das])
+    dx, dparams = _weight_grads(run, like, states, saved_a, da, dunits)
+    return dx, dstate, (dparams, tuple(tf.zeros_like(v) for v in core.variables))
 
+
+def _weight_grads(run, like, states, saved_a, da, dunits):
+    """``(dx [T, B, D], dparams)`` of a core with a ``RecurrentSplit`` from every step's ``da`` (``[T, B, ..]``)
+    and the unit parameters' summed gradient ``dunits`` (a flat list; empty without ``unit_params``)."""
+    core, params, plan = run.core, run.params, run.plan
+    split, second = core.split, core.split.second
     with tf.name_scope("weights_grad"):
         # Back through ``combine`` for all steps at once, then one large matmul
         # per weight, over all ``T * B`` (step, example) rows.
@@ -259,5 +276,12 @@ def _fused_vjps(run, a_tas, states, saved_a, state_like):
             dparams_second = _linear_vjp(lambda p: second.recurrent(p, flat_g), params, _flat_rows(drec2))
             dparams_rec = tf.nest.map_structure(tf.add, dparams_rec, dparams_second)
         dparams_in, dx = _linear_vjp(core.project, [params, run.x], dxp)
-    dparams = tf.nest.map_structure(tf.add, dparams_rec, dparams_in)
-    return dx, dstate, (dparams, tuple(tf.zeros_like(v) for v in core.variables))
+        dparams = tf.nest.map_structure(tf.add, dparams_rec, dparams_in)
+        if dunits:
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                per_unit = tf.nest.flatten(split.unit_params(params))
+            dparams_units = tape.gradient(per_unit, params, output_gradients=list(dunits),
+                                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            dparams = tf.nest.map_structure(tf.add, dparams, dparams_units)
+    return dx, dparams

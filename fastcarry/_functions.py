@@ -26,7 +26,7 @@ def _fingerprint(core):
     split = core.split
     parts = [core.project, core.step]
     if split is not None:
-        parts += list(split[:4]) + [split.recurrent_kernel]
+        parts += list(split[:4]) + [split.recurrent_kernel, split.unit_params]
         if split.second is not None:
             parts += list(split.second)
     return tuple(_code(f) for f in parts)

@@ -25,8 +25,8 @@ def _list_state(core, to_core, from_core):
     def recurrent_input(state):
         return split.recurrent_input(to_core(state))
 
-    def update(state, a):
-        new, y = split.update(to_core(state), a)
+    def update(state, a, *units):  # units: a split's unit_params, where it has them
+        new, y = split.update(to_core(state), a, *units)
         return from_core(new), y
 
     second = split.second

@@ -66,7 +66,7 @@ def forward(core, params, x, state, validity, schedule, *, save=False, batch_maj
             a_t = preactivation(split, params, state, xp_t)
         saved = write_all(saved[:n_state], t, state) + write_all(saved[n_state:], t, a_t)
         with tf.name_scope("gates"):
-            state, y = masked_update(split, state, a_t, valid)
+            state, y = masked_update(split, params, state, a_t, valid)
         return state, y, saved
 
     def project(x_block):

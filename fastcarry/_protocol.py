@@ -55,16 +55,24 @@ class RecurrentSplit(NamedTuple):
 
         a = combine(xp_t, recurrent(params, recurrent_input(state)))
         a = second.combine(a, second.recurrent(params, second.input(state, a)))   # only with a second matmul
-        new_state, y_t = update(state, a)
+        new_state, y_t = update(state, a)                 # update(state, a, unit_params(params)) with unit_params
 
     recurrent_input: ``state -> h [B, H]``.
-    recurrent: ``(params, h [N, H]) -> rec [N, G1]``, linear in params and h.
+    recurrent: ``(params, h [N, H]) -> rec [N, G1]``, linear in params and h (a matmul,
+      or IndRNN's per-unit ``u * h``).
     combine: ``(xp [.., G], rec [.., G1]) -> a``, linear in both (LSTM: ``xp + rec``);
       ``a`` (a tensor or a NamedTuple of them) is what the forward pass saves per step.
-    update: ``(state, a_t) -> (state, y_t)``, elementwise (no matmul, no mixing of batch rows).
+    update: ``(state, a_t) -> (state, y_t)``, or ``(state, a_t, u) -> (state, y_t)`` with
+      ``unit_params``; row-wise: no matmul, no mixing of batch rows (elementwise math,
+      or a normalisation over a row's units).
     second: a ``SecondMatmul``, or None for cells with one recurrent matmul.
     recurrent_kernel: optional ``params -> W [H, G1]`` with ``recurrent(params, h) == h @ W``
       (plus terms free of ``h``, such as a recurrent bias); see ``SecondMatmul.recurrent_kernel``.
+    unit_params: optional ``params -> u``, the weights ``update`` reads besides ``a``: a
+      structure of tensors shared by all batch rows (``[H]`` peepholes, layer-norm gains).
+      ``update`` gets them as its third argument. The backward adds up their gradient
+      over the steps in its reverse loop, then takes it back through ``unit_params``
+      once (which may be any differentiable function of ``params``).
     """
 
     recurrent_input: Callable
@@ -73,6 +81,7 @@ class RecurrentSplit(NamedTuple):
     update: Callable
     second: Optional[SecondMatmul] = None
     recurrent_kernel: Optional[Callable] = None
+    unit_params: Optional[Callable] = None
 
 
 class Core(NamedTuple):
@@ -111,7 +120,15 @@ class Core(NamedTuple):
         """One step, ``(state, y_t)``: ``step``, or the split's composition."""
         if self.step is not None:
             return self.step(params, state, xp_t)
-        return self.split.update(state, preactivation(self.split, params, state, xp_t))
+        return run_update(self.split, params, state, preactivation(self.split, params, state, xp_t))
+
+
+def run_update(split, params, state, a_t, units=None):
+    """``split.update`` of ``(state, a_t)``, with ``units`` (default ``split.unit_params(params)``) where the split
+    has unit parameters: ``(state, y_t)``."""
+    if split.unit_params is None:
+        return split.update(state, a_t)
+    return split.update(state, a_t, split.unit_params(params) if units is None else units)
 
 
 def preactivation(split, params, state, xp_t):
@@ -168,6 +185,14 @@ def check_core(core, owner_name):
         raise TypeError(f"{where}.output_size must be an int >= 1, got {core.output_size!r}")
     if core.step is None and core.split is None:
         raise TypeError(f"{where} has neither step nor split: give at least one")
+    if core.split is not None:
+        if not isinstance(core.split, RecurrentSplit):
+            raise TypeError(f"{where}.split must be a fastcarry.RecurrentSplit, got {type(core.split).__name__}")
+        for field, value in core.split._asdict().items():
+            optional = field in ("second", "recurrent_kernel", "unit_params")
+            if field != "second" and not (callable(value) or (optional and value is None)):
+                raise TypeError(f"{where}.split.{field} must be a function{' or None' if optional else ''}, "
+                                f"got {type(value).__name__}")
     if core.variables and core.owner is None:
         raise TypeError(f"{where} has variables but no owner (compiled functions that close over variables "
                         f"are cached per owner)")

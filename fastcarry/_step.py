@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from fastcarry._protocol import run_update
+
 
 def mask(valid, new_state, y, state):
     """``dynamic_rnn``'s masking (``valid [B, 1]`` from ``Validity.at``, None: all real): at a step that is not
@@ -21,8 +23,10 @@ def masked_step(core, params, state, xp_t, valid):
     return mask(valid, *core.run_step(params, state, xp_t), state)
 
 
-def masked_update(split, state, a_t, valid):
-    return mask(valid, *split.update(state, a_t), state)
+def masked_update(split, params, state, a_t, valid, units=None):
+    """``run_update`` masked: ``units`` (the split's unit parameters, broadcast to rows or not) or None: from
+    ``params``."""
+    return mask(valid, *run_update(split, params, state, a_t, units), state)
 
 
 def weights(core, params):

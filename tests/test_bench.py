@@ -149,9 +149,11 @@ def test_user_cell_bench_checks_gradients_times_both_sides_and_writes_every_file
                                 out_dir=str(tmp_path))
     assert [(r["cell"], r["mode"]) for r in rows] == [("indrnn", "infer"), ("indrnn", "train")]
     for r in rows:
-        assert set(r["ms"]) == {"fastcarry", "fastcarry-split", "fastcarry-as-written", "keras-graph", "keras-jit"}
+        assert set(r["ms"]) == {"fastcarry", "fastcarry-split", "fastcarry-as-written", "fastcarry-protocol",
+                                "keras-graph", "keras-jit"}
         assert min(r["ms"].values()) > 0
         assert r["speedup"] == r["ms"][r["keras"]] / r["ms"]["fastcarry"] and r["max_relative_error"] <= 2e-5
+        assert r["protocol_speedup"] == r["ms"][r["keras"]] / r["ms"]["fastcarry-protocol"]
     assert "| **median** | | train |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.png").stat().st_size > 0
     # Every cell's two sides agree (the benchmark refuses to time a case where they do not) ...

@@ -250,6 +250,39 @@ def test_a_keras_rnn_layer_instead_of_its_cell(run, layer):
         run(getattr(keras.layers, layer)(H), _x())
 
 
+class _ProtocolCell(_HalfProtocol):
+    """A protocol cell whose ``core()`` is given: for the checks of what a core holds."""
+
+    def __init__(self, core):
+        self._core = core
+
+    def core(self):
+        return self._core
+
+    def params(self):
+        return ()
+
+
+def _split(**fields):
+    parts = dict(recurrent_input=lambda h: h, recurrent=lambda p, h: h, combine=lambda xp, rec: xp + rec,
+                 update=lambda h, a: (a, a))
+    return fc.RecurrentSplit(**{**parts, **fields})
+
+
+@pytest.mark.parametrize("core, parts", [
+    (fc.Core("my cell", (), lambda p, x: x, H, split=_split()), ["name must be an identifier", "'my cell'"]),
+    (fc.Core("mine", (), lambda p, x: x, H), ["has neither step nor split"]),
+    (fc.Core("mine", (), lambda p, x: x, H, split=(1, 2)), ["split must be a fastcarry.RecurrentSplit", "tuple"]),
+    (fc.Core("mine", (), lambda p, x: x, H, split=_split(update="tanh")), ["split.update must be a function",
+                                                                          "got str"]),
+    (fc.Core("mine", (), lambda p, x: x, H, split=_split(unit_params=[1.0])),
+     ["split.unit_params must be a function or None", "got list"]),
+], ids=["name", "no-step", "split-type", "update", "unit-params"])
+def test_a_core_that_breaks_the_protocol_is_named(core, parts):
+    with _raises("_ProtocolCell.core()", *parts, exc=TypeError):
+        fc.unroll(_ProtocolCell(core), _x())
+
+
 # -- constructors, weights -----------------------------------------------------
 
 def test_units_zero():

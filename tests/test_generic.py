@@ -17,6 +17,8 @@ from tf_keras.src.layers.rnn import legacy_cells
 import fastcarry as fc
 from conftest import assert_all_close
 from fastcarry.tools import models_bench as _models_bench
+from fastcarry.tools import protocol_cells
+from fastcarry.tools.user_cell_bench import cell_classes
 
 B, T, D, H = 3, 6, 4, 5
 LENGTHS = [T, 0, 3]  # a full row, an empty one and a partial one
@@ -497,6 +499,32 @@ def test_minimal_gated_unit_fused_protocol_equals_function_cell():
         _signal(want)
         assert_all_close(_evaluate(_unroll(plain, **options), _x(), s0, variables), want, context="FunctionCell")
         assert_all_close(_evaluate(_unroll(fused, **options), _x(), s0, variables), want, context="fused MGU")
+
+
+PROTOCOL_OPTIONS = {
+    "graph": dict(jit_compile=False, reverse=True, chunk=4, unroll=2, sequence_length=LENGTHS),
+    "jit": dict(sequence_length=LENGTHS),
+}
+
+
+@pytest.mark.parametrize("kind, options", [(kind, "graph") for kind in protocol_cells.KINDS]
+                         + [("peephole_lstm", "jit")])
+def test_users_cells_on_the_fused_protocol_equal_their_keras_call(kind, options):
+    """The user-cell benchmark's cells as ``RecurrentSplit``\\ s (unit parameters read by ``update``, a second
+    matmul, an elementwise recurrence, a row-wise normalisation) against the reference loop of the Keras
+    cell's own call, on the same variables."""
+    options = PROTOCOL_OPTIONS[options]
+    keras.utils.set_random_seed(0)
+    layer = cell_classes()[kind](H)
+    layer.build((None, D))
+    _randomise(layer.trainable_variables, seed=5)
+    variables = layer.trainable_variables
+    s0 = _states(protocol_cells.ProtocolCell(kind, layer).state_size)
+    want = _evaluate(lambda x, s: fc.reference.unroll(fc.as_cell(layer, fused=False), x, s, **options), _x(), s0,
+                     variables)
+    _signal(want)  # every gradient carries signal: the unit parameters' too
+    got = _evaluate(_unroll(protocol_cells.ProtocolCell(kind, layer), **options), _x(), s0, variables)
+    assert_all_close(got, want, context=f"{kind} {options}")
 
 
 # -- bad input --------------------------------------------------------------------------------------------------

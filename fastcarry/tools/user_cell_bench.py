@@ -12,7 +12,8 @@ For every cell, shape and mode, one Keras cell object (so one set of weights) is
 ``fc.unroll(fc.as_cell(cell, fused=False), x)`` inside ``tf.function(jit_compile=True)`` (as fastcarry runs it by
 default: the call split at its input projection, ``fastcarry._hoist``, except in inference with one step per loop
 iteration), the same with ``hoist=True`` (split in every mode) and with ``hoist=False`` (the call as written,
-once per step), and
+once per step), the cell's math written on the public fused protocol on the same variables
+(``fastcarry.tools.protocol_cells``: the hand-written backward), and
 ``keras.layers.RNN(cell, return_sequences=True)`` under a plain ``tf.function`` and under
 ``jit_compile=True``, the faster of the two counting. Before timing, the outputs and the gradients of
 ``sum(outputs * cotangent)`` (random cotangent) w.r.t. the inputs and every weight are compared: a case whose
@@ -129,12 +130,14 @@ CELLS = ("peephole_lstm", "minimal_gated_unit", "indrnn", "layer_norm_gated")
 def _sides(kind, shape, seed=0):
     """``(cell, x [B, T, D], cotangent [B, T, H], {name: fastcarry(x) -> outputs}, keras(x) -> outputs)``: one
     cell object; fastcarry as it runs users' cells (``"fastcarry"``), split in every mode (``"fastcarry-split"``,
-    ``hoist=True``) and with the call as written, once per step (``"fastcarry-as-written"``, ``hoist=False``)."""
+    ``hoist=True``), with the call as written, once per step (``"fastcarry-as-written"``, ``hoist=False``), and
+    the same math on the fused protocol (``"fastcarry-protocol"``, ``protocol_cells.ProtocolCell``)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     import fastcarry as fc
+    from fastcarry.tools.protocol_cells import ProtocolCell
 
     b, t, d, h = shape
     keras.utils.set_random_seed(seed)
@@ -148,6 +151,7 @@ def _sides(kind, shape, seed=0):
     fast = {}
     for name, hoist in (("fastcarry", None), ("fastcarry-split", True), ("fastcarry-as-written", False)):
         fast[name] = functools.partial(_outputs, fc.as_cell(cell, fused=False, hoist=hoist))
+    fast["fastcarry-protocol"] = functools.partial(_outputs, ProtocolCell(kind, cell))
     layer = keras.layers.RNN(cell, return_sequences=True)
     return cell, x, cot, fast, layer
 
@@ -198,7 +202,8 @@ def _steps(kind, shape, mode):
 
 def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, stream=sys.stderr):
     """One row per cell x shape x mode: ``{"cell", "shape", "mode", "max_relative_error", "ms", "keras",
-    "speedup"}`` (``keras``: the faster Keras variant; ``speedup``: its time over fastcarry's)."""
+    "speedup", "protocol_speedup"}`` (``keras``: the faster Keras variant; ``speedup``: its time over
+    fastcarry's; ``protocol_speedup``: over the protocol cell's)."""
     from fastcarry._measure import time_blocks
 
     progress = _report.Progress(len(cells) * len(shapes) * len(modes), stream)
@@ -214,7 +219,8 @@ def run(cells=CELLS, shapes=SHAPES, modes=MODES, rounds=ROUNDS, out_dir=None, st
                 ms = {k: v * 1e3 for k, v in time_blocks(_steps(kind, shape, mode), rounds).items()}
                 keras = min(("keras-graph", "keras-jit"), key=ms.get)
                 rows.append({"cell": kind, "shape": list(shape), "mode": mode, "max_relative_error": error,
-                             "ms": ms, "keras": keras, "speedup": ms[keras] / ms["fastcarry"]})
+                             "ms": ms, "keras": keras, "speedup": ms[keras] / ms["fastcarry"],
+                             "protocol_speedup": ms[keras] / ms["fastcarry-protocol"]})
     progress.close()
     if out_dir is not None:
         _report.write_rows(out_dir, rows, rounds, markdown(rows), lambda path: plot(rows, path))
@@ -225,33 +231,39 @@ def markdown(rows):
     """The table (ms per call, each side; the speedup over the faster Keras variant), then medians per mode."""
     import statistics
 
-    lines = ["| cell | B×T×D×H | mode | fastcarry ms | split ms | as written ms | keras graph ms | keras jit ms | "
-             "vs keras | split vs as written | max rel. error |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| cell | B×T×D×H | mode | fastcarry ms | split ms | as written ms | protocol ms | keras graph ms | "
+             "keras jit ms | vs keras | split vs as written | protocol vs keras | max rel. error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ms = r["ms"]
         lines.append(f"| {r['cell']} | {'×'.join(map(str, r['shape']))} | {r['mode']} | {ms['fastcarry']:.3f} | "
-                     f"{ms['fastcarry-split']:.3f} | {ms['fastcarry-as-written']:.3f} | {ms['keras-graph']:.3f} | "
-                     f"{ms['keras-jit']:.3f} | {r['speedup']:.2f}x | "
-                     f"{ms['fastcarry-as-written'] / ms['fastcarry-split']:.2f}x | {r['max_relative_error']:.1e} |")
+                     f"{ms['fastcarry-split']:.3f} | {ms['fastcarry-as-written']:.3f} | "
+                     f"{ms['fastcarry-protocol']:.3f} | {ms['keras-graph']:.3f} | {ms['keras-jit']:.3f} | "
+                     f"{r['speedup']:.2f}x | {ms['fastcarry-as-written'] / ms['fastcarry-split']:.2f}x | "
+                     f"{r['protocol_speedup']:.2f}x | {r['max_relative_error']:.1e} |")
     for mode in MODES:
         speedups = [r["speedup"] for r in rows if r["mode"] == mode]
+        protocol = [r["protocol_speedup"] for r in rows if r["mode"] == mode]
         if speedups:
-            lines.append(f"| **median** | | {mode} | | | | | | **{statistics.median(speedups):.2f}x** "
-                         f"(lowest {min(speedups):.2f}x) | |")
+            lines.append(f"| **median** | | {mode} | | | | | | | **{statistics.median(speedups):.2f}x** "
+                         f"(lowest {min(speedups):.2f}x) | | **{statistics.median(protocol):.2f}x** "
+                         f"(lowest {min(protocol):.2f}x) | |")
     return "\n".join(lines)
 
 
 def plot(rows, path):
-    """Speedup over the faster Keras variant per case, one bar per mode, a line at 1x."""
+    """Speedup over the faster Keras variant per case: fastcarry's default and the protocol cell, per mode; a line
+    at 1x."""
     plt = _report.require_matplotlib()
     cases = sorted({(r["cell"], tuple(r["shape"])) for r in rows}, key=lambda c: (CELLS.index(c[0]), c[1]))
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    for i, mode in enumerate(MODES):
-        by_case = {(r["cell"], tuple(r["shape"])): r["speedup"] for r in rows if r["mode"] == mode}
-        ax.bar([k + i * 0.4 for k in range(len(cases))], [by_case.get(c, 0.0) for c in cases], 0.4, label=mode)
+    bars = [(mode, key, label) for mode in MODES
+            for key, label in (("speedup", f"{mode}: fastcarry"), ("protocol_speedup", f"{mode}: protocol cell"))]
+    for i, (mode, key, label) in enumerate(bars):
+        by_case = {(r["cell"], tuple(r["shape"])): r[key] for r in rows if r["mode"] == mode}
+        ax.bar([k + i * 0.2 for k in range(len(cases))], [by_case.get(c, 0.0) for c in cases], 0.2, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([k + 0.2 for k in range(len(cases))], [f"{c} {'x'.join(map(str, s))}" for c, s in cases],
+    ax.set_xticks([k + 0.3 for k in range(len(cases))], [f"{c} {'x'.join(map(str, s))}" for c, s in cases],
                   rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("keras.layers.RNN time / fastcarry time")
     ax.legend()
