@@ -34,14 +34,7 @@ def _peephole_lstm(h_units):
         h = tf.sigmoid(zo + c * peepholes[2]) * tf.tanh(c)
         return [h, c], h
 
-    split = fc.RecurrentSplit(
-        recurrent_input=lambda state: state[0],
-        recurrent=lambda p, h: h @ p["recurrent_kernel"],
-        combine=lambda xp, rec: xp + rec,
-        update=update,
-        recurrent_kernel=lambda p: p["recurrent_kernel"],
-        unit_params=lambda p: p["peepholes"])
-    return _projection(bias=True), split
+    return _projection(bias=True), _matmul_split(update, unit_params=lambda p: p["peepholes"])
 
 
 def _minimal_gated_unit(h_units):
@@ -90,14 +83,19 @@ def _layer_norm_gated(h_units):
         h = (1.0 - gate) * state[0] + gate * tf.tanh(norm(zc, gain[1], shift[1]))
         return [h], h
 
-    split = fc.RecurrentSplit(
+    return _projection(bias=False), _matmul_split(update, unit_params=lambda p: (p["gain"], p["shift"]))
+
+
+def _matmul_split(update, unit_params):
+    """The split of a cell whose pre-activation is ``x W (+ b) + h @ recurrent_kernel`` (``h`` the state's first
+    component) and whose ``update`` reads ``unit_params``."""
+    return fc.RecurrentSplit(
         recurrent_input=lambda state: state[0],
         recurrent=lambda p, h: h @ p["recurrent_kernel"],
         combine=lambda xp, rec: xp + rec,
         update=update,
         recurrent_kernel=lambda p: p["recurrent_kernel"],
-        unit_params=lambda p: (p["gain"], p["shift"]))
-    return _projection(bias=False), split
+        unit_params=unit_params)
 
 
 def _projection(bias):
