@@ -167,6 +167,22 @@ def test_user_cell_bench_checks_gradients_times_both_sides_and_writes_every_file
         _user_cell_bench.run(cells=("indrnn",), shapes=_user_cell_bench.QUICK_SHAPES, rounds=1)
 
 
+def test_tiny_bench_times_both_sides_and_the_floor_and_reads_their_loop_bodies(tmp_path):
+    from fastcarry.tools import tiny_bench as _tiny_bench
+
+    rows = _tiny_bench.run(cells=("lstm",), shapes=_tiny_bench.QUICK_SHAPES, rounds=2, out_dir=str(tmp_path))
+    (row,) = rows
+    assert set(row["ms"]) == {"fastcarry", "keras", "floor"} and min(row["ms"].values()) > 0
+    assert row["speedup"] == row["ms"]["keras"] / row["ms"]["fastcarry"]
+    # An LSTM step is two matmuls on either side (the input's and the recurrent one), in a loop.
+    assert row["body"]["fastcarry"]["dot"] == row["body"]["keras"]["dot"] == 2
+    assert row["same_body"] == (row["body"]["fastcarry"] == row["body"]["keras"])
+    assert "| lstm | 2×5×3×4 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.png").stat().st_size > 0
+    # The loop-body reader counts kernels inside while bodies only, and sees none in a program without a loop.
+    assert _tiny_bench.body_kernels("ENTRY %main (p: f32[2]) -> f32[2] {\n  ROOT %d = f32[2] fusion(%p)\n}") == {}
+
+
 def test_lstm_directions_bench_checks_outputs_times_every_contender_and_writes_every_file(tmp_path):
     from fastcarry.tools import lstm_directions_bench as _directions
 
