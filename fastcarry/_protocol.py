@@ -188,8 +188,12 @@ def check_core(core, owner_name):
     if core.split is not None:
         if not isinstance(core.split, RecurrentSplit):
             raise TypeError(f"{where}.split must be a fastcarry.RecurrentSplit, got {type(core.split).__name__}")
+        second = core.split.second
+        if not (second is None or isinstance(second, SecondMatmul)):
+            raise TypeError(f"{where}.split.second must be None or a fastcarry.SecondMatmul, got "
+                            f"{type(second).__name__}")
         for field, value in core.split._asdict().items():
-            optional = field in ("second", "recurrent_kernel", "unit_params")
+            optional = field in ("recurrent_kernel", "unit_params")
             if field != "second" and not (callable(value) or (optional and value is None)):
                 raise TypeError(f"{where}.split.{field} must be a function{' or None' if optional else ''}, "
                                 f"got {type(value).__name__}")

@@ -24,8 +24,8 @@ def masked_step(core, params, state, xp_t, valid):
 
 
 def masked_update(split, params, state, a_t, valid, units=None):
-    """``run_update`` masked: ``units`` (the split's unit parameters, broadcast to rows or not) or None: from
-    ``params``."""
+    """``run_update`` masked. ``units``: the split's unit parameters already made (the backward's, which its tape
+    watches), or None: made from ``params``."""
     return mask(valid, *run_update(split, params, state, a_t, units), state)
 
 

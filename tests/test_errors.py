@@ -277,7 +277,9 @@ def _split(**fields):
                                                                           "got str"]),
     (fc.Core("mine", (), lambda p, x: x, H, split=_split(unit_params=[1.0])),
      ["split.unit_params must be a function or None", "got list"]),
-], ids=["name", "no-step", "split-type", "update", "unit-params"])
+    (fc.Core("mine", (), lambda p, x: x, H, split=_split(second=(1, 2))),
+     ["split.second must be None or a fastcarry.SecondMatmul", "got tuple"]),
+], ids=["name", "no-step", "split-type", "update", "unit-params", "second"])
 def test_a_core_that_breaks_the_protocol_is_named(core, parts):
     with _raises("_ProtocolCell.core()", *parts, exc=TypeError):
         fc.unroll(_ProtocolCell(core), _x())
