@@ -104,8 +104,9 @@ def markdown(rows):
     for r in rows:
         ms = r["ms"]
         lines.append(f"| {r['cell']} | {'×'.join(map(str, r['shape']))} | {ms['fastcarry']:.3f} | "
-                     f"{ms['keras']:.3f} | {ms['floor']:.3f} | {r['speedup']:.2f}x | {_kernels(r['body']['fastcarry'])} "
-                     f"| {_kernels(r['body']['keras'])} | {'yes' if r['same_body'] else 'no'} |")
+                     f"{ms['keras']:.3f} | {ms['floor']:.3f} | {r['speedup']:.2f}x | "
+                     f"{_kernels(r['body']['fastcarry'])} | {_kernels(r['body']['keras'])} | "
+                     f"{'yes' if r['same_body'] else 'no'} |")
     return "\n".join(lines)
 
 
