@@ -6,6 +6,7 @@ import pathlib
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import fastcarry as fc
 from fastcarry.tools import bench as _bench
@@ -165,6 +166,49 @@ def test_user_cell_bench_checks_gradients_times_both_sides_and_writes_every_file
     assert _user_cell_bench.check_equal("indrnn", (2, 5, 3, 4)) > 5e-4
     with pytest.raises(AssertionError, match="fastcarry and keras.layers.RNN differ by"):
         _user_cell_bench.run(cells=("indrnn",), shapes=_user_cell_bench.QUICK_SHAPES, rounds=1)
+
+
+def test_keras_rnn_layers_in_xla_steps_never_ask_for_cudnn(monkeypatch):
+    """Keras 3 picks cuDNN from a layer's arguments and whether a GPU exists, not from the compilation, and XLA
+    cannot compile cuDNN's kernel: every Keras LSTM/GRU the tools time or profile inside an XLA step is made
+    with ``use_cudnn=False``; outside XLA with Keras's default (what a GPU user compares against)."""
+    from fastcarry.tools import check, grid_bench, models_bench, profile, schedule_bench, tiny_bench
+    from fastcarry.tools.workload import Workload
+
+    for kind in ("LSTM", "GRU"):
+        assert check.keras_rnn_layer(kind, 3, jit_compile=True).use_cudnn is False
+        assert check.keras_rnn_layer(kind, 3, jit_compile=False).use_cudnn == "auto"
+    assert not hasattr(check.keras_rnn_layer("SimpleRNN", 3, jit_compile=True), "use_cudnn")
+    assert check.KerasUnroll(fc.GRU(3, input_size=2), jit_compile=True).layer.use_cudnn is False
+
+    made = []  # (jit_compile, layer) of every Keras RNN layer the step builders below make
+    real = check.keras_rnn_layer
+
+    def recording(kind, units, *, jit_compile, **kwargs):
+        made.append((jit_compile, real(kind, units, jit_compile=jit_compile, **kwargs)))
+        return made[-1][1]
+
+    for module in (check, models_bench):
+        monkeypatch.setattr(module, "keras_rnn_layer", recording)
+    w = Workload("lstm", 2, 3, 2, 4)
+    x, cot = tf.zeros([2, 3, 2]), tf.zeros([2, 3, 4])
+    grid_bench.keras_step(w, "infer", x, cot, jit_compile=True)
+    profile._contenders(w, "infer", against=("keras",))
+    schedule_bench._steps("lstm", (2, 3, 2, 4), "infer")
+    tiny_bench._steps("lstm", (2, 3, 2, 4))
+    for builder in (models_bench.stack_steps, models_bench.bidirectional_steps):
+        builder(w, "infer")
+    xla = [layer for jit, layer in made if jit]
+    # grid, profile, schedule, tiny: one each; models: two stacked, one bidirectional (Keras copies its backward
+    # half from it, use_cudnn included: checked below).
+    assert len(xla) == 4 + 2 + 1 and all(layer.use_cudnn is False for layer in xla)
+    assert all(layer.use_cudnn == "auto" for jit, layer in made if not jit)
+    grid_bench.keras_step(w, "infer", x, cot, jit_compile=False)
+    assert made[-1][0] is False and made[-1][1].use_cudnn == "auto"
+    import keras
+
+    both_ways = keras.layers.Bidirectional(real("LSTM", 3, jit_compile=True, return_sequences=True))
+    assert both_ways.backward_layer.use_cudnn is False
 
 
 def test_tiny_bench_times_both_sides_and_the_floor_and_reads_their_loop_bodies(tmp_path):

@@ -109,6 +109,26 @@ def worst(rows):
     return max((r.relative for r in rows), default=0.0)
 
 
+def keras_rnn_layer(kind, units, *, jit_compile, **kwargs):
+    """A Keras 3 ``LSTM``, ``GRU`` or ``SimpleRNN`` layer (``kind``) of ``units``, for a step compiled with XLA
+    (``jit_compile``) or not: the tools build every Keras RNN layer they time or profile here.
+
+    Inside an XLA step ``LSTM`` and ``GRU`` get ``use_cudnn=False``: Keras 3 decides
+    on cuDNN from the layer's arguments and whether a GPU exists, not from the
+    compilation (``keras/src/backend/tensorflow/rnn.py``, ``cudnn_ok``), and a
+    cuDNN kernel cannot be compiled by XLA (keras#18456). Outside XLA they keep
+    Keras's default (``"auto"``: cuDNN where it can run), what a GPU user compares
+    against. ``SimpleRNN`` has no cuDNN kernel.
+    """
+    import keras
+
+    if kind not in ("LSTM", "GRU", "SimpleRNN"):
+        raise ValueError(f"kind must be 'LSTM', 'GRU' or 'SimpleRNN', got {kind!r}")
+    if kind != "SimpleRNN":
+        kwargs["use_cudnn"] = False if jit_compile else "auto"
+    return getattr(keras.layers, kind)(units, **kwargs)
+
+
 class KerasUnroll:
     """``unroll``'s signature run by the Keras 3 layer of the same kind, with a copy of the cell's weights.
 
@@ -117,22 +137,22 @@ class KerasUnroll:
     inputs and mask along time, which is what Keras' ``go_backwards`` does, and
     flips the outputs back. Keras repeats the last output at masked steps, so
     outputs are zeroed past each row's length to match ``dynamic_rnn``.
-    ``unroll`` and ``jit_compile`` do not apply to Keras and are not used.
+    ``unroll`` and ``jit_compile`` do not apply to Keras and are not used by a
+    call; the constructor's ``jit_compile`` says whether the layer will run
+    inside an XLA-compiled step (``keras_rnn_layer``).
     """
 
-    def __init__(self, cell):
-        import tensorflow as tf
-
+    def __init__(self, cell, *, jit_compile=False):
         from fastcarry import GRU, LSTM, SimpleRNN
         from fastcarry.weights import fold_forget_bias
 
-        kw = dict(return_sequences=True, return_state=True, dtype=cell.dtype.name)
+        kw = dict(return_sequences=True, return_state=True, dtype=cell.dtype.name, jit_compile=jit_compile)
         if isinstance(cell, LSTM):
-            layer = tf.keras.layers.LSTM(cell.units, **kw)
+            layer = keras_rnn_layer("LSTM", cell.units, **kw)
         elif isinstance(cell, GRU):
-            layer = tf.keras.layers.GRU(cell.units, reset_after=cell.reset_after, **kw)
+            layer = keras_rnn_layer("GRU", cell.units, reset_after=cell.reset_after, **kw)
         elif isinstance(cell, SimpleRNN):
-            layer = tf.keras.layers.SimpleRNN(cell.units, activation=cell.activation, **kw)
+            layer = keras_rnn_layer("SimpleRNN", cell.units, activation=cell.activation, **kw)
         else:
             raise TypeError(f"KerasUnroll: no Keras layer for {type(cell).__name__}")
         kernel, recurrent, bias = cell.get_weights()

@@ -85,7 +85,7 @@ def keras_step(workload, mode, x, cotangent, jit_compile):
     """The Keras 3 layer holding the fastcarry cell's weights, as a zero-argument step."""
     from fastcarry.tools.check import KerasUnroll
 
-    keras = KerasUnroll(workload_cell(workload))  # same weights as the fastcarry cell
+    keras = KerasUnroll(workload_cell(workload), jit_compile=jit_compile)  # same weights as the fastcarry cell
     # The layer returns [outputs, *states] (return_sequences and return_state are on).
     fn = step_function(lambda x: keras.layer(x)[0], keras.weights, mode, cotangent, jit_compile=jit_compile,
                        name=f"keras_{'jit' if jit_compile else 'graph'}")

@@ -30,6 +30,7 @@ import numpy as np
 from fastcarry._measure import step_function
 from fastcarry.tools import grid_bench as _bench
 from fastcarry.tools import report as _report
+from fastcarry.tools.check import keras_rnn_layer
 from fastcarry.tools.report import Progress, machine_info, require_matplotlib
 from fastcarry.tools.workload import Workload
 
@@ -73,9 +74,9 @@ def _data(w, width, seed=0):
 
 
 def _pair(make_fast, make_keras, mode, x, cot, keras_jit=(False, True)):
-    """``{name: step}``: fastcarry inside a jitted and inside a graph step, Keras under each of ``keras_jit``."""
+    """``{name: step}``: fastcarry inside a jitted and inside a graph step, Keras under each of ``keras_jit``
+    (``make_keras(jit_compile) -> (run, variables)``: its layers made for that step, ``keras_rnn_layer``)."""
     fast_run, fast_vars = make_fast()
-    keras_run, keras_vars = make_keras()
     steps = {}
     for jit in (True, False):
         # In a graph step fastcarry's compiled functions run as launches of their
@@ -84,15 +85,18 @@ def _pair(make_fast, make_keras, mode, x, cot, keras_jit=(False, True)):
         steps[name] = step_function(fast_run, fast_vars, mode, cot, jit_compile=jit, name=name.replace("-", "_"))
     for jit in keras_jit:
         name = f"keras-{'jit' if jit else 'graph'}"
+        keras_run, keras_vars = make_keras(jit)
         steps[name] = step_function(keras_run, keras_vars, mode, cot, jit_compile=jit, name=name.replace("-", "_"))
     return {name: (lambda fn=fn: fn(x)) for name, fn in steps.items()}
 
 
-def _lstm_layer(units, input_dim):
-    import keras
-
-    layer = keras.layers.LSTM(units, return_sequences=True)
+def _lstm_layer(units, input_dim, jit_compile=False, like=None):
+    """A built Keras ``LSTM`` for a step compiled with XLA or not (``keras_rnn_layer``), with ``like``'s weights
+    when given."""
+    layer = keras_rnn_layer("LSTM", units, jit_compile=jit_compile, return_sequences=True)
     layer.build((None, None, input_dim))
+    if like is not None:
+        layer.set_weights(like.get_weights())
     return layer
 
 
@@ -104,10 +108,15 @@ def stack_steps(w, mode):
 
     x, cot = _data(w, w.units)
     layers = [_lstm_layer(w.units, w.input), _lstm_layer(w.units, w.units)]
-    model = keras.Sequential([keras.Input((w.time, w.input)), *layers])
     stack = fc.Stack([fc.LSTM.from_keras(layer) for layer in layers])
-    return _pair(lambda: ((lambda x: fc.unroll(stack, x)[0]), stack.trainable_variables),
-                 lambda: (model, model.trainable_variables), mode, x, cot)
+
+    def keras_model(jit_compile):
+        model = keras.Sequential([keras.Input((w.time, w.input))] + [
+            _lstm_layer(w.units, d, jit_compile, like=layer) for layer, d in zip(layers, (w.input, w.units))])
+        return model, model.trainable_variables
+
+    return _pair(lambda: ((lambda x: fc.unroll(stack, x)[0]), stack.trainable_variables), keras_model, mode, x,
+                 cot)
 
 
 def generic_steps(w, mode, cell_kind):
@@ -122,7 +131,7 @@ def generic_steps(w, mode, cell_kind):
     rnn = keras.layers.RNN(cell, return_sequences=True)
     generic = fc.as_cell(cell, fused=False)
     return _pair(lambda: ((lambda x: fc.unroll(generic, x)[0]), cell.trainable_variables),
-                 lambda: (rnn, cell.trainable_variables), mode, x, cot, keras_jit=(True,))
+                 lambda jit_compile: (rnn, cell.trainable_variables), mode, x, cot, keras_jit=(True,))
 
 
 def bidirectional_steps(w, mode):
@@ -133,16 +142,28 @@ def bidirectional_steps(w, mode):
     import fastcarry as fc
 
     x, cot = _data(w, 2 * w.units)
-    layer = keras.layers.Bidirectional(keras.layers.LSTM(w.units, return_sequences=True))
-    layer.build((None, None, w.input))
+
+    def keras_bidirectional(jit_compile, like=None):
+        layer = keras.layers.Bidirectional(keras_rnn_layer("LSTM", w.units, jit_compile=jit_compile,
+                                                           return_sequences=True))
+        layer.build((None, None, w.input))
+        if like is not None:
+            layer.set_weights(like.get_weights())
+        return layer
+
+    layer = keras_bidirectional(False)
     fw, bw = fc.LSTM.from_keras(layer.forward_layer), fc.LSTM.from_keras(layer.backward_layer)
 
     def fast(x):
         (y_fw, y_bw), _ = fc.bidirectional(fw, bw, x)
         return tf.concat([y_fw, y_bw], -1)
 
-    return _pair(lambda: (fast, list(fw.trainable_variables) + list(bw.trainable_variables)),
-                 lambda: (layer, layer.trainable_variables), mode, x, cot)
+    def keras_run(jit_compile):
+        made = keras_bidirectional(jit_compile, like=layer)
+        return made, made.trainable_variables
+
+    return _pair(lambda: (fast, list(fw.trainable_variables) + list(bw.trainable_variables)), keras_run, mode, x,
+                 cot)
 
 
 GENERIC_CELLS = ("lstm_cell", "minimal_rnn_cell")  # the generic suite's cells: Keras's LSTMCell, the guide's cell

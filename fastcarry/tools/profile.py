@@ -27,7 +27,7 @@ def _contenders(workload, mode, against, seed=0):
     x, cot = random_data(w, seed)
     out = {"fastcarry": (_bench.fastcarry_step(w, mode, x, cot), "fastcarry_")}
     if "keras" in against:
-        keras = KerasUnroll(workload_cell(w))  # the same weights as fastcarry's cell
+        keras = KerasUnroll(workload_cell(w), jit_compile=True)  # the same weights as fastcarry's cell
         step = step_function(lambda x: keras.layer(x)[0], keras.weights, mode, cot, name="keras")
         out["keras"] = (lambda: step(x), keras.layer.name)
     return out

@@ -50,7 +50,7 @@ def _steps(kind, shape, mode, seed=0):
     steps = {f"unroll={u}": fastcarry_step(u) for u in UNROLLS}
     steps["default"] = fastcarry_step(None)
     if mode == "infer":
-        keras = KerasUnroll(cell)
+        keras = KerasUnroll(cell, jit_compile=True)
         fn = step_function(lambda x: keras.layer(x)[0], keras.weights, mode, cot, name="keras")
         steps["keras"] = lambda: fn(x)
     return steps

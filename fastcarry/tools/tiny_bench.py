@@ -59,7 +59,7 @@ def _steps(kind, shape, seed=0):
     b, t, d, h = shape
     cell = make_cell(kind, h, input_size=d, seed=seed)
     x = tf.constant(np.random.default_rng(seed + 1).standard_normal((b, t, d)), tf.float32)
-    keras = KerasUnroll(cell)
+    keras = KerasUnroll(cell, jit_compile=True)
     functions = {
         "fastcarry": step_function(lambda x: fc.unroll(cell, x)[0], cell.trainable_variables, "infer",
                                    name="fastcarry"),
