@@ -8,6 +8,8 @@ its owner: its functions close over those variables.
 
 import functools
 
+import tensorflow as tf
+
 from fastcarry._protocol import attached
 from fastcarry._tracing import named_function
 
@@ -49,10 +51,13 @@ def compiled(role, core, layout, schedule, build):
 
     Everything the traced function closes over must be in the key: the math
     (``core.key``), the output width baked into its TensorArrays, the layout
-    and the schedule (``schedule.xla`` is its ``jit_compile``).
+    and the schedule (``schedule.xla`` is its ``jit_compile``). So is whether
+    TF32 is on: TF's lowering to XLA writes each matmul's precision into the
+    program from that setting, and a function compiled under one would keep it.
     """
     cache = _cache_for(core)
-    key = (role, core.name, core.key, core.output_size, layout, schedule)
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    key = (role, core.name, core.key, core.output_size, layout, schedule, tf32)
     if key not in cache:
         cache[key] = named_function(build(core, layout, schedule), f"fastcarry_{core.name}_{role}",
                                     jit_compile=schedule.xla)

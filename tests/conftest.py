@@ -73,6 +73,11 @@ from fastcarry.tools import workload  # noqa: E402
 
 CELL_KINDS = workload.CELLS
 
+# float32 is compared with TF32 off: TF turns it on by default for matmuls on Ampere and later GPUs, whose
+# float32 results then differ from the float64 reference by ~1e-3, far beyond float32's 2e-5 (no effect on a
+# CPU; ``fastcarry check`` reports the TF32 error apart).
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
 
 # A Keras-style mask for B=3, T=7: holes, left padding, a row with no real step.
 MASK = np.array([[1, 0, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 1, 1], [0] * 7], dtype=bool)

@@ -44,12 +44,55 @@ def test_check_passes(argv):
     code, text = _run(argv)
     assert code == 0, text
     assert text.rstrip().endswith("PASS")
-    # Every tensor of all seven comparisons is reported.
-    assert text.count("d_recurrent_kernel") == 7 and "vs keras 3" in text and "autodiff jit" in text
+    # Every tensor of all seven comparisons is reported, and of the TF32 row.
+    assert text.count("d_recurrent_kernel") == 7 + 1 and "vs keras 3" in text and "autodiff jit" in text
     assert "hoisted jit" in text
     assert ("chunk=6 jit" if not argv else "chunk=2 jit") in text and "swap_memory jit" in text
     if not argv:
         assert "cell=lstm" in text and "float32, tolerance 2e-05" in text
+
+
+def test_check_compares_with_tf32_off_reports_it_on_apart_and_puts_the_setting_back():
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)  # TF's default, which the suite turns off
+    try:
+        code, text = _run(["--cell", "gru", "--batch", "2", "--time", "3", "--input", "3", "--units", "4"])
+        assert tf.config.experimental.tensor_float_32_execution_enabled()
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    assert code == 0, text
+    assert "TF32 off for the comparisons (this process had it on)" in text
+    # The TF32 rows come last, every tensor's errors and no verdict; then the verdict of the comparisons.
+    tf32 = text.split("fused jit with TF32 on vs reference(float64), for information (no GPU")[1].splitlines()
+    assert [line.split()[0] for line in tf32[2:-1]] == ["outputs", "state", "d_inputs", "d_initial_state",
+                                                         "d_kernel", "d_recurrent_kernel", "d_bias"]
+    assert not any("PASS" in line or "FAIL" in line for line in tf32[:-1]) and tf32[-1] == "PASS"
+
+
+def test_compiled_functions_are_made_per_tf32_setting():
+    """TF's lowering to XLA writes each matmul's precision from the TF32 setting (full precision with it off):
+    fastcarry keys its compiled functions by it, so none compiled under one setting runs under the other."""
+    import numpy as np
+    import tensorflow as tf
+
+    from fastcarry import _functions
+
+    cell = fc.LSTM(4, input_size=3, seed=0)
+    x = tf.constant(np.ones((2, 5, 3)), tf.float32)
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()  # conftest: float32 compared without
+    hlo = tf.function(lambda x: fc.unroll(cell, x)[0], jit_compile=True).experimental_get_compiler_ir(x)(
+        stage="hlo")
+    assert hlo.count(" dot(") == hlo.count("operand_precision={highest,highest}") == 2
+    made = set(_functions._FUNCTIONS)
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    try:
+        fc.unroll(cell, x, jit_compile=False)
+        fc.unroll(cell, x, jit_compile=False)
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    new = set(_functions._FUNCTIONS) - made
+    assert new and all(key[-1] is True for key in new)  # one new function, for TF32 on only
 
 
 def test_check_fails_on_a_wrong_implementation(monkeypatch):

@@ -208,7 +208,21 @@ def add_parser(subparsers):
 
 
 def run(args, out=sys.stdout):
-    """Runs the comparisons; returns the process exit code (0 all PASS, 1 any FAIL)."""
+    """Runs the comparisons with TF32 off, then the fused XLA path with TF32 on, for information; returns the
+    process exit code (0 all PASS, 1 any FAIL). The process's TF32 setting is put back afterwards."""
+    import tensorflow as tf
+
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    # TF enables TF32 matmuls on Ampere and later GPUs by default: float32 results then differ from the float64
+    # reference by ~1e-3, beyond float32's tolerance, whatever fastcarry does.
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    try:
+        return _run(args, tf32, out)
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+
+
+def _run(args, tf32, out):
     import tensorflow as tf
 
     import fastcarry as fc
@@ -248,7 +262,8 @@ def run(args, out=sys.stdout):
     tol = TOLERANCE[cell.dtype.name]
     print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
           f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "
-          f"unroll={args.unroll}; {cell.dtype.name}, tolerance {tol:g} relative to max |reference|", file=out)
+          f"unroll={args.unroll}; {cell.dtype.name}, tolerance {tol:g} relative to max |reference|; "
+          f"TF32 off for the comparisons (this process had it {'on' if tf32 else 'off'})", file=out)
     failed = False
     fused_jit = None
     for title, impl, extra, reference, weights in contenders:
@@ -260,8 +275,30 @@ def run(args, out=sys.stdout):
         failed |= _report("fused jit  vs keras 3", compare(fused_jit, keras_got), tol, out)
     else:  # Keras 3's layers fail on an empty sequence (a StridedSlice out of bounds inside their loop)
         print("\nfused jit  vs keras 3: skipped, Keras 3's layers cannot run T = 0", file=out)
+    _report_tf32(cell, inputs, initial, cot, options, want, out)
     print("FAIL" if failed else "PASS", file=out)
     return 1 if failed else 0
+
+
+def _report_tf32(cell, inputs, initial, cot, options, want, out):
+    """The fused XLA path with TF32 on, against the float64 reference: errors only, no verdict (TF32 rounds
+    matmul inputs to 10 mantissa bits on the GPUs that have it, by design; a CPU has no TF32). fastcarry keys
+    its compiled functions by the setting, so these are traced and compiled under it."""
+    import tensorflow as tf
+
+    import fastcarry as fc
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    try:
+        got = evaluate(fc.unroll, cell, inputs, initial, cot, **options, jit_compile=True)
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+    rows = compare(got, want)
+    device = "a GPU with TF32" if tf.config.list_physical_devices("GPU") else "no GPU: TF32 has no effect here"
+    print(f"\nfused jit with TF32 on vs reference(float64), for information ({device})\n"
+          f"  {'tensor':<24}{'max abs err':>14}{'relative':>12}", file=out)
+    for row in rows:
+        print(f"  {row.name:<24}{row.max_abs:>14.3e}{row.relative:>12.3e}", file=out)
 
 
 def _report(title, rows, tol, out):
