@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import tensorflow as tf
 
 from fastcarry._step import masked_update, step_shapes, weights
-from fastcarry._time import make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, while_options, write_all
+from fastcarry._time import counted_loop, make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, write_all
 
 
 def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
@@ -26,8 +26,7 @@ def _reverse_loop(one_vjp, carry, n_loop, unroll, tail, parallel_iterations):
             carry = one_vjp(i * unroll + j, *carry)
         return (i - 1, *carry)
 
-    return tf.while_loop(lambda i, *_: i >= 0, body, (n_loop - 1, *carry), maximum_iterations=n_loop,
-                         **while_options(parallel_iterations))[1:]
+    return counted_loop(body, (n_loop - 1, *carry), n_loop, parallel_iterations)[1:]
 
 
 class _Pass(NamedTuple):

@@ -52,9 +52,8 @@ def forward(core, params, x, state, validity, schedule, *, batch_major=False):
 
     with tf.name_scope("chunks"):
         if _time.has_loop(plan):
-            _, state, ys, bounds = tf.while_loop(lambda i, *_: i < plan.n_loop, body, (0, state, ys, bounds),
-                                                 maximum_iterations=plan.n_loop,
-                                                 **_time.while_options(schedule.parallel_iterations))
+            _, state, ys, bounds = _time.counted_loop(body, (0, state, ys, bounds), plan.n_loop,
+                                                      schedule.parallel_iterations)
         ys_tail = None
         if plan.tail:
             bounds = _time.write_all(bounds, plan.n_loop, state)
@@ -134,7 +133,6 @@ def backward(weights_like, x, validity, schedule, boundaries, cotangents, chunk_
                 dx_c, dstate, dp = chunk_grad(piece, Cotangents(dys_chunk(i), dstate))
                 return i - 1, dstate, add(dparams, dp), time.put(dxs, i, dx_c)
 
-            _, dstate, dparams, dxs = tf.while_loop(
-                lambda i, *_: i >= 0, body, (plan.n_loop - 1, dstate, dparams, dxs),
-                maximum_iterations=plan.n_loop, **_time.while_options(schedule.parallel_iterations))
+            _, dstate, dparams, dxs = _time.counted_loop(body, (plan.n_loop - 1, dstate, dparams, dxs), plan.n_loop,
+                                                         schedule.parallel_iterations)
     return time.finish(dxs, dx_tail), dstate, dparams

@@ -16,7 +16,7 @@ import tensorflow as tf
 from fastcarry._protocol import preactivation
 from fastcarry._records import Residuals
 from fastcarry._step import masked_step, masked_update, step_shapes
-from fastcarry._time import Time, has_loop, make_plan, tensor_arrays_like, while_options, write_all
+from fastcarry._time import Time, counted_loop, has_loop, make_plan, tensor_arrays_like, write_all
 
 
 def forward(core, params, x, state, validity, schedule, *, save=False, batch_major=False):
@@ -103,13 +103,10 @@ def forward(core, params, x, state, validity, schedule, *, save=False, batch_maj
             return (i + 1, state, time.put(ys, i, ys_b), saved, *ahead)
 
         if has_loop(plan):
-            # A static trip count: XLA needs fixed-size TensorLists, and on GPU
-            # it avoids a host sync per iteration.
             # (A run-time T is padded to at least one iteration: block 0 exists.)
             ahead = (xp_block(0),) if hoisted else ()
-            _, state, ys, saved, *_ = tf.while_loop(
-                lambda i, *_: i < plan.n_loop, body, (tf.constant(0), state, ys, saved, *ahead),
-                maximum_iterations=plan.n_loop, **while_options(parallel_iterations))
+            _, state, ys, saved, *_ = counted_loop(body, (tf.constant(0), state, ys, saved, *ahead), plan.n_loop,
+                                                   parallel_iterations)
         ys_tail = None
         if plan.tail:
             state, ys_tail, saved = run_block(plan.tail.start, xp_tail, len(plan.tail), state, saved)

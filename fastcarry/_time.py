@@ -67,6 +67,22 @@ def while_options(parallel_iterations):
     return {} if parallel_iterations is None else {"parallel_iterations": parallel_iterations}
 
 
+def counted_loop(body, loop_vars, n, parallel_iterations=None):
+    """``tf.while_loop(cond, body, loop_vars)`` run exactly ``n`` times (an int, or a scalar tensor for a
+    run-time T), ended by ``maximum_iterations`` alone.
+
+    TF counts ``maximum_iterations`` with a counter of its own and ands
+    ``counter < n`` into the condition; a second bound in ``cond`` (``i < n``,
+    or ``i >= 0`` for a loop that counts down) would leave XLA a conjunction,
+    whose trip count its analysis does not derive. With the counter alone the
+    compiled loop has a known trip count (``known_trip_count`` in the optimized
+    HLO): TensorLists of a fixed size, and on a GPU no copy of the condition to
+    the host each iteration. ``body`` still gets and returns its own index.
+    """
+    return tf.while_loop(lambda *_: tf.constant(True), body, loop_vars, maximum_iterations=n,
+                         **while_options(parallel_iterations))
+
+
 def has_loop(plan):
     """False when the plan has no while-loop iteration (static T < steps per iteration).
 
