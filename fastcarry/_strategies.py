@@ -179,7 +179,10 @@ def swapped_backward(core, layout, schedule):
     The loop runs outside the compiled functions, so each fetch's slice of the
     parked residuals is copied to the compute device just before the compiled
     backward of those steps runs, and the device never holds more than one
-    fetch of them. Nothing is recomputed.
+    fetch of them. Nothing is recomputed. In a graph each fetch waits for the
+    backward of the fetch before it (a control edge from its state gradient):
+    without one, TF's executor may run every slice, and copy every piece to the
+    device, as soon as the forward is done. Eagerly they run in order anyway.
     """
     # Per fetch, inputs are already in processing order: time-major, not reversed.
     per_fetch = plain_backward(core, Layout(True, False), schedule)
@@ -194,15 +197,17 @@ def swapped_backward(core, layout, schedule):
         fetch = schedule.chunk if (schedule.chunk is not None and time is not None) else (time or tf.shape(x_proc)[0])
         starts = list(range(0, time, fetch)) if isinstance(time, int) else [0]
         dstate, dweights, dxs = cotangents.state, None, []
+        done = []  # the previous fetch's state gradient: the next fetch waits for it
         for start in reversed(starts):
             stop = min(start + fetch, time) if isinstance(time, int) else time
-            with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"):
+            with tf.device(HOST), tf.name_scope("fastcarry_swap/fetch"), tf.control_dependencies(done):
                 piece = tf.nest.map_structure(lambda s: s[start:stop], residuals)
             steps = Inputs(x_proc[start:stop], inputs.state, valid.shift(start, stop - start))
             dx, dstate, dw = per_fetch(steps, params, piece,
                                        Cotangents(None if dys is None else dys_proc[start:stop], dstate))
             dweights = dw if dweights is None else tf.nest.map_structure(tf.add, dweights, dw)
             dxs.insert(0, dx)
+            done = tf.nest.flatten(dstate)
         dx = from_processing_order(dxs[0] if len(dxs) == 1 else tf.concat(dxs, 0), validity, layout)
         return dx, dstate, dweights
     return backward

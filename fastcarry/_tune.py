@@ -20,6 +20,9 @@ from fastcarry._protocol import identity_project
 
 MODES = ("train", "infer")
 UNROLLS = (1, 2, 4)
+# On a GPU also these: its steps are bound by kernel launches, which longer loop bodies (or command buffers)
+# amortise (issue 25; unmeasured here, no GPU).
+GPU_UNROLLS = (8, 16)
 # A candidate replaces the defaults only when its median is this much faster: picking the best of several
 # medians that differ by noise alone finds a "winner" that a second measurement shows slower.
 MIN_GAIN = 1.03
@@ -72,8 +75,8 @@ class TuneReport(NamedTuple):
         best, default = self.row(self.config), self.row(self.defaults)
         lines = []
         for row in self.rows:
-            if row is best or not row["median_s"] < best["median_s"]:
-                continue
+            if row is best or row.get("twin") or not row["median_s"] < best["median_s"]:
+                continue  # (a twin is a reference for swap_memory, never a choice)
             label = row["config"].describe()
             ratios = paired_ratios(row, default) if default is not None else []
             wins = sum(1 for q in ratios if q > 1)
@@ -101,10 +104,11 @@ def parse_bytes(value):
     return int(float(match.group(1)) * units[match.group(2).lower()])
 
 
-def candidates(time_steps):
-    """The first stage: each ``unroll`` in ``UNROLLS`` up to T (more steps per iteration than T only add
-    remainder steps), the rest of the schedule the defaults."""
-    return [Config(unroll=u) for u in UNROLLS if u <= max(time_steps, 1)]
+def candidates(time_steps, device_type="CPU"):
+    """The first stage: each ``unroll`` in ``UNROLLS`` (and ``GPU_UNROLLS`` on a GPU) up to T (more steps per
+    iteration than T only add remainder steps), the rest of the schedule the defaults."""
+    unrolls = UNROLLS + (GPU_UNROLLS if device_type == "GPU" else ())
+    return [Config(unroll=u) for u in unrolls if u <= max(time_steps, 1)]
 
 
 def variants(best, core, mode, device):
@@ -112,12 +116,14 @@ def variants(best, core, mode, device):
 
     ``projection="hoisted"`` where the core has a projection of its own (a
     generic cell projects inside its step); ``swap_memory`` for training on a
-    device that is not the host (on the host it parks nothing anywhere else).
+    device that is not the host (on the host it parks nothing anywhere else),
+    when ``best`` is chunked: that is, only under a ``memory_limit`` the unchunked
+    steps did not fit (``swap_memory`` without a chunk brings all T back at once).
     """
     out = []
     if core.project is not identity_project:
         out.append(dataclasses.replace(best, projection="hoisted"))
-    if mode == "train" and device["type"] != "CPU":
+    if mode == "train" and device["type"] != "CPU" and best.chunk is not None:
         out.append(dataclasses.replace(best, swap_memory=True))
     return out
 
@@ -152,16 +158,20 @@ def _check_shape(shape):
     return tuple(shape)
 
 
-def _step(cell, mode, config, time_major, sequence_length):
+def _step(cell, mode, config, time_major, sequence_length, jit_compile=True):
     """The step ``fc.tune`` times for ``config``: ``fc.unroll`` (inference), or its gradient w.r.t. the inputs
-    and the cell's variables under a square loss (training)."""
+    and the cell's variables under a square loss (training), in a ``tf.function(jit_compile=jit_compile)``.
+
+    A ``swap_memory`` config always runs in a plain ``tf.function``: its host
+    placement is lost inside a caller's XLA compilation (``fc.unroll``'s
+    docstring), and fastcarry's own compiled calls keep it, as a user who swaps
+    would run them. ``search`` times it against its unswapped twin run the same way.
+    """
     from fastcarry._unroll import unroll
 
     kwargs = dict(config.as_kwargs(), time_major=time_major, sequence_length=sequence_length)
-    # swap_memory's host placement is lost inside a caller's XLA compilation (fc.unroll's docstring):
-    # a plain tf.function keeps fastcarry's own compiled calls, as a user who swaps would run them.
     return step_function(lambda x: unroll(cell, x, **kwargs)[0], cell.trainable_variables, mode, wrt_inputs=True,
-                         jit_compile=not config.swap_memory, name="fastcarry_tune")
+                         jit_compile=jit_compile and not config.swap_memory, name="fastcarry_tune")
 
 
 def _fits(row, limit):
@@ -176,17 +186,18 @@ class _Tuning:
         self.defaults, self.deadline, self.progress, self.device = defaults, deadline, progress, device_info()
         self.rows = []
 
-    def measure(self, config):
-        """Compiles ``config``'s step and reads its peak memory once; adds and returns its row."""
-        fn = _step(self.cell, self.mode, config, self.time_major, self.lengths)
+    def measure(self, config, jit_compile=True):
+        """Compiles ``config``'s step (``_step``) and reads its peak memory once; adds and returns its row."""
+        fn = _step(self.cell, self.mode, config, self.time_major, self.lengths, jit_compile)
         start = time.perf_counter()
         compile_s = timed_call(fn, self.x)
         peak, how = peak_memory(lambda: timed_call(fn, self.x), self.device)
         if self.progress:
             self.progress(config)
         # rounds: {round number: seconds}, so two candidates compare on the rounds both ran in.
-        row = {"config": config, "defaults": config == self.defaults, "fn": fn, "compile_s": compile_s,
-               "peak_bytes": peak, "memory": how, "rounds": {}, "measure_s": time.perf_counter() - start}
+        row = {"config": config, "defaults": config == self.defaults and jit_compile, "fn": fn,
+               "jit_compile": jit_compile and not config.swap_memory, "compile_s": compile_s, "peak_bytes": peak,
+               "memory": how, "rounds": {}, "measure_s": time.perf_counter() - start}
         self.rows.append(row)
         return row
 
@@ -208,7 +219,7 @@ class _Tuning:
 
     def fitting_first_stage(self, steps, limit, memory_limit):
         """The first stage's rows that fit ``limit``: the unrolls, and chunks while none fits (train only)."""
-        first = candidates(steps)
+        first = candidates(steps, self.device["type"])
         for config in first + ([] if self.defaults in first else [self.defaults]):
             self.measure(config)
         chunk = 0  # no chunk left to try
@@ -250,11 +261,18 @@ class _Tuning:
         if time.perf_counter() + cost > self.deadline:
             later = []
         second = [r for r in (self.measure(c) for c in later) if _fits(r, limit)]
+        # A swapped row runs outside XLA: it is held against the winner run the same way, not against jitted rows.
+        twin = []
+        if any(r["config"].swap_memory for r in second):
+            twin = [self.measure(best["config"], jit_compile=False)]
+            twin[0]["twin"] = True
         if second:
             # The winner's variants, timed against it and the defaults in rounds of their own.
             first = [best] if default is None or best is default else [default, best]
-            self.time_rounds(first + second, next_round, self.deadline)
-            best = choose(fitting + second)
+            self.time_rounds(first + second + twin, next_round, self.deadline)
+            swapped = [r for r in second if r["config"].swap_memory and beats(r, twin[0])]
+            best = min(swapped, key=lambda r: r["median_s"]) if swapped else choose(
+                fitting + [r for r in second if not r["config"].swap_memory])
         self.medians()  # also for the rows that did not fit: nan
         return best
 

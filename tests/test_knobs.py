@@ -2,6 +2,7 @@
 ``swap_memory`` parks the saved activations on the host and brings them back chunk by chunk;
 ``projection="hoisted"`` is one matmul before the loop (its exactness: test_unroll, test_chunk)."""
 
+import contextlib
 import re
 import warnings
 
@@ -129,6 +130,47 @@ def test_swap_memory_parks_on_host_and_brings_back_chunk_by_chunk(monkeypatch):
     # the tail (1 step) first, then two chunks of 3, each slice taken from host memory
     assert [n for n, _ in fetched] == [1, 3, 3]
     assert all(devices and all(d.endswith("CPU:0") for d in devices) for _, devices in fetched), fetched
+
+
+def _after(op):
+    """Every op that must run before ``op``: its ancestors through data and control edges."""
+    seen, todo = set(), [op]
+    while todo:
+        current = todo.pop()
+        for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["ordered", "must-fail-without-the-edges"])
+def test_swap_memory_fetches_wait_for_the_backward_before_them_in_a_graph(ordered, monkeypatch):
+    """In a graph ``tf.function`` nothing but control edges orders the fetches: each fetch of a chunk's
+    residuals waits for the compiled backward of the fetch before it (the later chunk: the backward runs time
+    in reverse), so at most one chunk is brought to the device at a time."""
+    if not ordered:  # the twin: without the edges the check below fails
+        monkeypatch.setattr(tf, "control_dependencies", lambda deps: contextlib.nullcontext())
+    cell = make_cell("lstm", H, input_dim=D)
+    x = tf.constant(random_inputs(B, T, D), tf.float32)
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            ys, _ = fc.unroll(cell, x, swap_memory=True, chunk=3, jit_compile=False)
+        return tape.gradient(ys, cell.trainable_variables)
+
+    graph = step.get_concrete_function(x).graph
+    calls = [op for op in graph.get_operations()  # the compiled backward of each fetch, in the order made
+             if op.type in ("PartitionedCall", "StatefulPartitionedCall") and "_fused_" in op.get_attr("f").name]
+    fetches = {}  # name scope (fetch, fetch_1, ...) -> its slices of the parked residuals
+    for op in graph.get_operations():
+        if "fastcarry_swap/fetch" in op.name and op.type == "StridedSlice":
+            fetches.setdefault(op.name.split("/")[1], []).append(op)
+    # T=7, chunk 3: fetches of 1, 3 and 3 steps, each followed by its backward
+    assert len(calls) == 3 and len(fetches) == 3
+    waits = [{c for c in calls if any(c in _after(op) for op in ops)} for ops in fetches.values()]
+    assert waits == ([set(), {calls[0]}, {calls[0], calls[1]}] if ordered else [set(), set(), set()])
 
 
 def test_swap_memory_inside_a_jit_training_step_runs_and_is_exact():

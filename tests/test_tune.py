@@ -1,5 +1,6 @@
 """``fc.Config``, ``fc.unroll(config=...)``, the tune cache and ``fc.tune``."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -202,8 +203,8 @@ def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
     assert _measure.device_info() == {"type": "GPU", "name": "NVIDIA A100", "cores": 1}
     assert "GPU:NVIDIA A100:1" in fc.tune_cache.make_key("lstm", D, H, tf.float32, "train", B, T)
     core = make_cell("lstm", H, input_dim=D).core()
-    assert fc.Config(unroll=1, swap_memory=True) in _tune.variants(fc.Config(unroll=1), core, "train",
-                                                                   _measure.device_info())
+    assert fc.Config(unroll=1, chunk=4, swap_memory=True) in _tune.variants(fc.Config(unroll=1, chunk=4), core,
+                                                                            "train", _measure.device_info())
 
 
 def test_each_round_visits_every_candidate_once_after_changing_neighbours():
@@ -280,11 +281,14 @@ def test_every_candidate_gives_the_default_results():
     for config in configs:
         got = harness.evaluate(fc.unroll, cell, x, s0, cot, config=config)
         assert_all_close(got, want, tf.float32, config.describe())
-    assert len(configs) == 9 and {c.projection for c in configs} == {None, "hoisted"}
+    assert len(configs) == 8 and {c.projection for c in configs} == {None, "hoisted"}
+    assert [c for c in configs if c.swap_memory] == [fc.Config(unroll=2, chunk=4, swap_memory=True)]
 
 
 def test_candidates_prune_unrolls_beyond_t():
     assert _tune.candidates(1) == [fc.Config(unroll=1)]
+    assert [c.unroll for c in _tune.candidates(100, "GPU")] == [1, 2, 4, 8, 16]
+    assert [c.unroll for c in _tune.candidates(10, "GPU")] == [1, 2, 4, 8]
     assert _tune.candidates(3) == [fc.Config(unroll=1), fc.Config(unroll=2)]
     assert np.all([not c.swap_memory for c in _tune.candidates(100)])
 
@@ -295,8 +299,10 @@ def test_variants_are_the_winner_with_one_knob_changed():
     best = fc.Config(unroll=4)
     assert _tune.variants(best, fused, "train", cpu) == [fc.Config(unroll=4, projection="hoisted")]
     assert _tune.variants(best, fused, "infer", gpu) == [fc.Config(unroll=4, projection="hoisted")]
-    assert _tune.variants(best, fused, "train", gpu) == [fc.Config(unroll=4, projection="hoisted"),
-                                                         fc.Config(unroll=4, swap_memory=True)]
+    assert _tune.variants(best, fused, "train", gpu) == [fc.Config(unroll=4, projection="hoisted")]
+    chunked = fc.Config(unroll=4, chunk=8)  # swap_memory only with a chunk: under a memory limit
+    assert _tune.variants(chunked, fused, "train", gpu) == [fc.Config(unroll=4, chunk=8, projection="hoisted"),
+                                                            fc.Config(unroll=4, chunk=8, swap_memory=True)]
     generic = fc.FunctionCell(lambda x, s: (s + x, s + x), state_size=D, output_size=D)
     generic.build(D)
     assert _tune.variants(best, generic.core(), "train", cpu) == []  # it projects inside its step
@@ -324,13 +330,47 @@ def test_a_candidate_replaces_the_defaults_only_when_reliably_faster(times, beat
 
 
 def _fake_steps(monkeypatch, seconds):
-    """fc.tune's candidate steps replaced by sleeps: ``seconds(config)`` per call (no compiling)."""
-    def step(cell, mode, config, time_major, lengths):
+    """fc.tune's candidate steps replaced by sleeps: ``seconds(config)`` per call (no compiling), or
+    ``seconds(config, jit_compile)`` for a function of two arguments."""
+    two = seconds.__code__.co_argcount == 2
+
+    def step(cell, mode, config, time_major, lengths, jit_compile=True):
+        jit = jit_compile and not config.swap_memory  # as _step runs it
+
         def fn(x):
-            time.sleep(seconds(config))
+            time.sleep(seconds(config, jit) if two else seconds(config))
             return tf.constant(0.0)
         return fn
     monkeypatch.setattr(_tune, "_step", step)
+
+
+@pytest.mark.parametrize("twin_s, chosen", [(0.006, "swap"), (0.002, "chunked")])
+def test_a_swap_candidate_is_held_against_its_twin_run_the_same_way(cache, monkeypatch, twin_s, chosen):
+    """On a GPU, under a memory limit the unchunked steps exceed: the unrolls include 8 and 16, swap_memory is
+    tried with the chunk that fits, and timed against that chunked winner run as swapping runs (a plain
+    tf.function, its "twin"), not against the jitted rows."""
+    monkeypatch.setattr(_tune, "device_info", lambda: {"type": "GPU", "name": "fake", "cores": 1})
+    ran = []
+
+    def seconds(config, jit):
+        ran.append(config)
+        if config.swap_memory or config.projection == "hoisted":  # (hoisted: not a tie with the winner)
+            return 0.004
+        return 0.003 if jit else twin_s  # jitted, the chunked winner is the fastest row of all
+
+    _fake_steps(monkeypatch, seconds)
+    # Peak memory: 1000 bytes unchunked, 100 chunked, read as the step runs.
+    monkeypatch.setattr(_tune, "peak_memory",
+                        lambda run, device: (run(), (1000 if ran[-1].chunk is None else 100, "allocator"))[1])
+    cell = make_cell("lstm", H, input_dim=D)
+    report = fc.tune(cell, (B, 32, D), mode="train", memory_limit=500, budget_s=3, cache=False, report=True)
+    unchunked = [r["config"].unroll for r in report.rows if r["config"].chunk is None]
+    assert unchunked == [1, 2, 4, 8, 16]  # a GPU's candidates (training's default, 2, among them)
+    swap = [r for r in report.rows if r["config"].swap_memory]
+    twin = [r for r in report.rows if r.get("twin")]
+    assert len(swap) == len(twin) == 1 and not swap[0]["jit_compile"] and not twin[0]["jit_compile"]
+    assert twin[0]["config"] == dataclasses.replace(swap[0]["config"], swap_memory=None)
+    assert report.config == (swap[0]["config"] if chosen == "swap" else twin[0]["config"])
 
 
 def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(cache, monkeypatch):
@@ -387,7 +427,7 @@ def test_the_report_says_why_a_faster_looking_candidate_was_not_chosen():
 def test_a_variant_over_the_memory_limit_is_listed_untimed(monkeypatch):
     calls = []
 
-    def step(cell, mode, config, time_major, lengths):
+    def step(cell, mode, config, time_major, lengths, jit_compile=True):
         def fn(x):
             calls.append(config)
             time.sleep(0.001)
