@@ -351,14 +351,15 @@ def tune(cell: Any, shape: tuple[int, int, int] | Any, *, mode: str = "train", t
     once, then the candidates of a stage are timed in interleaved rounds (at
     least 1, at most ``MAX_ROUNDS``):
 
-    1. ``unroll`` in 1, 2, 4 (those above T are pruned: they only add
+    1. ``unroll`` in 1, 2, 4 (on a GPU also 8, 16; those above T are pruned: they only add
        remainder steps); with a ``memory_limit`` that none of them fits (train
        only), ``chunk`` from half of T's power-of-two bucket down by quarters
        until one fits (the largest that fits: fewer chunk boundaries). Timed
        for ``FIRST_STAGE`` (60%) of the budget left after compiling.
     2. The first stage's winner with ``projection="hoisted"`` (cells with a
-       projection of their own), and on a GPU in training with
-       ``swap_memory=True``, timed against that winner and the defaults for the
+       projection of their own), and on a GPU in training, when the winner is
+       chunked, with ``swap_memory=True`` (which is held against the winner run
+       the same way, outside XLA), timed against that winner and the defaults for the
        rest of the budget (skipped when its compiles and one round would not
        end within the budget). Pruned this way, not as a full product, because
        these knobs act on other costs than ``unroll`` does (the projection's
