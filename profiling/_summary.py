@@ -12,6 +12,7 @@ says how closely; the tests hold it within 15%).
 """
 
 import json
+import os
 import statistics
 from typing import NamedTuple
 
@@ -261,6 +262,15 @@ def advise(summary, space, matmul_gflops=None, minor_faults_per_step=None):
                 f"{summary.step_ms:.2f} ms step)",
                 "TF's default CPU allocator returns XLA's temporaries to the OS after each call; set "
                 "TF_CPU_ALLOCATOR_USE_BFC=1 before TensorFlow starts to keep them"))
+    if any(d.startswith("/device:GPU") for d in summary.device) and not _command_buffers_traced():
+        out.append(Advice(
+            "command buffers off while traced",
+            f"a trace of {', '.join(d for d in summary.device if d.startswith('/device:GPU'))} without "
+            f"{COMMAND_BUFFERS_FLAG} in XLA_FLAGS",
+            "while a profiler is attached XLA runs each command buffer's kernels one launch at a time "
+            "(xla/backends/gpu/runtime/command_buffer_thunk.cc), so this traced step launches more than the "
+            f"untraced one and its launch overhead is overstated; set XLA_FLAGS={COMMAND_BUFFERS_FLAG} before "
+            "the program starts to trace the step as it runs"))
     copies = summary.row(_phases.COPIES)
     if copies.share > 0.2:
         out.append(Advice(
@@ -276,6 +286,14 @@ def advise(summary, space, matmul_gflops=None, minor_faults_per_step=None):
                     f"{r.gflops:.1f} GFLOP/s against {matmul_gflops:.0f} GFLOP/s for a large matmul on this "
                     f"device, over {r.share:.0%} of the step", _MATMUL_FIX.get(r.phase, _MATMUL_FIX[None])))
     return out
+
+
+COMMAND_BUFFERS_FLAG = "--xla_enable_command_buffers_during_profiling=true"
+
+
+def _command_buffers_traced():
+    """Whether XLA_FLAGS keeps XLA:GPU's command buffers (CUDA graphs) on while a profiler is attached."""
+    return COMMAND_BUFFERS_FLAG in os.environ.get("XLA_FLAGS", "").split()
 
 
 # What helps a slow matmul depends on which it is: hoisting moves only the input projection.

@@ -242,6 +242,22 @@ def test_advice_comes_from_the_measured_signals():
     assert "projection='hoisted'" in _summary.advise(projection, space, matmul_gflops=150.0)[0].action
 
 
+def test_a_gpu_trace_says_when_command_buffers_were_off_while_traced(monkeypatch):
+    """XLA:GPU runs command buffers launch by launch while a profiler is attached unless a flag says otherwise
+    (issue 25): the summary of a GPU trace says so; a CPU trace, or the flag set, says nothing."""
+    from fastcarry.profiling import _summary, _xspace
+
+    space = _xspace.Space([], [(0, 0, 1)], [], 1, 0, ["/device:GPU:0"])
+    gpu = _summary_with(backward_loop=9.0, no_op_running=1.0)._replace(device=["/host:CPU", "/device:GPU:0"])
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=2")
+    (advice,) = _summary.advise(gpu, space)
+    assert advice.signal == "command buffers off while traced" and "/device:GPU:0" in advice.evidence
+    assert "XLA_FLAGS=--xla_enable_command_buffers_during_profiling=true" in advice.action
+    assert _summary.advise(gpu._replace(device=["/host:CPU"]), space) == []
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_autotune_level=2 --xla_enable_command_buffers_during_profiling=true")
+    assert _summary.advise(gpu, space) == []
+
+
 # -- a GPU device plane (no GPU here: a synthetic XSpace in the layout TF's GPU tracer writes) --------
 
 def _gpu_space(path):
