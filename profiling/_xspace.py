@@ -17,7 +17,10 @@ message classes TensorFlow ships (``tensorflow.tsl.profiler.protobuf``):
 - **TF ops** run by TF's executor (a graph ``tf.function`` without XLA) are
   host events named ``"<op name>:<OpType>"``.
 - **Copies** between host and device (``MemcpyH2D``/``MemcpyD2H`` on a GPU,
-  ``EagerCopyToDevice`` eagerly) are kept as such.
+  ``EagerCopyToDevice`` eagerly) are kept as such. A copy within the device
+  (``MemcpyD2D``, ``MemcpyP2P``) is not one: with a ``program_id`` it is an
+  XLA program's (XLA:GPU annotates its copy thunks as it does kernels), else
+  device work outside XLA.
 - **Steps** are the ``tf.profiler.experimental.Trace(name, step_num=i)``
   events on the host's Python thread.
 
@@ -34,7 +37,8 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 # "<op name>:<OpType>", the TraceMe name TF's executor gives a kernel run.
 _TF_OP = re.compile(r"^(?P<name>[A-Za-z0-9_.][A-Za-z0-9_.\-/>]*):(?P<type>_?[A-Z][A-Za-z0-9_]*)$")
-_COPIES = ("MemcpyH2D", "MemcpyD2H", "MemcpyD2D", "EagerCopyToDevice")
+# Copies between host and device, by event name; any other "Memcpy..." stays on the device.
+_HOST_DEVICE_COPY = re.compile(r"^(MemcpyH2D|MemcpyD2H|EagerCopyToDevice)")
 
 
 class OpRun(NamedTuple):
@@ -52,8 +56,10 @@ class OpRun(NamedTuple):
     program: int = 0  # the XLA program id (XLA ops)
 
 
-# Tracing a tf.function and XLA compiling it (CPU and GPU compilers).
-_COMPILE = re.compile(r"^(tf\.function-graph_building|\w*Compiler::(Compile\w*|RunBackend|RunHloPasses))$")
+# Tracing a tf.function and XLA compiling it (CPU and GPU compilers; XLA:GPU's backend also annotates its
+# span as "XlaCompileBackend:#module=..,program_id=..#", xla/service/gpu/gpu_compiler.cc).
+_COMPILE = re.compile(r"^(tf\.function-graph_building|\w*Compiler::(Compile\w*|RunBackend|RunHloPasses)"
+                      r"|XlaCompileBackend(:#.*#)?)$")
 
 
 class Space(NamedTuple):
@@ -194,10 +200,13 @@ def read(path, step_name="train"):
                 if name == "BlockUntilReady":  # waits for an XLA:CPU program's async work
                     program_ends.append(end)
                     continue
-                if name in _COPIES or name.startswith("Memcpy"):
+                if _HOST_DEVICE_COPY.match(name):
                     runs.append(OpRun(start, end, name, "copy", name, 0, plane.name, line.id))
                     continue
                 stats = _stats(plane, event.stats)
+                if name.startswith("Memcpy") and "program_id" not in stats:  # within the device, not XLA's
+                    runs.append(OpRun(start, end, name, "tf", name, 0, plane.name, line.id))
+                    continue
                 if "program_id" in stats:
                     ops = programs.get(int(stats["program_id"]), {})
                     hlo_name = stats.get("hlo_op") if isinstance(stats.get("hlo_op"), str) else name

@@ -260,12 +260,15 @@ def test_a_gpu_trace_says_when_command_buffers_were_off_while_traced(monkeypatch
 
 # -- a GPU device plane (no GPU here: a synthetic XSpace in the layout TF's GPU tracer writes) --------
 
-def _gpu_space(path):
+def _gpu_space(path, copies=False):
     """An XSpace with a host step, the HLO module in ``/host:metadata`` and kernels on ``/device:GPU:0``.
 
     Kernel events carry ``program_id`` and ``hlo_op`` stats, as XLA:GPU's kernel
     annotations give them; the step runs 0-500 us: a recurrent matmul 0-100, the
     gates 100-150, a weight-gradient matmul 200-400, the device idle otherwise.
+    With ``copies``: XLA's own device copy (``MemcpyD2D`` with those stats) 400-420,
+    a ``MemcpyD2D`` without them 420-430, a ``MemcpyH2D`` 430-450, and XLA:GPU's
+    compile annotation on the host 450-460.
     """
     from tensorflow.compiler.xla.service import hlo_pb2
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -278,6 +281,7 @@ def _gpu_space(path):
         ("dot.1", "dot", "fastcarry_lstm/recurrence/while/recurrent_matmul/MatMul", [4, 32], [1, 2]),
         ("fusion.2", "fusion", "fastcarry_lstm/recurrence/while/gates/mul", [4, 32], [3]),
         ("dot.3", "dot", "gradient_tape/fastcarry_lstm_grad/recurrence_grad/weights_grad/MatMul", [16, 32], [1, 4]),
+        ("copy.4", "copy", "fastcarry_lstm/recurrence/while/gates/mul", [4, 32], [4]),
     ]
     for i, (name, opcode, op_name, shape, operands) in enumerate(specs, start=1):
         ins = comp.instructions.add(name=name, opcode=opcode, id=i)
@@ -304,12 +308,19 @@ def _gpu_space(path):
     for sid, name in ((1, "program_id"), (2, "hlo_op")):
         gpu.stat_metadata[sid].id, gpu.stat_metadata[sid].name = sid, name
     stream = gpu.lines.add(id=7, name="Stream #7(Compute)", timestamp_ns=1000)
-    for k, (hlo, start_us, end_us) in enumerate((("dot.1", 0, 100), ("fusion.2", 100, 150), ("dot.3", 200, 400))):
-        gpu.event_metadata[k + 1].id, gpu.event_metadata[k + 1].name = k + 1, f"kernel_{hlo}"
+    kernels = [("kernel_dot.1", "dot.1", 0, 100), ("kernel_fusion.2", "fusion.2", 100, 150),
+               ("kernel_dot.3", "dot.3", 200, 400)]
+    if copies:  # names as TF's GPU tracer writes them (tsl/profiler/utils/xplane_schema.h: MemcpyD2D, ...)
+        kernels += [("MemcpyD2D", "copy.4", 400, 420), ("MemcpyD2D", None, 420, 430), ("MemcpyH2D", None, 430, 450)]
+        host.event_metadata[2].id, host.event_metadata[2].name = 2, "XlaCompileBackend:#module=m,program_id=7#"
+        python.events.add(metadata_id=2, offset_ps=450_000_000, duration_ps=10_000_000)
+    for k, (event_name, hlo, start_us, end_us) in enumerate(kernels):
+        gpu.event_metadata[k + 1].id, gpu.event_metadata[k + 1].name = k + 1, event_name
         event = stream.events.add(metadata_id=k + 1, offset_ps=start_us * 1_000_000,
                                   duration_ps=(end_us - start_us) * 1_000_000)
-        event.stats.add(metadata_id=1, int64_value=7)
-        event.stats.add(metadata_id=2, str_value=hlo)
+        if hlo is not None:
+            event.stats.add(metadata_id=1, int64_value=7)
+            event.stats.add(metadata_id=2, str_value=hlo)
     with open(path, "wb") as f:
         f.write(space.SerializeToString())
 
@@ -329,6 +340,22 @@ def test_gpu_kernels_are_attributed_by_their_hlo_ops(tmp_path):
                                 _phases.IDLE: 0.15})
     # dot.1: [4, 16] @ [16, 32] -> 2*4*32*16 FLOPs in 100 us
     assert summary.row(_phases.RECURRENT_MATMUL).gflops == pytest.approx(2 * 4 * 32 * 16 / 100e-6 / 1e9)
+
+
+def test_xlas_device_copies_are_its_work_and_its_gpu_compiles_are_compiles(tmp_path):
+    """A ``MemcpyD2D`` that XLA:GPU annotated is the program's op, one without is device work, neither is a
+    host<->device copy (which would trigger the swap_memory advice); ``XlaCompileBackend`` spans are compiles."""
+    from fastcarry.profiling import _summary, _xspace
+
+    path = tmp_path / "host.xplane.pb"
+    _gpu_space(path, copies=True)
+    space = _xspace.read(str(path))
+    kinds = {(r.name, r.kind) for r in space.runs if r.start_ps >= 1000 * 1000 + 400_000_000}
+    assert kinds == {("fastcarry_lstm/recurrence/while/gates/mul", "xla"), ("MemcpyD2D", "tf"),
+                     ("MemcpyH2D", "copy")}
+    assert space.compile_intervals == [(1000 * 1000 + 450_000_000, 1000 * 1000 + 460_000_000)]
+    ms = {r.phase: r.ms for r in _summary.summarize(space).rows}
+    assert ms[_phases.COPIES] == pytest.approx(0.02) and ms[_phases.GATES] == pytest.approx(0.05 + 0.02)
 
 
 def test_layout_and_swap_copies_are_found_in_a_graph_step(tmp_path):

@@ -13,7 +13,7 @@ import tensorflow as tf
 import fastcarry as fc
 import harness
 from conftest import assert_all_close, make_cell, random_inputs, random_state
-from fastcarry import _measure, _strategies, _tune
+from fastcarry import _candidates, _measure, _strategies, _tune
 
 B, T, D, H = 2, 5, 3, 4
 
@@ -203,7 +203,7 @@ def test_device_info_reads_a_gpu_when_there_is_one(monkeypatch):
     assert _measure.device_info() == {"type": "GPU", "name": "NVIDIA A100", "cores": 1}
     assert "GPU:NVIDIA A100:1" in fc.tune_cache.make_key("lstm", D, H, tf.float32, "train", B, T)
     core = make_cell("lstm", H, input_dim=D).core()
-    assert fc.Config(unroll=1, chunk=4, swap_memory=True) in _tune.variants(fc.Config(unroll=1, chunk=4), core,
+    assert fc.Config(unroll=1, chunk=4, swap_memory=True) in _candidates.variants(fc.Config(unroll=1, chunk=4), core,
                                                                             "train", _measure.device_info())
 
 
@@ -275,9 +275,9 @@ def test_every_candidate_gives_the_default_results():
     cot = harness.random_cotangents(cell, B, T, False)
     want = harness.evaluate(fc.unroll, cell, x, s0, cot)
     gpu = {"type": "GPU", "name": "fake", "cores": 1}
-    first = _tune.candidates(T) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
+    first = _candidates.candidates(T) + [fc.Config(unroll=2, chunk=c) for c in (4, 1)]
     # the second stage's variants of an unchunked and a chunked winner (test_unroll: hoisted with every unroll)
-    configs = first + [v for c in (first[1], first[3]) for v in _tune.variants(c, cell.core(), "train", gpu)]
+    configs = first + [v for c in (first[1], first[3]) for v in _candidates.variants(c, cell.core(), "train", gpu)]
     for config in configs:
         got = harness.evaluate(fc.unroll, cell, x, s0, cot, config=config)
         assert_all_close(got, want, tf.float32, config.describe())
@@ -286,31 +286,31 @@ def test_every_candidate_gives_the_default_results():
 
 
 def test_candidates_prune_unrolls_beyond_t():
-    assert _tune.candidates(1) == [fc.Config(unroll=1)]
-    assert [c.unroll for c in _tune.candidates(100, "GPU")] == [1, 2, 4, 8, 16]
-    assert [c.unroll for c in _tune.candidates(10, "GPU")] == [1, 2, 4, 8]
-    assert _tune.candidates(3) == [fc.Config(unroll=1), fc.Config(unroll=2)]
-    assert np.all([not c.swap_memory for c in _tune.candidates(100)])
+    assert _candidates.candidates(1) == [fc.Config(unroll=1)]
+    assert [c.unroll for c in _candidates.candidates(100, "GPU")] == [1, 2, 4, 8, 16]
+    assert [c.unroll for c in _candidates.candidates(10, "GPU")] == [1, 2, 4, 8]
+    assert _candidates.candidates(3) == [fc.Config(unroll=1), fc.Config(unroll=2)]
+    assert np.all([not c.swap_memory for c in _candidates.candidates(100)])
 
 
 def test_variants_are_the_winner_with_one_knob_changed():
     cpu, gpu = {"type": "CPU", "name": "x", "cores": 2}, {"type": "GPU", "name": "fake", "cores": 1}
     fused = make_cell("lstm", H, input_dim=D).core()
     best = fc.Config(unroll=4)
-    assert _tune.variants(best, fused, "train", cpu) == [fc.Config(unroll=4, projection="hoisted")]
-    assert _tune.variants(best, fused, "infer", gpu) == [fc.Config(unroll=4, projection="hoisted")]
-    assert _tune.variants(best, fused, "train", gpu) == [fc.Config(unroll=4, projection="hoisted")]
+    assert _candidates.variants(best, fused, "train", cpu) == [fc.Config(unroll=4, projection="hoisted")]
+    assert _candidates.variants(best, fused, "infer", gpu) == [fc.Config(unroll=4, projection="hoisted")]
+    assert _candidates.variants(best, fused, "train", gpu) == [fc.Config(unroll=4, projection="hoisted")]
     chunked = fc.Config(unroll=4, chunk=8)  # swap_memory only with a chunk: under a memory limit
-    assert _tune.variants(chunked, fused, "train", gpu) == [fc.Config(unroll=4, chunk=8, projection="hoisted"),
+    assert _candidates.variants(chunked, fused, "train", gpu) == [fc.Config(unroll=4, chunk=8, projection="hoisted"),
                                                             fc.Config(unroll=4, chunk=8, swap_memory=True)]
     generic = fc.FunctionCell(lambda x, s: (s + x, s + x), state_size=D, output_size=D)
     generic.build(D)
-    assert _tune.variants(best, generic.core(), "train", cpu) == []  # it projects inside its step
+    assert _candidates.variants(best, generic.core(), "train", cpu) == []  # it projects inside its step
 
 
 def test_sign_test():
-    assert _tune.sign_test(5, 5) == 1 / 32 and _tune.sign_test(0, 4) == 1.0
-    assert _tune.sign_test(4, 5) == 6 / 32 and _tune.sign_test(9, 10) == 11 / 1024
+    assert _candidates.sign_test(5, 5) == 1 / 32 and _candidates.sign_test(0, 4) == 1.0
+    assert _candidates.sign_test(4, 5) == 6 / 32 and _candidates.sign_test(9, 10) == 11 / 1024
 
 
 def _row(times):
@@ -326,7 +326,7 @@ def _row(times):
     ([0.90] * 9 + [1.20], True),                         # 9 of 10: p = 11/1024
 ])
 def test_a_candidate_replaces_the_defaults_only_when_reliably_faster(times, beats):
-    assert _tune.beats(_row(times), _row([1.0] * len(times))) == beats
+    assert _candidates.beats(_row(times), _row([1.0] * len(times))) == beats
 
 
 def _fake_steps(monkeypatch, seconds):
