@@ -29,6 +29,8 @@ Shapes of the result: ``Space.runs`` is a list of ``OpRun`` (one op execution),
 """
 
 import bisect
+import json
+import math
 import re
 from typing import NamedTuple
 
@@ -90,6 +92,42 @@ def _stats(plane, stats):
     return {plane.stat_metadata[s.metadata_id].name: _stat_value(plane, s) for s in stats}
 
 
+# XLA:GPU's GEMMs: library calls (xla/service/gpu/cublas_cudnn.cc) and Triton fusions (their backend config's
+# fusion kind). Both are reported as a "dot": their phase and FLOPs are a matmul's.
+_GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", "__cublas$lt$matmul$f8")
+_GEMM_FUSIONS = ("__triton_gemm", "__cublas_gemm")
+
+
+def _backend_config(ins):
+    """The instruction's backend config (JSON) as a dict; empty when it has none or it is not JSON."""
+    try:
+        config = json.loads(ins.backend_config or b"{}")
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _opcode(ins):
+    """``ins``'s HLO opcode, ``"dot"`` for a GEMM custom-call or GEMM fusion."""
+    if ins.opcode == "custom-call" and ins.custom_call_target in _GEMM_TARGETS:
+        return "dot"
+    if ins.opcode == "fusion" and _backend_config(ins).get("fusion_backend_config", {}).get("kind") in _GEMM_FUSIONS:
+        return "dot"
+    return ins.opcode
+
+
+def _gemm_flops(ins, by_id):
+    """A GEMM custom-call's FLOPs, from its backend config's dot dimension numbers (its result is the first
+    element of a (result, workspace) tuple)."""
+    dims = _backend_config(ins).get("gemm_backend_config", {}).get("dot_dimension_numbers", {})
+    shape = ins.shape.tuple_shapes[0] if ins.shape.tuple_shapes else ins.shape
+    lhs = by_id.get(ins.operand_ids[0]) if ins.operand_ids else None
+    if lhs is None:
+        return 0
+    k = math.prod(lhs.shape.dimensions[int(d)] for d in dims.get("lhs_contracting_dimensions", []))
+    return 2 * math.prod(shape.dimensions) * k
+
+
 def _dot_flops(ins, by_id):
     out = 1
     for d in ins.shape.dimensions:
@@ -106,8 +144,8 @@ class HloOp(NamedTuple):
     """What a trace event of one HLO instruction needs from the module."""
 
     op_name: str  # the TF op name (with scopes); the calling instruction's when XLA made it
-    opcode: str
-    flops: int  # dot FLOPs of one execution (a fusion: of the dots inside it)
+    opcode: str  # "dot" for XLA:GPU's GEMM custom-calls and GEMM fusions too
+    flops: int  # dot FLOPs of one execution (a fusion: of the dots inside it; a GEMM custom-call: its own)
     users: tuple  # names of the instructions that read its result
     returned: bool  # the program returns it (a user is the entry computation's root)
 
@@ -136,6 +174,8 @@ def hlo_ops(module):
     def flops_of(ins, depth=0):
         if ins.opcode == "dot":
             return _dot_flops(ins, by_id)
+        if ins.opcode == "custom-call" and ins.custom_call_target in _GEMM_TARGETS:
+            return _gemm_flops(ins, by_id)
         if ins.opcode == "fusion" and depth < 5:
             return sum(flops_of(i, depth + 1) for c in ins.called_computation_ids
                        for i in computations[c].instructions)
@@ -149,7 +189,7 @@ def hlo_ops(module):
     entry_root = computations[module.entry_computation_id].root_id if module.entry_computation_id in computations \
         else None
     returned = {o for o in by_id[entry_root].operand_ids} if entry_root in by_id else set()
-    return {ins.name: HloOp(name_of(ins), ins.opcode, flops_of(ins),
+    return {ins.name: HloOp(name_of(ins), _opcode(ins), flops_of(ins),
                             tuple(by_id[u].name for u in users.get(ins.id, ())), ins.id in returned)
             for ins in by_id.values()}
 

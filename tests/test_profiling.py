@@ -342,6 +342,48 @@ def test_gpu_kernels_are_attributed_by_their_hlo_ops(tmp_path):
     assert summary.row(_phases.RECURRENT_MATMUL).gflops == pytest.approx(2 * 4 * 32 * 16 / 100e-6 / 1e9)
 
 
+def test_gpu_gemms_are_dots_with_their_flops():
+    """XLA:GPU emits matmuls as cuBLAS custom-calls (a (result, workspace) tuple, the dot dimension numbers in the
+    backend config: ``xla/service/gpu/transforms/gemm_rewriter.cc``) or as Triton GEMM fusions (a ``dot``
+    inside, ``"kind":"__triton_gemm"``): both are phases' matmuls, with FLOPs."""
+    from tensorflow.compiler.xla.service import hlo_pb2
+
+    from fastcarry.profiling import _xspace
+
+    module = hlo_pb2.HloModuleProto(entry_computation_id=1)
+    fused = module.computations.add(name="triton_gemm_computation", id=2)
+    main = module.computations.add(name="main", id=1)
+
+    def add(comp, id_, name, opcode, shape, operands=(), **fields):
+        ins = comp.instructions.add(name=name, opcode=opcode, id=id_, **fields)
+        ins.shape.dimensions.extend(shape)
+        ins.operand_ids.extend(operands)
+        ins.metadata.op_name = f"lstm/while/{name}"
+        return ins
+
+    add(main, 1, "lhs", "parameter", [4, 16])
+    add(main, 2, "rhs", "parameter", [16, 32])
+    gemm = add(main, 3, "custom-call.1", "custom-call", [], [1, 2], custom_call_target="__cublas$lt$matmul",
+               backend_config=b'{"operation_queue_id":"0","gemm_backend_config":{"alpha_real":1,"beta":0,'
+                              b'"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],'
+                              b'"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],'
+                              b'"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}')
+    gemm.shape.tuple_shapes.add().dimensions.extend([4, 32])
+    gemm.shape.tuple_shapes.add().dimensions.extend([1024])  # cuBLAS's workspace
+    add(fused, 4, "p0", "parameter", [4, 16])
+    add(fused, 5, "p1", "parameter", [16, 32])
+    add(fused, 6, "dot.0", "dot", [4, 32], [4, 5]).dot_dimension_numbers.lhs_contracting_dimensions.append(1)
+    add(main, 7, "fusion.2", "fusion", [4, 32], [1, 2], called_computation_ids=[2],
+        backend_config=b'{"fusion_backend_config":{"kind":"__triton_gemm"}}')
+    add(main, 8, "fusion.3", "fusion", [4, 32], [7], called_computation_ids=[])  # the gates: not a GEMM
+    ops = _xspace.hlo_ops(module)
+    flops = 2 * 4 * 32 * 16
+    assert (ops["custom-call.1"].opcode, ops["custom-call.1"].flops) == ("dot", flops)
+    assert (ops["fusion.2"].opcode, ops["fusion.2"].flops) == ("dot", flops)
+    assert (ops["fusion.3"].opcode, ops["fusion.3"].flops) == ("fusion", 0)
+    assert _phases.classify("lstm/while/custom-call.1", "xla", "dot", "lstm") == _phases.RECURRENT_MATMUL
+
+
 def test_xlas_device_copies_are_its_work_and_its_gpu_compiles_are_compiles(tmp_path):
     """A ``MemcpyD2D`` that XLA:GPU annotated is the program's op, one without is device work, neither is a
     host<->device copy (which would trigger the swap_memory advice); ``XlaCompileBackend`` spans are compiles."""
