@@ -264,8 +264,12 @@ def _gpu_space(path, copies=False):
     """An XSpace with a host step, the HLO module in ``/host:metadata`` and kernels on ``/device:GPU:0``.
 
     Kernel events carry ``program_id`` and ``hlo_op`` stats, as XLA:GPU's kernel
-    annotations give them; the step runs 0-500 us: a recurrent matmul 0-100, the
-    gates 100-150, a weight-gradient matmul 200-400, the device idle otherwise.
+    annotations give them (``Thunk:#name=..,hlo_op=..#`` in
+    ``xla/backends/gpu/runtime/annotation.cc``, made stats by CUPTI's collector,
+    ``cupti_collector.cc``); the matmuls are cuBLAS custom-calls, as XLA:GPU emits
+    them (``gemm_rewriter.cc``), not ``dot`` instructions. The step runs 0-500 us: a
+    recurrent matmul 0-100, the gates 100-150, a weight-gradient matmul 200-400,
+    the device idle otherwise.
     With ``copies``: XLA's own device copy (``MemcpyD2D`` with those stats) 400-420,
     a ``MemcpyD2D`` without them 420-430, a ``MemcpyH2D`` 430-450, and XLA:GPU's
     compile annotation on the host 450-460.
@@ -278,18 +282,26 @@ def _gpu_space(path, copies=False):
     specs = [  # name, opcode, op_name, output shape, operand ids
         ("p0", "parameter", "", [4, 16], []),
         ("p1", "parameter", "", [16, 32], []),
-        ("dot.1", "dot", "fastcarry_lstm/recurrence/while/recurrent_matmul/MatMul", [4, 32], [1, 2]),
+        ("dot.1", "custom-call", "fastcarry_lstm/recurrence/while/recurrent_matmul/MatMul", [4, 32], [1, 2]),
         ("fusion.2", "fusion", "fastcarry_lstm/recurrence/while/gates/mul", [4, 32], [3]),
-        ("dot.3", "dot", "gradient_tape/fastcarry_lstm_grad/recurrence_grad/weights_grad/MatMul", [16, 32], [1, 4]),
+        ("dot.3", "custom-call", "gradient_tape/fastcarry_lstm_grad/recurrence_grad/weights_grad/MatMul", [16, 32],
+         [1, 4]),
         ("copy.4", "copy", "fastcarry_lstm/recurrence/while/gates/mul", [4, 32], [4]),
     ]
     for i, (name, opcode, op_name, shape, operands) in enumerate(specs, start=1):
         ins = comp.instructions.add(name=name, opcode=opcode, id=i)
-        ins.shape.dimensions.extend(shape)
         ins.operand_ids.extend(operands)
         ins.metadata.op_name = op_name
-        if opcode == "dot":
-            ins.dot_dimension_numbers.lhs_contracting_dimensions.append(1 if name == "dot.1" else 0)
+        if opcode != "custom-call":
+            ins.shape.dimensions.extend(shape)
+            continue
+        ins.custom_call_target = "__cublas$gemm"
+        ins.shape.tuple_shapes.add().dimensions.extend(shape)  # (result, workspace)
+        ins.shape.tuple_shapes.add().dimensions.extend([0])
+        contracting = 1 if name == "dot.1" else 0
+        ins.backend_config = ('{"gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":'
+                              f'{{"lhs_contracting_dimensions":["{contracting}"],"rhs_contracting_dimensions":["0"],'
+                              '"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}').encode()
 
     space = xplane_pb2.XSpace()
     meta = space.planes.add(id=1, name="/host:metadata")
