@@ -126,10 +126,15 @@ def attribute(runs, start_ps, end_ps, scope=_phases.FASTCARRY):
     Wall-clock time is split among the ops running at once, so the phases add
     up to the window; busy time is the time in which any op of the phase
     runs, what its achieved GFLOP/s is measured against (two matmuls running
-    side by side each ran for the whole span, not half of it).
+    side by side each ran for the whole span, not half of it). Where ops ran
+    on a device (a GPU's planes), the window is the device's: its kernels and
+    the copies to and from it; the host's own ops (launches, the executor's
+    bookkeeping) run beside the kernels and take no share of their time.
     ``scope``: what marks the RNN's ops (``_phases.classify``).
     """
     inside = [r for r in runs if r.end_ps > start_ps and r.start_ps < end_ps]
+    if any(r.plane.startswith("/device:") for r in inside):
+        inside = [r for r in inside if r.plane.startswith("/device:") or r.kind == "copy"]
     pieces = [(max(s, start_ps), min(e, end_ps), r) for s, e, r in _innermost_segments(inside)]
     pieces = [p for p in pieces if p[1] > p[0]]
     starts = [(s, 1, i) for i, (s, _, _) in enumerate(pieces)]

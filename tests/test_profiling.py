@@ -270,7 +270,8 @@ def _gpu_space(path, copies=False):
     them (``gemm_rewriter.cc``), not ``dot`` instructions. The step runs 0-500 us: a
     recurrent matmul 0-100, the gates 100-150, a weight-gradient matmul 200-400,
     the device idle otherwise.
-    With ``copies``: XLA's own device copy (``MemcpyD2D`` with those stats) 400-420,
+    A host TF op (the executor's, outside the RNN) runs beside the recurrent matmul, 0-100 us: it takes no
+    share of the device's time. With ``copies``: XLA's own device copy (``MemcpyD2D`` with those stats) 400-420,
     a ``MemcpyD2D`` without them 420-430, a ``MemcpyH2D`` 430-450, and XLA:GPU's
     compile annotation on the host 450-460.
     """
@@ -315,6 +316,8 @@ def _gpu_space(path, copies=False):
     python = host.lines.add(id=1, name="python", timestamp_ns=1000)
     step = python.events.add(metadata_id=1, offset_ps=0, duration_ps=500_000_000)
     step.stats.add(metadata_id=1, int64_value=0)
+    host.event_metadata[3].id, host.event_metadata[3].name = 3, "model/dense/ReadVariableOp:ReadVariableOp"
+    python.events.add(metadata_id=3, offset_ps=0, duration_ps=100_000_000)
 
     gpu = space.planes.add(id=3, name="/device:GPU:0")
     for sid, name in ((1, "program_id"), (2, "hlo_op")):
@@ -343,7 +346,7 @@ def test_gpu_kernels_are_attributed_by_their_hlo_ops(tmp_path):
     path = tmp_path / "host.xplane.pb"
     _gpu_space(path)
     space = _xspace.read(str(path))
-    assert space.device_planes == ["/device:GPU:0"]
+    assert space.device_planes == ["/host:CPU", "/device:GPU:0"]  # the host ran one TF op
     assert not any(isinstance(r.line, tuple) for r in space.runs)  # GPU kernel events span their work
     summary = _summary.summarize(space)
     assert summary.step_ms == pytest.approx(0.5)
