@@ -93,9 +93,10 @@ def _stats(plane, stats):
 
 
 # XLA:GPU's GEMMs: library calls (xla/service/gpu/cublas_cudnn.cc) and Triton fusions (their backend config's
-# fusion kind). Both are reported as a "dot": their phase and FLOPs are a matmul's.
+# fusion kind, xla/service/gpu/ir_emission_utils.h; the dot inside, nested one level deeper in the second).
+# Both are reported as a "dot": their phase and FLOPs are a matmul's.
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", "__cublas$lt$matmul$f8")
-_GEMM_FUSIONS = ("__triton_gemm", "__cublas_gemm")
+_GEMM_FUSIONS = ("__triton_gemm", "__triton_nested_gemm_fusion")
 
 
 def _backend_config(ins):
