@@ -5,7 +5,6 @@ written by XLA's ``WhileLoopTripCountAnnotator``): on a GPU a loop without one c
 and waits for it every iteration (``xla/backends/gpu/runtime/while_thunk.cc``).
 """
 
-import functools
 import re
 
 import numpy as np
@@ -32,8 +31,11 @@ def while_loops(hlo):
 def _loops(mode, **options):
     cell = fc.LSTM(H, input_size=D, seed=0)
     x = tf.constant(np.ones((B, T, D)), tf.float32)
-    run = functools.partial(lambda x, options: fc.unroll(cell, x, **options)[0], options=options)
-    fn = step_function(lambda x: run(x), cell.trainable_variables, mode, tf.ones([B, T, H]), name="loops")
+
+    def run(x):
+        return fc.unroll(cell, x, **options)[0]
+
+    fn = step_function(run, cell.trainable_variables, mode, tf.ones([B, T, H]), name="loops")
     return while_loops(fn.experimental_get_compiler_ir(x)(stage="optimized_hlo"))
 
 

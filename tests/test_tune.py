@@ -330,15 +330,12 @@ def test_a_candidate_replaces_the_defaults_only_when_reliably_faster(times, beat
 
 
 def _fake_steps(monkeypatch, seconds):
-    """fc.tune's candidate steps replaced by sleeps: ``seconds(config)`` per call (no compiling), or
-    ``seconds(config, jit_compile)`` for a function of two arguments."""
-    two = seconds.__code__.co_argcount == 2
-
+    """fc.tune's candidate steps replaced by sleeps: ``seconds(config, jit_compile)`` per call (no compiling)."""
     def step(cell, mode, config, time_major, lengths, jit_compile=True):
         jit = jit_compile and not config.swap_memory  # as _step runs it
 
         def fn(x):
-            time.sleep(seconds(config, jit) if two else seconds(config))
+            time.sleep(seconds(config, jit))
             return tf.constant(0.0)
         return fn
     monkeypatch.setattr(_tune, "_step", step)
@@ -375,13 +372,13 @@ def test_a_swap_candidate_is_held_against_its_twin_run_the_same_way(cache, monke
 
 def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
-    _fake_steps(monkeypatch, lambda c: 0.002 if c.projection == "hoisted" else 0.006)
+    _fake_steps(monkeypatch, lambda c, jit: 0.002 if c.projection == "hoisted" else 0.006)
     config, rows, _ = report = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False, report=True)
     # Inference of a small LSTM on a CPU: fc.unroll's defaults are unroll=1 (_config.CPU_INFERENCE).
     assert report.defaults == fc.Config(unroll=1) and [r["config"] for r in rows if r["defaults"]] == [report.defaults]
     assert config == fc.Config(unroll=1, projection="hoisted")  # the variant of the (default) first winner
     assert len(next(r for r in rows if r["config"] == config)["samples"]) >= 5
-    _fake_steps(monkeypatch, lambda c: 0.004)  # all the same: noise decides nothing
+    _fake_steps(monkeypatch, lambda c, jit: 0.004)  # all the same: noise decides nothing
     config = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.5, cache=False)
     assert config == fc.Config(unroll=1)
     assert fc.tune(cell, (B, T, D), mode="train", budget_s=0.5, cache=False) == fc.Config(unroll=2)
@@ -390,7 +387,7 @@ def test_tune_picks_a_clearly_faster_candidate_and_keeps_the_defaults_otherwise(
 def test_tune_returns_the_cached_result_at_once_and_force_measures_again(cache, monkeypatch):
     cell = make_cell("lstm", H, input_dim=D)
     calls = []
-    _fake_steps(monkeypatch, lambda c: calls.append(c) or 0.001)
+    _fake_steps(monkeypatch, lambda c, jit: calls.append(c) or 0.001)
     first = fc.tune(cell, (B, T, D), mode="infer", budget_s=0.3, report=True)
     assert not first.cached and calls
     calls.clear()

@@ -20,14 +20,10 @@ import tensorflow as tf
 import fastcarry as fc
 
 
-def _split_last(a, n):
-    return tf.split(a, n, axis=-1)
-
-
 def _peephole_lstm(h_units):
     def update(state, a, peepholes):  # peepholes [3, H]: input, forget, output gate
         h, c = state
-        zi, zf, zc, zo = _split_last(a, 4)
+        zi, zf, zc, zo = tf.split(a, 4, axis=-1)
         i = tf.sigmoid(zi + c * peepholes[0])
         f = tf.sigmoid(zf + c * peepholes[1])
         c = f * c + i * tf.tanh(zc)
@@ -78,7 +74,7 @@ def _layer_norm_gated(h_units):
 
     def update(state, a, units):
         gain, shift = units  # [2, H] each: update gate, candidate
-        zz, zc = _split_last(a, 2)
+        zz, zc = tf.split(a, 2, axis=-1)
         gate = tf.sigmoid(norm(zz, gain[0], shift[0]))
         h = (1.0 - gate) * state[0] + gate * tf.tanh(norm(zc, gain[1], shift[1]))
         return [h], h
