@@ -5,27 +5,15 @@ written by XLA's ``WhileLoopTripCountAnnotator``): on a GPU a loop without one c
 and waits for it every iteration (``xla/backends/gpu/runtime/while_thunk.cc``).
 """
 
-import re
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import fastcarry as fc
 from fastcarry._measure import step_function
+from fastcarry.tools.hlo import while_loops
 
 B, T, D, H = 2, 10, 3, 8
-
-
-def while_loops(hlo):
-    """``[(body name, known trip count or None)]`` of every while instruction in optimized HLO text."""
-    loops = []
-    for line in hlo.splitlines():
-        if re.search(r"\swhile\(%", line):
-            body = re.search(r"body=%?([\w.\-]+)", line).group(1)
-            trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-            loops.append((body, int(trip.group(1)) if trip else None))
-    return loops
 
 
 def _loops(mode, **options):

@@ -207,9 +207,48 @@ def add_parser(subparsers):
     return check
 
 
+class Comparison(NamedTuple):
+    """One comparison ``fastcarry check`` makes: its ``title``, one ``Row`` per tensor, and the tolerance its
+    verdict is against (``None``: errors reported for information, no verdict); ``note`` says why ``rows`` is
+    empty (a comparison that cannot run)."""
+
+    title: str
+    rows: list
+    tol: object
+    note: str = ""
+
+    @property
+    def failed(self):
+        return self.tol is not None and worst(self.rows) > self.tol
+
+
 def run(args, out=sys.stdout):
-    """Runs the comparisons with TF32 off, then the fused XLA path with TF32 on, for information; returns the
-    process exit code (0 all PASS, 1 any FAIL). The process's TF32 setting is put back afterwards."""
+    """Prints every ``comparisons(args)`` with its verdict; returns the process exit code (0 all PASS, 1 any
+    FAIL)."""
+    import tensorflow as tf
+
+    tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+    cell_dtype = "float32"  # make_cell's cells
+    tol = TOLERANCE[cell_dtype]
+    print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
+          f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "
+          f"unroll={args.unroll}; {cell_dtype}, tolerance {tol:g} relative to max |reference|; "
+          f"TF32 off for the comparisons (this process had it {'on' if tf32 else 'off'})", file=out)
+    failed = False
+    for comparison in comparisons(args):
+        if comparison.note:
+            print(f"\n{comparison.title}: {comparison.note}", file=out)
+            continue
+        failed |= _report(comparison.title, comparison.rows, comparison.tol, out)
+    print("FAIL" if failed else "PASS", file=out)
+    return 1 if failed else 0
+
+
+def comparisons(args):
+    """Every ``Comparison`` of ``fastcarry check``'s arguments ``args``: fastcarry.unroll (XLA and graph;
+    autodiff, hoisted projection, chunk, swap_memory) against the float64 reference, its XLA path against Keras
+    3, all with TF32 off; last, the XLA path with TF32 on, for information. The process's TF32 setting is put
+    back afterwards."""
     import tensorflow as tf
 
     tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
@@ -217,12 +256,12 @@ def run(args, out=sys.stdout):
     # reference by ~1e-3, beyond float32's tolerance, whatever fastcarry does.
     tf.config.experimental.enable_tensor_float_32_execution(False)
     try:
-        return _run(args, tf32, out)
+        return _comparisons(args)
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(tf32)
 
 
-def _run(args, tf32, out):
+def _comparisons(args):
     import tensorflow as tf
 
     import fastcarry as fc
@@ -243,44 +282,33 @@ def _run(args, tf32, out):
     cot = random_cotangents(cell, args.batch, args.time, args.time_major, seed=args.seed + 1)
     options = dict(sequence_length=args.seq_lengths, time_major=args.time_major, reverse=args.reverse,
                    unroll=args.unroll)
-    ref_cell = cell.copy(dtype=tf.float64)
-    want = evaluate(fc.reference.unroll, ref_cell, inputs, initial, cot, **options)
-    keras = KerasUnroll(cell)
+    want = evaluate(fc.reference.unroll, cell.copy(dtype=tf.float64), inputs, initial, cot, **options)
     contenders = [
-        ("fused jit  vs reference(float64)", fc.unroll, dict(jit_compile=True), want, None),
-        ("fused graph vs reference(float64)", fc.unroll, dict(jit_compile=False), want, None),
-        ("autodiff jit vs reference(float64)", fc.unroll, dict(jit_compile=True, backward="autodiff"), want, None),
-        ("hoisted jit vs reference(float64)", fc.unroll, dict(jit_compile=True, projection="hoisted"), want, None),
+        ("fused jit  vs reference(float64)", dict(jit_compile=True)),
+        ("fused graph vs reference(float64)", dict(jit_compile=False)),
+        ("autodiff jit vs reference(float64)", dict(jit_compile=True, backward="autodiff")),
+        ("hoisted jit vs reference(float64)", dict(jit_compile=True, projection="hoisted")),
     ]
     chunk = args.chunk or max(1, (args.time + 2) // 3)
     if args.time > 0:
-        contenders += [
-            (f"chunk={chunk} jit vs reference(float64)", fc.unroll, dict(chunk=chunk), want, None),
-            (f"chunk={chunk} swap_memory jit vs reference(float64)", fc.unroll,
-             dict(chunk=chunk, swap_memory=True), want, None),
-        ]
+        contenders += [(f"chunk={chunk} jit vs reference(float64)", dict(chunk=chunk)),
+                       (f"chunk={chunk} swap_memory jit vs reference(float64)", dict(chunk=chunk, swap_memory=True))]
     tol = TOLERANCE[cell.dtype.name]
-    print(f"fastcarry check: cell={args.cell} B={args.batch} T={args.time} D={args.input} H={args.units} "
-          f"seq_lengths={args.seq_lengths} reverse={args.reverse} time_major={args.time_major} "
-          f"unroll={args.unroll}; {cell.dtype.name}, tolerance {tol:g} relative to max |reference|; "
-          f"TF32 off for the comparisons (this process had it {'on' if tf32 else 'off'})", file=out)
-    failed = False
-    fused_jit = None
-    for title, impl, extra, reference, weights in contenders:
-        got = evaluate(impl, cell, inputs, initial, cot, weights=weights, **options, **extra)
-        fused_jit = fused_jit or got
-        failed |= _report(title, compare(got, reference), tol, out)
+    out, fused_jit = [], None
+    for title, extra in contenders:
+        got = evaluate(fc.unroll, cell, inputs, initial, cot, **options, **extra)
+        fused_jit = fused_jit or got  # the first: what Keras is compared with
+        out.append(Comparison(title, compare(got, want), tol))
     if args.time > 0:
+        keras = KerasUnroll(cell)
         keras_got = evaluate(keras, cell, inputs, initial, cot, weights=keras.weights, **options)
-        failed |= _report("fused jit  vs keras 3", compare(fused_jit, keras_got), tol, out)
+        out.append(Comparison("fused jit  vs keras 3", compare(fused_jit, keras_got), tol))
     else:  # Keras 3's layers fail on an empty sequence (a StridedSlice out of bounds inside their loop)
-        print("\nfused jit  vs keras 3: skipped, Keras 3's layers cannot run T = 0", file=out)
-    _report_tf32(cell, inputs, initial, cot, options, want, out)
-    print("FAIL" if failed else "PASS", file=out)
-    return 1 if failed else 0
+        out.append(Comparison("fused jit  vs keras 3", [], tol, "skipped, Keras 3's layers cannot run T = 0"))
+    return out + [_tf32_comparison(cell, inputs, initial, cot, options, want)]
 
 
-def _report_tf32(cell, inputs, initial, cot, options, want, out):
+def _tf32_comparison(cell, inputs, initial, cot, options, want):
     """The fused XLA path with TF32 on, against the float64 reference: errors only, no verdict (TF32 rounds
     matmul inputs to 10 mantissa bits on the GPUs that have it, by design; a CPU has no TF32). fastcarry keys
     its compiled functions by the setting, so these are traced and compiled under it."""
@@ -294,8 +322,8 @@ def _report_tf32(cell, inputs, initial, cot, options, want, out):
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(False)
     device = "a GPU with TF32" if tf.config.list_physical_devices("GPU") else "no GPU: TF32 has no effect here"
-    _report(f"fused jit with TF32 on vs reference(float64), for information ({device})", compare(got, want), None,
-            out)
+    return Comparison(f"fused jit with TF32 on vs reference(float64), for information ({device})",
+                      compare(got, want), None)
 
 
 def _report(title, rows, tol, out):

@@ -1,7 +1,7 @@
 """The ``fastcarry`` command line: registers the subcommands, parses, starts TensorFlow quietly, runs one.
 
 Each subcommand is a module of ``fastcarry.tools`` with ``add_parser(subparsers)``
-and ``run(args)``: ``demo``, ``check``, ``bench``, ``profile``, ``tune``.
+and ``run(args)``: ``demo``, ``check``, ``bench``, ``profile``, ``tune``, ``doctor``.
 Arguments are parsed before TensorFlow is imported (``--help`` and usage
 errors answer at once; those modules import TensorFlow only when they run).
 """
@@ -12,9 +12,9 @@ import re
 import sys
 import tempfile
 
-from fastcarry.tools import bench, check, demo, profile, tune
+from fastcarry.tools import bench, check, demo, doctor, profile, tune
 
-COMMANDS = (check, bench, profile, demo, tune)
+COMMANDS = (check, bench, profile, demo, tune, doctor)
 
 
 def parser():

@@ -1,0 +1,93 @@
+"""``fastcarry doctor``: one command that checks and measures fastcarry on this machine (run it first on a GPU).
+
+Sections, in order (``SECTIONS``): the device and TF32 setting; ``fastcarry
+check``'s exactness with TF32 off and on; every compiled loop's trip count
+from the optimized HLO; ops (on a GPU, kernel launches) per time step from a
+traced LSTM training step; the step with XLA's command buffers at their
+defaults and with ``+WHILE``; hoisted against per-iteration input
+projection; ``unroll`` 1/2/4/8; ``swap_memory``'s peak memory eagerly and in
+a ``tf.function``; fastcarry against Keras 3 outside XLA (cuDNN where it can
+run) on the grid. Each section prints as it finishes; ``doctor.md`` and
+``doctor.json`` go to ``--out``, with the trace for TensorBoard under
+``<out>/profile``. The report says which figures need a GPU to mean what
+they say. Exit code 1 when a check fails (exactness, trip counts).
+"""
+
+import os
+import sys
+import time
+
+from fastcarry.tools.workload import Workload
+
+FULL_WORKLOAD = Workload("lstm", 32, 100, 128, 256)
+QUICK_WORKLOAD = Workload("lstm", 4, 20, 8, 16)
+
+
+def plan(quick, out_dir):
+    """The ``Plan`` of a full run (about 10 minutes on a 2-core CPU) or a quick one (``quick``)."""
+    from fastcarry.tools.doctor_report import Plan
+    from fastcarry.tools.grid_bench import FULL_SHAPES
+
+    if quick:
+        return Plan(True, QUICK_WORKLOAD, (QUICK_WORKLOAD,), ("train",), rounds=3, processes=1,
+                    exactness_cells=("lstm",), loop_cases=2, out_dir=out_dir)
+    grid = tuple(Workload(cell, *shape) for cell in ("lstm", "gru") for shape in FULL_SHAPES)
+    return Plan(False, FULL_WORKLOAD, grid, ("train", "infer"), rounds=5, processes=2,
+                exactness_cells=("lstm", "gru", "rnn"), loop_cases=5, out_dir=out_dir)
+
+
+def sections():
+    """``[(name, function of a Plan returning a Finding)]`` in the order they run."""
+    from fastcarry.tools import doctor_checks as checks
+    from fastcarry.tools import doctor_timing as timing
+
+    return [("device", checks.device), ("exactness", checks.exactness), ("trip counts", checks.trip_counts),
+            ("launches", checks.launches), ("command buffers", timing.command_buffers),
+            ("projection", timing.projection), ("unroll", timing.unroll), ("swap_memory", timing.swap_memory),
+            ("keras", timing.keras)]
+
+
+def add_parser(subparsers):
+    doctor = subparsers.add_parser(
+        "doctor", help="check and measure fastcarry on this machine (on a GPU, run this first)",
+        description="Checks exactness (TF32 off and on) and every compiled loop's trip count, traces an LSTM "
+                    "training step, and times command buffers, the projection, unroll 1/2/4/8, swap_memory's "
+                    "memory and fastcarry against Keras 3. Prints each section and writes doctor.md and "
+                    "doctor.json. Exits 1 if a check fails.")
+    doctor.add_argument("--quick", action="store_true",
+                        help="tiny shapes, one mode, fewer repeats: checks the machinery in about a minute")
+    doctor.add_argument("--out", default="fastcarry-doctor", help="output directory (default: fastcarry-doctor)")
+    return doctor
+
+
+def run(args, out=sys.stdout, stream=sys.stderr):
+    """Runs every section of ``plan(args.quick, args.out)``; returns the exit code."""
+    import fastcarry.profiling  # noqa: F401  (before anything compiles: XLA:CPU then records per-op events)
+    from fastcarry.tools import doctor_report as report
+    from fastcarry.tools.report import Progress, machine_info
+
+    os.makedirs(args.out, exist_ok=True)
+    the_plan = plan(args.quick, args.out)
+    machine = machine_info()
+    start, findings = time.perf_counter(), []
+    todo = sections()
+    bar = Progress(len(todo), stream)
+    for name, section in todo:
+        bar.step(name)
+        began = time.perf_counter()
+        finding = section(the_plan)
+        findings.append(finding._replace(seconds=time.perf_counter() - began))
+        print("\n" + report.section_markdown(findings[-1]), file=out, flush=True)
+    bar.close()
+    seconds = time.perf_counter() - start
+    with open(os.path.join(args.out, "doctor.md"), "w") as f:
+        f.write(report.markdown(findings, machine, the_plan, seconds))
+    import json
+
+    with open(os.path.join(args.out, "doctor.json"), "w") as f:
+        json.dump(report.to_json(findings, machine, the_plan, seconds), f, indent=2, default=str)
+    failed = [f.title for f in findings if f.ok is False]
+    print(f"\nfastcarry doctor: {'FAIL: ' + ', '.join(failed) if failed else 'checks PASS'}; "
+          f"{sum(bool(f.needs_gpu) for f in findings)} of {len(findings)} sections need a GPU to mean what they "
+          f"say; {seconds:.0f} s; report in {os.path.join(args.out, 'doctor.md')}", file=out)
+    return 1 if failed else 0
