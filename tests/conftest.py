@@ -124,7 +124,8 @@ def rng():
 
 # The tests that run child processes for tens of seconds go first: xdist hands out tests in order, and one of
 # them started last would leave a worker running alone at the end.
-_LONG_FIRST = ("test_distribute.py", "test_keras_suite.py", "test_export.py", "test_bench.py", "test_packaging.py")
+_LONG_FIRST = ("test_distribute.py", "test_keras_suite.py", "test_export.py", "test_bench.py", "test_packaging.py",
+               "test_doctor.py")
 
 
 def pytest_collection_modifyitems(config, items):

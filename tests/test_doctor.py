@@ -15,91 +15,69 @@ TINY = Workload("lstm", 2, 6, 3, 4)
 
 
 def _tiny_plan(quick, out_dir):
-    return doctor_report.Plan(True, TINY, (TINY._replace(cell="gru"),), ("train",), rounds=1, processes=1,
+    return doctor_report.Plan(True, TINY, (TINY._replace(cell="gru"),), ("train",), (1, 2), rounds=1, processes=1,
                               exactness_cells=("rnn",), loop_cases=1, out_dir=out_dir)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """One whole run at tiny shapes: ``(exit code, printed text, doctor.json, doctor.md)``."""
-    out_dir = str(tmp_path_factory.mktemp("doctor"))
-    mp = pytest.MonkeyPatch()
-    mp.setattr(doctor, "plan", _tiny_plan)
-    try:
-        printed = io.StringIO()
-        code = doctor.run(argparse.Namespace(quick=True, out=out_dir), out=printed, stream=io.StringIO())
-    finally:
-        mp.undo()
-    with open(os.path.join(out_dir, "doctor.json")) as f:
-        data = json.load(f)
-    with open(os.path.join(out_dir, "doctor.md")) as f:
-        md = f.read()
-    return code, printed.getvalue(), data, md
-
-
-def _finding(data, key):
-    return next(f for f in data["findings"] if f["key"] == key)
-
-
-def test_doctor_runs_every_section_and_writes_its_report(report):
-    code, printed, data, md = report
+def test_doctor_quick_run_checks_measures_and_says_what_needs_a_gpu(tmp_path, monkeypatch):
+    """One whole run at tiny shapes (one test: xdist would run a module fixture once per worker)."""
+    monkeypatch.setattr(doctor, "plan", _tiny_plan)
+    printed = io.StringIO()
+    code = doctor.run(argparse.Namespace(quick=True, out=str(tmp_path)), out=printed, stream=io.StringIO())
+    printed = printed.getvalue()
     assert code == 0, printed
-    keys = [f["key"] for f in data["findings"]]
-    assert keys == ["device", "exactness", "trip_counts", "launches", "command_buffers", "projection", "unroll",
-                    "swap_memory", "keras"]
-    for f in data["findings"]:
-        assert f["title"] in md and f["title"] in printed
+    with open(tmp_path / "doctor.json") as f:
+        data = json.load(f)
+    md = (tmp_path / "doctor.md").read_text()
+    findings = {f["key"]: f for f in data["findings"]}
+    assert list(findings) == ["device", "exactness", "trip_counts", "launches", "command_buffers", "projection",
+                              "unroll", "swap_memory", "keras"]
+    for f in findings.values():
+        assert f["title"] in md and f["title"] in printed and f["seconds"] > 0
     assert "checks PASS" in printed
-
-
-def test_doctor_says_which_sections_need_a_gpu(report):
-    _, _, data, md = report
-    needs = {f["key"] for f in data["findings"] if f["needs_gpu"]}
-    # On this CPU: TF32, launches, command buffers, swapping and cuDNN are GPU matters; the rest hold here.
+    # On this CPU: TF32, launches, command buffers, swapping and cuDNN are a GPU's; the rest hold here.
+    needs = {key for key, f in findings.items() if f["needs_gpu"]}
     assert needs == {"exactness", "trip_counts", "launches", "command_buffers", "swap_memory", "keras"}
     assert md.count("*Needs a GPU:*") == len(needs)
+    _checks_pass(findings)
+    _ops_per_time_step(findings["launches"])
+    _command_buffers_in_children(findings["command_buffers"])
+    _timings(findings)
 
 
-def test_doctor_checks_pass_with_their_figures(report):
-    _, _, data, _ = report
-    exactness = _finding(data, "exactness")
+def _checks_pass(findings):
+    exactness = findings["exactness"]
     assert exactness["ok"] is True
     verdicts = [row[-1] for row in exactness["rows"]]
     assert verdicts.count("info") == 1 and verdicts.count("PASS") == len(verdicts) - 1  # TF32 on: no verdict
-    trips = _finding(data, "trip_counts")
-    assert trips["ok"] is True
-    label, loops, known, counts = trips["rows"][0]
+    trips = findings["trip_counts"]
     # LSTM inference at T=16 with the default unroll (1): one forward loop of 16 iterations.
-    assert (label, loops, known, counts) == ("lstm inference", 1, 1, "16")
+    assert trips["ok"] is True and trips["rows"] == [["lstm inference", 1, 1, "16"]]
 
 
-def test_doctor_counts_ops_per_time_step_from_a_trace(report):
-    _, _, data, _ = report
-    launches = _finding(data, "launches")
+def _ops_per_time_step(launches):
     phases = {row[0]: row for row in launches["rows"]}
     assert phases["forward recurrent matmul"][1] >= TINY.time  # at least one recurrent dot per time step
     assert launches["data"]["per_time_step"] == pytest.approx(phases["all of the RNN"][1] / TINY.time)
     assert os.listdir(os.path.join(launches["data"]["logdir"], "plugins", "profile"))  # TensorBoard's run
 
 
-def test_doctor_times_command_buffers_in_children_with_the_flag(report):
-    _, _, data, _ = report
-    runs = _finding(data, "command_buffers")["data"]["runs"]
+def _command_buffers_in_children(finding):
+    runs = finding["data"]["runs"]
     assert [doctor_timing.COMMAND_BUFFER_FLAG + "=+WHILE" in r["xla_flags"] for r in runs["+WHILE"]] == [True]
     assert [doctor_timing.COMMAND_BUFFER_FLAG in r["xla_flags"] for r in runs["defaults"]] == [False]
     assert all(r["median_s"] > 0 for rs in runs.values() for r in rs)
 
 
-def test_doctor_measures_projection_unroll_swap_and_keras(report):
-    _, _, data, _ = report
-    assert [row[0] for row in _finding(data, "projection")["rows"]] == ["train"]
-    unroll = _finding(data, "unroll")
-    assert set(unroll["data"]) == {f"train unroll={u}" for u in doctor_timing.UNROLLS}
-    assert unroll["rows"][0][-1] == min(doctor_timing.UNROLLS, key=lambda u: unroll["data"][f"train unroll={u}"])
-    swap = _finding(data, "swap_memory")
+def _timings(findings):
+    assert [row[0] for row in findings["projection"]["rows"]] == ["train"]
+    unroll = findings["unroll"]
+    assert set(unroll["data"]) == {"train unroll=1", "train unroll=2"}
+    assert unroll["rows"][0][-1] == min((1, 2), key=lambda u: unroll["data"][f"train unroll={u}"])
+    swap = findings["swap_memory"]
     assert [row[0].split(", ")[-1] for row in swap["rows"]] == ["XLA", "in a tf.function", "eagerly"]
     assert all(v["source"] in ("allocator", "rss") for v in swap["data"].values())
-    keras = _finding(data, "keras")
+    keras = findings["keras"]
     assert keras["rows"][0][:2] == ["gru 2x6x3x4", "train"] and keras["data"]["ratios"][0] > 0
 
 

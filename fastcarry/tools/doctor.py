@@ -29,10 +29,10 @@ def plan(quick, out_dir):
     from fastcarry.tools.grid_bench import FULL_SHAPES
 
     if quick:
-        return Plan(True, QUICK_WORKLOAD, (QUICK_WORKLOAD,), ("train",), rounds=3, processes=1,
+        return Plan(True, QUICK_WORKLOAD, (QUICK_WORKLOAD,), ("train",), (1, 2, 4, 8), rounds=3, processes=1,
                     exactness_cells=("lstm",), loop_cases=2, out_dir=out_dir)
     grid = tuple(Workload(cell, *shape) for cell in ("lstm", "gru") for shape in FULL_SHAPES)
-    return Plan(False, FULL_WORKLOAD, grid, ("train", "infer"), rounds=5, processes=2,
+    return Plan(False, FULL_WORKLOAD, grid, ("train", "infer"), (1, 2, 4, 8), rounds=5, processes=2,
                 exactness_cells=("lstm", "gru", "rnn"), loop_cases=5, out_dir=out_dir)
 
 

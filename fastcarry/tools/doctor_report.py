@@ -11,7 +11,8 @@ class Plan(NamedTuple):
 
     ``workload``: the LSTM step the single-workload sections run (launches,
     command buffers, projection, unroll, ``swap_memory``); ``grid`` and
-    ``modes``: the fastcarry-vs-Keras comparison; ``rounds``: interleaved
+    ``modes``: the fastcarry-vs-Keras comparison (``modes`` also the
+    projection's and unroll's); ``unrolls``: the ``unroll=`` values timed; ``rounds``: interleaved
     rounds per timing; ``processes``: child processes per command-buffer
     setting (XLA reads its flags once per process); ``exactness_cells``: the
     cells ``fastcarry check`` runs; ``loop_cases``: how many of
@@ -22,6 +23,7 @@ class Plan(NamedTuple):
     workload: Workload
     grid: tuple
     modes: tuple
+    unrolls: tuple
     rounds: int
     processes: int
     exactness_cells: tuple

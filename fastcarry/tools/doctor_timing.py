@@ -17,8 +17,6 @@ import sys
 from fastcarry.tools.doctor_report import Finding, gpu_present
 from fastcarry.tools.workload import Workload, positive, random_data, workload_cell
 
-MODES = ("train", "infer")
-UNROLLS = (1, 2, 4, 8)
 COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer"
 # XLA:GPU's command buffers at their defaults, and with while loops too (CUDA graphs with conditional nodes,
 # CUDA >= 12.3): a whole recurrent loop becomes one graph launch.
@@ -107,15 +105,16 @@ def projection(plan):
 
 
 def unroll(plan):
-    """Steps per loop iteration: ``unroll=`` 1, 2, 4 and 8."""
+    """Steps per loop iteration: each ``unroll=`` of ``plan.unrolls``."""
     import fastcarry as fc
 
-    times = _configs_timed(plan, {u: fc.Config(unroll=u) for u in UNROLLS})
-    rows = [(mode, *(_ms(times[mode, u]) for u in UNROLLS), min(UNROLLS, key=lambda u: times[mode, u]))
+    unrolls = plan.unrolls
+    times = _configs_timed(plan, {u: fc.Config(unroll=u) for u in unrolls})
+    rows = [(mode, *(_ms(times[mode, u]) for u in unrolls), min(unrolls, key=lambda u: times[mode, u]))
             for mode in plan.modes]
     summary = "; ".join(f"{mode}: fastest unroll={row[-1]}" for mode, row in zip(plan.modes, rows))
     return Finding("unroll", f"Unroll ({plan.workload.label})",
-                   ("mode", *(f"unroll={u} ms" for u in UNROLLS), "fastest"), rows, summary,
+                   ("mode", *(f"unroll={u} ms" for u in unrolls), "fastest"), rows, summary,
                    data={f"{m} unroll={u}": t for (m, u), t in times.items()})
 
 
