@@ -24,15 +24,15 @@ QUICK_WORKLOAD = Workload("lstm", 4, 20, 8, 16)
 
 
 def plan(quick, out_dir):
-    """The ``Plan`` of a full run (about 10 minutes on a 2-core CPU) or a quick one (``quick``)."""
+    """The ``Plan`` of a full run (the benchmark grid; minutes on a CPU) or a quick one (``quick``: tiny
+    shapes)."""
     from fastcarry.tools.doctor_report import Plan
-    from fastcarry.tools.grid_bench import FULL_SHAPES
+    from fastcarry.tools.grid_bench import FULL_GRID
 
     if quick:
         return Plan(True, QUICK_WORKLOAD, (QUICK_WORKLOAD,), ("train",), (1, 2, 4, 8), rounds=3, processes=1,
                     exactness_cells=("lstm",), loop_cases=2, out_dir=out_dir)
-    grid = tuple(Workload(cell, *shape) for cell in ("lstm", "gru") for shape in FULL_SHAPES)
-    return Plan(False, FULL_WORKLOAD, grid, ("train", "infer"), (1, 2, 4, 8), rounds=5, processes=2,
+    return Plan(False, FULL_WORKLOAD, FULL_GRID, ("train", "infer"), (1, 2, 4, 8), rounds=5, processes=2,
                 exactness_cells=("lstm", "gru", "rnn"), loop_cases=5, out_dir=out_dir)
 
 

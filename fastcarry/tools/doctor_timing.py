@@ -32,6 +32,17 @@ def _without_command_buffer_flag(flags):
     return " ".join(f for f in flags.split() if not f.startswith(COMMAND_BUFFER_FLAG + "="))
 
 
+def _in_child(kind, w, rounds, env):
+    """Runs ``python -m fastcarry.tools.doctor_timing --child kind`` on workload ``w`` with environment ``env``;
+    returns the JSON it prints."""
+    argv = [sys.executable, "-m", "fastcarry.tools.doctor_timing", "--child", kind, "--batch", str(w.batch),
+            "--time", str(w.time), "--input", str(w.input), "--units", str(w.units), "--rounds", str(rounds)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
+    if done.returncode != 0:
+        raise RuntimeError(f"fastcarry doctor: the {kind} child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def command_buffers(plan):
     """The LSTM training step's time with XLA's command buffers at their defaults and with ``+WHILE``, each in
     ``plan.processes`` child processes (alternated); a command-buffer setting in ``XLA_FLAGS`` is replaced."""
@@ -41,14 +52,7 @@ def command_buffers(plan):
     for p in range(plan.processes):
         for name, flag in (COMMAND_BUFFERS if p % 2 == 0 else COMMAND_BUFFERS[::-1]):
             env = dict(os.environ, XLA_FLAGS=f"{base} {flag}".strip())
-            argv = [sys.executable, "-m", "fastcarry.tools.doctor_timing", "--child", "--batch", str(w.batch),
-                    "--time", str(w.time), "--input", str(w.input), "--units", str(w.units),
-                    "--rounds", str(plan.rounds)]
-            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
-            if done.returncode != 0:
-                raise RuntimeError(f"fastcarry doctor: the command-buffer child ({name}) failed:\n"
-                                   f"{done.stderr[-3000:]}")
-            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            runs[name].append(_in_child("step", w, plan.rounds, env))
     median = {name: statistics.median(r["median_s"] for r in rs) for name, rs in runs.items()}
     rows = [(name, _ms(median[name]), ", ".join(_ms(r["median_s"]) for r in runs[name]),
              f"{statistics.median(r['first_s'] for r in runs[name]):.2f}") for name, _ in COMMAND_BUFFERS]
@@ -61,7 +65,7 @@ def command_buffers(plan):
                    data={"runs": runs, "flags": dict(COMMAND_BUFFERS), "speedup": ratio})
 
 
-def _child(w, rounds):
+def _step_child(w, rounds):
     """In a child process: the workload's fastcarry training step, first call and interleaved median."""
     from fastcarry._measure import time_blocks, timed_call
     from fastcarry.tools import grid_bench
@@ -119,15 +123,31 @@ def unroll(plan):
 
 
 def swap_memory(plan):
-    """Peak memory of one training step with ``chunk`` alone (XLA), and with ``swap_memory`` called eagerly and
-    inside a ``tf.function``."""
+    """Peak memory of one training step without ``chunk``, with it, and with ``swap_memory`` too, in a
+    ``tf.function`` and called eagerly, measured in a child process whose CPU allocator keeps statistics."""
+    w = plan.workload
+    # Without TF_CPU_ALLOCATOR_USE_BFC=1 TF's CPU allocator keeps no statistics (a GPU's always does); it must be
+    # set before TensorFlow starts.
+    result = _in_child("memory", w, plan.rounds, dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="1"))
+    rows = [(name, "—" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}", r["source"],
+             _ms(r["seconds"])) for name, r in result["steps"].items()]
+    summary = (f"peak memory of a training step above what was in use before it ({w.label}, "
+               f"chunk={result['chunk']}, read from the {result['device']} allocator)")
+    needs = "" if gpu_present() else ("on a CPU the host is the device: swap_memory parks the activations where "
+                                      "they already were, so it saves nothing here")
+    return Finding("swap_memory", f"swap_memory's peak memory ({w.label})", ("step", "peak MiB", "read from", "ms"),
+                   rows, summary, needs, data=result)
+
+
+def _memory_child(w):
+    """In a child process: each step's peak memory (``fastcarry._measure.peak_memory``) and time, after a call
+    that traces and compiles it."""
     import tensorflow as tf
 
     import fastcarry as fc
     from fastcarry._measure import block, device_info, peak_memory, timed_call
     from fastcarry.tools.workload import unroll_step
 
-    w = plan.workload
     x, _ = random_data(w)
     cell = workload_cell(w)
     chunk = max(1, w.time // 4)
@@ -136,25 +156,21 @@ def swap_memory(plan):
         with tf.GradientTape() as tape:
             tape.watch(x)
             y = fc.unroll(cell, x, chunk=chunk, swap_memory=True)[0]
-            loss = tf.reduce_sum(y * y)
+            loss = tf.reduce_sum(y * y)  # unroll_step's loss
         return tape.gradient(loss, [x] + list(cell.trainable_variables))
 
-    graph = unroll_step(cell, "train", fc.Config(chunk=chunk, swap_memory=True))
-    plain = unroll_step(cell, "train", fc.Config(chunk=chunk))
-    steps = {f"chunk={chunk}, XLA": lambda: plain(x), f"chunk={chunk} + swap_memory, in a tf.function":
-             lambda: graph(x), f"chunk={chunk} + swap_memory, eagerly": eager}
-    device, rows, data = device_info(), [], {}
+    compiled = {name: unroll_step(cell, "train", config) for name, config in (
+        ("no chunk, XLA", fc.Config()), (f"chunk={chunk}, XLA", fc.Config(chunk=chunk)),
+        (f"chunk={chunk} + swap_memory, in a tf.function", fc.Config(chunk=chunk, swap_memory=True)))}
+    steps = {name: (lambda fn=fn: fn(x)) for name, fn in compiled.items()}
+    steps[f"chunk={chunk} + swap_memory, eagerly"] = eager
+    device, out = device_info(), {}
     for name, step in steps.items():
-        block(step())  # trace and compile outside the measurement
+        block(step())
         seconds = timed_call(step)
         peak, source = peak_memory(lambda step=step: block(step()), device)
-        rows.append((name, "—" if peak is None else f"{peak / 2**20:.1f}", source, _ms(seconds)))
-        data[name] = {"peak_bytes": peak, "source": source, "seconds": seconds}
-    summary = f"peak memory of a training step above what was in use before it ({w.label}, chunk={chunk})"
-    needs = "" if gpu_present() else ("on a CPU the host is the device: swap_memory moves nothing, and the process's "
-                                      "resident memory is a coarse measure")
-    return Finding("swap_memory", f"swap_memory's peak memory ({w.label})",
-                   ("step", "peak MiB", "read from", "ms"), rows, summary, needs, data=data)
+        out[name] = {"peak_bytes": peak, "source": source, "seconds": seconds}
+    return {"chunk": chunk, "device": device["type"], "steps": out}
 
 
 def keras(plan):
@@ -183,15 +199,16 @@ def keras(plan):
 
 
 def main(argv=None):
-    """The command-buffer child: ``--child --batch --time --input --units --rounds``; prints one JSON line."""
+    """A child of ``command_buffers`` (``--child step``) or ``swap_memory`` (``--child memory``), on the LSTM
+    workload ``--batch --time --input --units``; prints one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m fastcarry.tools.doctor_timing")
-    parser.add_argument("--child", action="store_true", required=True)
+    parser.add_argument("--child", choices=("step", "memory"), required=True)
     for name in ("batch", "time", "input", "units", "rounds"):
         parser.add_argument(f"--{name}", type=positive, required=True)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = _child(Workload("lstm", args.batch, args.time, args.input, args.units), args.rounds)
-    print(json.dumps(result))
+    w = Workload("lstm", args.batch, args.time, args.input, args.units)
+    print(json.dumps(_step_child(w, args.rounds) if args.child == "step" else _memory_child(w)))
 
 
 if __name__ == "__main__":
