@@ -57,9 +57,13 @@ def command_buffers(plan):
     rows = [(name, _ms(median[name]), ", ".join(_ms(r["median_s"]) for r in runs[name]),
              f"{statistics.median(r['first_s'] for r in runs[name]):.2f}") for name, _ in COMMAND_BUFFERS]
     ratio = median["defaults"] / median["+WHILE"]
-    summary = (f"+WHILE {ratio:.2f}x the defaults' speed ({w.label} training; medians of {plan.processes} "
-               f"process(es) each: separate processes differ by more than one's repeats)")
-    needs = "" if gpu_present() else "command buffers (CUDA graphs) are XLA:GPU's: here both settings run one program"
+    spread = max(r["median_s"] for rs in runs.values() for r in rs) / min(r["median_s"] for rs in runs.values()
+                                                                         for r in rs)
+    summary = (f"+WHILE {ratio:.2f}x the defaults' speed ({w.label} training; the median of {plan.processes} "
+               f"process(es) each; the slowest process {spread:.2f}x the fastest: separate processes differ by "
+               f"more than one's repeats)")
+    needs = "" if gpu_present() else ("command buffers (CUDA graphs) are XLA:GPU's: here both settings run one "
+                                      "program, and what differs is the processes")
     return Finding("command_buffers", "Command buffers (XLA:GPU's CUDA graphs)",
                    ("setting", "ms per step", "per process", "first call s"), rows, summary, needs,
                    data={"runs": runs, "flags": dict(COMMAND_BUFFERS), "speedup": ratio})
