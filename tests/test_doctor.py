@@ -147,3 +147,19 @@ def test_with_a_gpu_the_device_and_exactness_sections_need_nothing_more(monkeypa
         exactness.summary
     monkeypatch.setattr(check, "comparisons", lambda args: [ok._replace(rows=[check.Row("outputs", 1, 1e-4)]), tf32])
     assert doctor_checks.exactness(_tiny_plan(True, str(tmp_path))).ok is False
+
+
+def test_a_section_that_raises_is_reported_and_the_others_still_run(monkeypatch, tmp_path):
+    def broken(plan):
+        raise RuntimeError("XLA:GPU: command buffers need CUDA 12.3\nmore detail")
+
+    ran = []
+    monkeypatch.setattr(doctor, "sections", lambda: [
+        ("command buffers", broken),
+        ("after", lambda plan: ran.append(plan) or doctor_report.Finding("after", "After", (), [], "fine"))])
+    printed, errors = io.StringIO(), io.StringIO()
+    assert doctor.run(argparse.Namespace(quick=True, out=str(tmp_path)), out=printed, stream=errors) == 1
+    assert len(ran) == 1
+    assert "FAIL: command buffers (could not run)" in printed.getvalue()
+    assert "RuntimeError: XLA:GPU: command buffers need CUDA 12.3" in (tmp_path / "doctor.md").read_text()
+    assert "Traceback" in errors.getvalue()

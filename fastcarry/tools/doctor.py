@@ -13,9 +13,11 @@ run) on the grid. Each section prints as it finishes; ``doctor.md`` and
 they say. Exit code 1 when a check fails (exactness, trip counts).
 """
 
+import json
 import os
 import sys
 import time
+import traceback
 
 from fastcarry.tools.workload import Workload
 
@@ -61,7 +63,8 @@ def add_parser(subparsers):
 
 
 def run(args, out=sys.stdout, stream=sys.stderr):
-    """Runs every section of ``plan(args.quick, args.out)``; returns the exit code."""
+    """Runs every section of ``plan(args.quick, args.out)``; returns the exit code (1: a check failed, or a
+    section could not run)."""
     import fastcarry.profiling  # noqa: F401  (before anything compiles: XLA:CPU then records per-op events)
     from fastcarry.tools import doctor_report as report
     from fastcarry.tools.report import Progress, machine_info
@@ -74,16 +77,12 @@ def run(args, out=sys.stdout, stream=sys.stderr):
     bar = Progress(len(todo), stream)
     for name, section in todo:
         bar.step(name)
-        began = time.perf_counter()
-        finding = section(the_plan)
-        findings.append(finding._replace(seconds=time.perf_counter() - began))
+        findings.append(_run_section(name, section, the_plan, stream))
         print("\n" + report.section_markdown(findings[-1]), file=out, flush=True)
     bar.close()
     seconds = time.perf_counter() - start
     with open(os.path.join(args.out, "doctor.md"), "w") as f:
         f.write(report.markdown(findings, machine, the_plan, seconds))
-    import json
-
     with open(os.path.join(args.out, "doctor.json"), "w") as f:
         json.dump(report.to_json(findings, machine, the_plan, seconds), f, indent=2, default=str)
     failed = [f.title for f in findings if f.ok is False]
@@ -91,3 +90,18 @@ def run(args, out=sys.stdout, stream=sys.stderr):
           f"{sum(bool(f.needs_gpu) for f in findings)} of {len(findings)} sections need a GPU to mean what they "
           f"say; {seconds:.0f} s; report in {os.path.join(args.out, 'doctor.md')}", file=out)
     return 1 if failed else 0
+
+
+def _run_section(name, section, the_plan, stream):
+    """``section(the_plan)``'s ``Finding`` with its run time; one that raised is a failed finding naming the
+    error (its traceback on ``stream``), so a first run on new hardware still reports every other section."""
+    from fastcarry.tools.doctor_report import Finding
+
+    began = time.perf_counter()
+    try:
+        finding = section(the_plan)
+    except Exception as err:  # noqa: BLE001  (any failure is the section's result; the rest still run)
+        print(f"\nfastcarry doctor: section {name!r} failed:\n{traceback.format_exc()}", file=stream)
+        finding = Finding(name.replace(" ", "_"), f"{name} (could not run)", (), [],
+                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}", ok=False)
+    return finding._replace(seconds=time.perf_counter() - began)
