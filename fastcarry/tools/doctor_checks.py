@@ -6,6 +6,7 @@ measurements have none.
 """
 
 import argparse
+from typing import NamedTuple
 
 from fastcarry.tools.doctor_report import Finding, gpu_present
 from fastcarry.tools.workload import Workload, random_data, workload_cell
@@ -50,9 +51,8 @@ def exactness(plan):
 
     rows, failed, tf32_worst = [], False, 0.0
     for cell in plan.exactness_cells:
-        args = argparse.Namespace(cell=cell, batch=4, time=16, input=8, units=16, seq_lengths=None, reverse=False,
-                                  time_major=False, unroll=None, chunk=None, seed=0)
-        for c in check.comparisons(args):
+        args = check.add_parser(argparse.ArgumentParser().add_subparsers()).parse_args(["--cell", cell])
+        for c in check.comparisons(args):  # at fastcarry check's default workload
             if c.note:
                 rows.append((cell, c.title, "", "", c.note))
                 continue
@@ -71,11 +71,20 @@ def exactness(plan):
                    rows, summary, needs, ok=not failed, data={"tf32_worst_relative": tf32_worst})
 
 
-# The configurations whose compiled loops are read: (label, mode, fc.Config fields).
-LOOP_CASES = (("lstm inference", "infer", {}), ("lstm training", "train", {}),
-              ("lstm training, chunk=4, unroll=1", "train", {"chunk": 4, "unroll": 1}),
-              ("gru training, hoisted projection", "train", {"projection": "hoisted"}),
-              ("rnn training, unroll=4", "train", {"unroll": 4}))
+class LoopCase(NamedTuple):
+    """A compiled step whose loops are read: ``cell`` (a ``workload.CELLS`` name), ``mode``, ``fc.Config``
+    fields."""
+
+    label: str
+    cell: str
+    mode: str
+    config: dict
+
+
+LOOP_CASES = (LoopCase("lstm inference", "lstm", "infer", {}), LoopCase("lstm training", "lstm", "train", {}),
+              LoopCase("lstm training, chunk=4, unroll=1", "lstm", "train", {"chunk": 4, "unroll": 1}),
+              LoopCase("gru training, hoisted projection", "gru", "train", {"projection": "hoisted"}),
+              LoopCase("rnn training, unroll=4", "rnn", "train", {"unroll": 4}))
 LOOP_SHAPE = (2, 16, 3, 8)  # B, T, D, H: small, the loops' structure does not depend on it
 
 
@@ -87,15 +96,15 @@ def trip_counts(plan):
     from fastcarry.tools.workload import unroll_step
 
     rows, missing = [], 0
-    for label, mode, config in LOOP_CASES[:plan.loop_cases]:
-        w = Workload(label.split()[0], *LOOP_SHAPE)
+    for case in LOOP_CASES[:plan.loop_cases]:
+        w = Workload(case.cell, *LOOP_SHAPE)
         x, _ = random_data(w)
-        step = unroll_step(workload_cell(w), mode, fc.Config(**config))
+        step = unroll_step(workload_cell(w), case.mode, fc.Config(**case.config))
         loops = while_loops(step.experimental_get_compiler_ir(x)(stage="optimized_hlo"))
         unknown = sum(trip is None for _, trip in loops)
         missing += unknown
         counts = ", ".join("?" if trip is None else str(trip) for _, trip in loops)
-        rows.append((label, len(loops), len(loops) - unknown, counts))
+        rows.append((case.label, len(loops), len(loops) - unknown, counts))
     summary = ("every loop has a trip count XLA knows" if not missing
                else f"{missing} loop(s) without a known trip count: on a GPU each iteration waits for the host")
     needs = "" if gpu_present() else ("read from XLA:CPU's HLO: the loops are fastcarry's, the same on a GPU; what "
