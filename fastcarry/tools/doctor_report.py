@@ -9,13 +9,11 @@ from fastcarry.tools.workload import Workload
 class Plan(NamedTuple):
     """What one ``fastcarry doctor`` run measures.
 
-    ``workload``: the LSTM step the single-workload sections run (launches,
-    command buffers, projection, unroll, ``swap_memory``); ``grid`` and
-    ``modes``: the fastcarry-vs-Keras comparison (``modes`` also the
-    projection's and unroll's); ``unrolls``: the ``unroll=`` values timed; ``rounds``: interleaved
-    rounds per timing; ``processes``: child processes per command-buffer
-    setting (XLA reads its flags once per process); ``exactness_cells``: the
-    cells ``fastcarry check`` runs; ``loop_cases``: how many of
+    ``workload``: the LSTM step the single-workload sections run (launches, command buffers, projection,
+    unroll, ``swap_memory``); ``grid`` and ``modes``: the fastcarry-vs-Keras comparison (``modes`` also the
+    projection's and unroll's); ``unrolls``: the ``unroll=`` values timed; ``rounds``: interleaved rounds per
+    timing; ``processes``: child processes per command-buffer setting (XLA reads its flags once per process);
+    ``exactness_cells``: the cells ``fastcarry check`` runs; ``loop_cases``: how many of
     ``doctor_checks.LOOP_CASES`` are compiled; ``out_dir``: where files go.
     """
 
