@@ -157,7 +157,8 @@ class FunctionCell(CellLayer):
     compiled loop; the gradient w.r.t. inputs, initial state and every
     variable in ``variables`` is TF's autodiff of ``step``, taken by fastcarry's
     reverse loop. ``step`` must treat batch rows independently (the weight
-    gradients of all steps are taken as one batch of ``T * B`` rows), and
+    gradients of all steps are taken as one batch of ``T * B`` rows; a step
+    whose graph shows it combining rows is refused there, ``fastcarry._rows``), and
     every trainable variable it reads must be in ``variables`` (one that is not
     listed is an error when it runs where a gradient may be asked for).
 

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
+from fastcarry import _rows
 from fastcarry._step import masked_update, step_shapes, weights
 from fastcarry._time import counted_loop, make_plan, pad_time, tensor_array, tensor_arrays_like, time_slice, write_all
 
@@ -141,7 +142,7 @@ def _per_step_vjps(run, states):
             tape.watch([run.x, w])
             xp_all = core.project(params, run.x)
             rows = tf.nest.map_structure(_flat_rows, (states, xp_all))
-            new_state, y = core.run_step(params, *rows)
+            new_state, y = _run_on_rows(core, params, rows)
         dx, dw = tape.gradient([new_state, y], [run.x, w],
                                output_gradients=[tf.nest.map_structure(_flat_rows, dnew), _flat_rows(dy)],
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -182,6 +183,22 @@ def _masked_cotangents(valid, dstate, dy):
 def _stacked(like, t):
     """Zeros ``[T, B, ..]`` for each ``[B, ..]`` in ``like``."""
     return tf.nest.map_structure(lambda s: tf.zeros(tf.concat([[t], tf.shape(s)], 0), s.dtype), like)
+
+
+def _run_on_rows(core, params, rows):
+    """``core.run_step`` on every (step, row) pair at once, refused (``ValueError``) where its graph shows the
+    step combining rows (``fastcarry._rows``): the one call's gradients would then be wrong."""
+    graph = tf.compat.v1.get_default_graph()
+    before = len(graph.get_operations())
+    new_state, y = core.run_step(params, *rows)
+    mixed = _rows.mixing(graph.get_operations()[before:], tf.nest.flatten(rows))
+    if mixed:
+        raise ValueError(
+            f"the step of {core.name!r} combines batch rows ({mixed}): backward='fused' takes the weight and input "
+            f"gradients of all T*B (step, row) pairs in one call of the step, which is right only when each row's "
+            f"results depend on that row alone. Use backward='autodiff' (TensorFlow's gradient of the loop) for "
+            f"this cell, or keep the rows apart in its step")
+    return new_state, y
 
 
 def _flat_rows(rows):
