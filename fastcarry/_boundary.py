@@ -64,9 +64,18 @@ def _no_second_order(outputs, inputs):
     return guard(*outputs, *inputs)
 
 
+def replica_copies(variable):
+    """``variable``, or for a distributed one (``tf.distribute``) each replica's copy: what a function traced in
+    a replica (or a read in the cross-replica context) captures, since the distributed variable's own ``handle``
+    exists only in a replica's context."""
+    if isinstance(variable, tf.distribute.DistributedValues):
+        return tuple(variable.values)
+    return (variable,)
+
+
 def _check_variables_known(core, variables):
     """Raises if the compiled functions read a trainable variable the core does not list (it would get no gradient)."""
-    known = {v.ref() for v in core.variables}
+    known = {c.ref() for v in core.variables for c in (v, *replica_copies(v))}
     unknown = [v for v in variables if v.ref() not in known]
     if unknown:
         raise ValueError(f"{core.name}'s step reads {', '.join(repr(v.name) for v in unknown)}, a trainable "

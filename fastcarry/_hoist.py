@@ -34,6 +34,8 @@ import tensorflow as tf
 from tensorflow.python.eager import execute as _execute
 from tensorflow.python.framework import op_def_library as _op_def_library
 
+from fastcarry._boundary import replica_copies
+
 _X, _STATE, _PINNED = 1, 2, 4
 
 # Ops that treat every row (axis 0) on its own whatever their other arguments; with broadcasting, an
@@ -228,10 +230,11 @@ def _values(wrapped, variables):
     ``(None, why not)``.
 
     A captured variable handle must feed only ``ReadVariableOp``\\ s and belong to
-    ``variables``; its reads are fed with the variable's value. A captured tensor
-    is fed with itself.
+    ``variables`` (a distributed variable's: any replica's copy); its reads are fed
+    with the variable's value, read where the halves run (in a replica, its own
+    copy). A captured tensor is fed with itself.
     """
-    by_handle = {id(v.handle): v for v in variables}
+    by_handle = {id(c.handle): v for v in variables for c in replica_copies(v)}
     feeds, sources = [], []
     for external, internal in wrapped.graph.captures:
         if internal.dtype == tf.resource:

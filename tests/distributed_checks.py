@@ -1,4 +1,5 @@
-"""``fc.Carry`` under ``MirroredStrategy`` over 2 logical CPUs; run as a script by ``test_distribute.py``.
+"""``fc.Carry`` and a generic cell under ``MirroredStrategy`` over 2 logical CPUs; run as a script by
+``test_distribute.py``.
 
 A child process: logical devices must be set before TensorFlow starts, which
 the test process has done long before. Prints one JSON line of measured
@@ -84,7 +85,45 @@ def main():
         result["odd_batch"] = "no error"
     except ValueError as err:
         result["odd_batch"] = str(err)
+    result.update(generic_split())
     print(json.dumps(result), flush=True)
+
+
+def generic_split():
+    """A Keras cell on the generic path under ``strategy.run``: trained (split at its input projection), the
+    replicas' summed gradients, and in inference (run as written), the outputs, against the reference path over
+    the whole batch on one device."""
+    import keras
+
+    with STRATEGY.scope():
+        cell = fc.as_cell(keras.layers.GRUCell(H, seed=2), fused=False)  # the generic path, not the fused kernels
+        fc.unroll(cell, X[:B // 2, :T])  # builds the cell's variables in the scope: mirrored
+    variables = cell.trainable_variables
+
+    @tf.function
+    def replica_gradients(x):
+        with tf.GradientTape() as tape:
+            y = fc.unroll(cell, x)[0]
+            loss = tf.reduce_sum(y * tf.cos(y))
+        return tape.gradient(loss, variables)
+
+    @tf.function
+    def replica_inference(x):
+        return fc.unroll(cell, x, training=False)[0]  # one step per iteration: the step as written, not split
+
+    outputs = STRATEGY.run(replica_inference, args=(per_replica(X[:, :T]),))
+    outputs = tf.concat(STRATEGY.experimental_local_results(outputs), 0).numpy()
+    per_replica_grads = STRATEGY.run(replica_gradients, args=(per_replica(X[:, :T]),))
+    got = [STRATEGY.reduce("SUM", g, axis=None).numpy() for g in per_replica_grads]
+    twin = fc.as_cell(keras.layers.GRUCell(H), fused=False)
+    fc.reference.unroll(twin, X[:1, :T])
+    twin.layer.set_weights([v.numpy() for v in variables])
+    with tf.GradientTape() as tape:
+        y = fc.reference.unroll(twin, tf.constant(X[:, :T]))[0]
+        loss = tf.reduce_sum(y * tf.cos(y))
+    want = tape.gradient(loss, twin.trainable_variables)
+    return {"generic_as_written_outputs": float(np.max(np.abs(outputs - y.numpy()))),"generic_split_key": str(cell.core().key[0]), "generic_split_replicas": STRATEGY.num_replicas_in_sync,
+            "generic_split_gradients": max(float(np.max(np.abs(g - w.numpy()))) for g, w in zip(got, want))}
 
 
 if __name__ == "__main__":

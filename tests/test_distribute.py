@@ -2,7 +2,8 @@
 
 - ``distributed_checks.py``: ``fc.Carry`` under ``MirroredStrategy`` over 2
   logical CPUs: one state per replica, exactly a single-device ``Carry`` over
-  that replica's rows; the state outside ``strategy.run``; checkpoints; errors.
+  that replica's rows; the state outside ``strategy.run``; checkpoints; errors;
+  and a Keras cell on the generic path, trained and in inference.
 - ``docs/recipes/distributed.py`` (the guide's recipe), run as a user runs it:
   one device, ``MirroredStrategy``, and ``MultiWorkerMirroredStrategy`` with 2
   worker processes on 127.0.0.1 (free ports, a time limit, always stopped).
@@ -90,6 +91,10 @@ def test_a_carry_under_mirrored_strategy_keeps_each_replicas_state_saves_it_and_
     assert "made outside the strategy's scope, but runs on 2 replicas" in checks["outside_scope"]
     assert "call it inside strategy.run" in checks["cross_replica_call"]
     assert "batch_size must be a multiple of the 2 replicas in sync" in checks["odd_batch"]
+    # A Keras cell on the generic path (on main: refused, its replicas' variable copies taken for unlisted ones,
+    # and the split failed on the distributed variables' handles): split for training, as written in inference.
+    assert checks["generic_split_key"] == "hoisted" and checks["generic_split_replicas"] == 2
+    assert checks["generic_split_gradients"] < 1e-5 and checks["generic_as_written_outputs"] < 1e-6
 
 
 def _close(got, want, rtol=2e-6, atol=1e-6):
