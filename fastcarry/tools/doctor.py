@@ -10,7 +10,8 @@ a ``tf.function``; fastcarry against Keras 3 outside XLA (cuDNN where it can
 run) on the grid. Each section prints as it finishes; ``doctor.md`` and
 ``doctor.json`` go to ``--out``, with the trace for TensorBoard under
 ``<out>/profile``. The report says which figures need a GPU to mean what
-they say. Exit code 1 when a check fails (exactness, trip counts).
+they say. Exit code 1 when a check fails (exactness, trip counts) or a
+section cannot run (reported with its error; the others still run).
 """
 
 import json
@@ -55,7 +56,8 @@ def add_parser(subparsers):
         description="Checks exactness (TF32 off and on) and every compiled loop's trip count, traces an LSTM "
                     "training step, and times command buffers, the projection, unroll 1/2/4/8, swap_memory's "
                     "memory and fastcarry against Keras 3. Prints each section and writes doctor.md and "
-                    "doctor.json. Exits 1 if a check fails.")
+                    "doctor.json. Exits 1 if a check fails or a section cannot run (its error is reported, and the "
+                    "other sections still run).")
     doctor.add_argument("--quick", action="store_true",
                         help="tiny shapes, one mode, fewer repeats: checks the machinery in about a minute")
     doctor.add_argument("--out", default="fastcarry-doctor", help="output directory (default: fastcarry-doctor)")
