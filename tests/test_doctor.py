@@ -163,3 +163,13 @@ def test_a_section_that_raises_is_reported_and_the_others_still_run(monkeypatch,
     assert "FAIL: command buffers (could not run)" in printed.getvalue()
     assert "RuntimeError: XLA:GPU: command buffers need CUDA 12.3" in (tmp_path / "doctor.md").read_text()
     assert "Traceback" in errors.getvalue()
+
+
+def test_what_the_launch_count_counts_on_each_kind_of_trace():
+    assert doctor_checks.what_was_counted(False, ["/host:CPU"], "")[0] == "XLA:CPU op runs"
+    what, needs = doctor_checks.what_was_counted(True, ["/device:GPU:0 (pid 1)", "/host:CPU"], "")
+    assert what.startswith("kernels (traced with command buffers off") and needs == ""
+    flag = "--xla_enable_command_buffers_during_profiling=true"
+    assert doctor_checks.what_was_counted(True, ["/device:GPU:0"], f"--xla_foo=1 {flag}") == ("kernels", "")
+    what, needs = doctor_checks.what_was_counted(True, ["/host:CPU"], "")  # a GPU, but no kernels traced
+    assert what == "host op runs" and "CUPTI" in needs

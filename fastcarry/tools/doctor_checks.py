@@ -131,16 +131,23 @@ def launches(plan):
     rows = [(r.phase, r.ops, f"{r.ops / w.time:.1f}", f"{r.ms:.3f}") for r in summary.rows if r.phase not in outside]
     total = sum(r[1] for r in rows)
     rows.append(("all of the RNN", total, f"{total / w.time:.1f}", f"{sum(float(r[3]) for r in rows):.3f}"))
-    if gpu_present():
-        traced_with = "--xla_enable_command_buffers_during_profiling=true" in os.environ.get("XLA_FLAGS", "")
-        what = "kernels" + ("" if traced_with else " (traced with command buffers off, XLA's default under a "
-                                                   "profiler: every kernel its own launch)")
-        needs = ""
-    else:
-        what = "XLA:CPU op runs"
-        needs = ("a GPU launches a kernel per op: the ops here are XLA:CPU's, run on the calling thread without "
-                 "a launch")
+    what, needs = what_was_counted(gpu_present(), summary.device, os.environ.get("XLA_FLAGS", ""))
     summary_line = f"{total / w.time:.1f} {what} per time step ({w.label}, training, {summary.step_ms:.2f} ms/step)"
     return Finding("launches", f"Ops per time step ({w.label}, one training step traced)",
                    ("phase", "ops per step", "per time step", "ms per step"), rows, summary_line, needs,
                    data={"summary": summary.to_dict(), "per_time_step": total / w.time, "logdir": prof.logdir})
+
+
+def what_was_counted(gpu, planes, xla_flags):
+    """``(what the ops counted are, why they need a GPU or "")`` for a trace whose ops ran on ``planes`` (its
+    ``Summary.device``), taken with a GPU present or not (``gpu``) and ``xla_flags``."""
+    if not gpu:
+        return "XLA:CPU op runs", ("a GPU launches a kernel per op: the ops here are XLA:CPU's, run on the calling "
+                                   "thread without a launch")
+    if not any(p.startswith("/device:GPU") for p in planes):
+        # TF's profiler records GPU kernels through CUPTI; without it the trace holds host events only.
+        return "host op runs", ("the trace holds no GPU kernels (is CUPTI, libcupti, on the library path?): the "
+                                "ops counted ran on the host")
+    traced_with = "--xla_enable_command_buffers_during_profiling=true" in xla_flags.split()
+    return "kernels" + ("" if traced_with else " (traced with command buffers off, XLA's default under a profiler: "
+                                               "every kernel its own launch)"), ""
