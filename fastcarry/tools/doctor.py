@@ -36,7 +36,7 @@ def plan(quick, out_dir):
         return Plan(True, QUICK_WORKLOAD, (QUICK_WORKLOAD,), ("train",), (1, 2, 4, 8), rounds=3, processes=1,
                     exactness_cells=("lstm",), loop_cases=2, out_dir=out_dir)
     return Plan(False, FULL_WORKLOAD, FULL_GRID, ("train", "infer"), (1, 2, 4, 8), rounds=5, processes=3,
-                exactness_cells=("lstm", "gru", "rnn"), loop_cases=5, out_dir=out_dir)
+                exactness_cells=("lstm", "gru", "rnn"), loop_cases=6, out_dir=out_dir)
 
 
 def sections():
