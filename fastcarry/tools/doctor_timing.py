@@ -139,8 +139,8 @@ def swap_memory(plan):
                f"chunk={result['chunk']}, read from the {result['device']} allocator)")
     needs = "" if gpu_present() else ("on a CPU the host is the device: swap_memory parks the activations where "
                                       "they already were, so it saves nothing here")
-    return Finding("swap_memory", f"swap_memory's peak memory ({w.label})", ("step", "peak MiB", "read from", "ms"),
-                   rows, summary, needs, data=result)
+    return Finding("swap_memory", f"swap_memory's peak memory ({w.label})",
+                   ("step", "peak MiB", "read from", "ms (one call)"), rows, summary, needs, data=result)
 
 
 def _memory_child(w):
