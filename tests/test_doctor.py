@@ -51,6 +51,7 @@ def test_doctor_quick_run_checks_measures_and_says_what_needs_a_gpu(tmp_path, mo
     with open(tmp_path / "doctor.json") as f:
         data = json.load(f)
     md = (tmp_path / "doctor.md").read_text()
+    assert (tmp_path / "doctor.png").read_bytes()[:4] == b"\x89PNG"
     findings = {f["key"]: f for f in data["findings"]}
     assert list(findings) == ["device", "exactness", "trip_counts", "launches", "command_buffers", "projection",
                               "unroll", "swap_memory", "keras"]

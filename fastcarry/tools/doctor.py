@@ -7,14 +7,13 @@ traced LSTM training step; the step with XLA's command buffers at their
 defaults and with ``+WHILE``; hoisted against per-iteration input
 projection; ``unroll`` 1/2/4/8; ``swap_memory``'s peak memory eagerly and in
 a ``tf.function``; fastcarry against Keras 3 outside XLA (cuDNN where it can
-run) on the grid. Each section prints as it finishes; ``doctor.md`` and
-``doctor.json`` go to ``--out``, with the trace for TensorBoard under
+run) on the grid. Each section prints as it finishes; ``doctor.md``,
+``doctor.json`` and ``doctor.png`` go to ``--out``, with the trace for TensorBoard under
 ``<out>/profile``. The report says which figures need a GPU to mean what
 they say. Exit code 1 when a check fails (exactness, trip counts) or a
 section cannot run (reported with its error; the others still run).
 """
 
-import json
 import os
 import sys
 import time
@@ -55,9 +54,9 @@ def add_parser(subparsers):
         "doctor", help="check and measure fastcarry on this machine (on a GPU, run this first)",
         description="Checks exactness (TF32 off and on) and every compiled loop's trip count, traces an LSTM "
                     "training step, and times command buffers, the projection, unroll 1/2/4/8, swap_memory's "
-                    "memory and fastcarry against Keras 3. Prints each section and writes doctor.md and "
-                    "doctor.json. Exits 1 if a check fails or a section cannot run (its error is reported, and the "
-                    "other sections still run).")
+                    "memory and fastcarry against Keras 3. Prints each section and writes doctor.md, "
+                    "doctor.json and doctor.png. Exits 1 if a check fails or a section cannot run (its error is "
+                    "reported, and the other sections still run).")
     doctor.add_argument("--quick", action="store_true",
                         help="tiny shapes, one mode, fewer repeats: checks the machinery in about a minute")
     doctor.add_argument("--out", default="fastcarry-doctor", help="output directory (default: fastcarry-doctor)")
@@ -69,8 +68,9 @@ def run(args, out=sys.stdout, stream=sys.stderr):
     section could not run)."""
     import fastcarry.profiling  # noqa: F401  (before anything compiles: XLA:CPU then records per-op events)
     from fastcarry.tools import doctor_report as report
-    from fastcarry.tools.report import Progress, machine_info
+    from fastcarry.tools.report import Progress, machine_info, require_matplotlib, write
 
+    require_matplotlib()  # before minutes of measuring, not after
     os.makedirs(args.out, exist_ok=True)
     the_plan = plan(args.quick, args.out)
     machine = machine_info()
@@ -83,10 +83,9 @@ def run(args, out=sys.stdout, stream=sys.stderr):
         print("\n" + report.section_markdown(findings[-1]), file=out, flush=True)
     bar.close()
     seconds = time.perf_counter() - start
-    with open(os.path.join(args.out, "doctor.md"), "w") as f:
-        f.write(report.markdown(findings, machine, the_plan, seconds))
-    with open(os.path.join(args.out, "doctor.json"), "w") as f:
-        json.dump(report.to_json(findings, machine, the_plan, seconds), f, indent=2, default=str)
+    write(args.out, report.to_json(findings, machine, the_plan, seconds),
+          report.markdown(findings, machine, the_plan, seconds), lambda path: report.plot(findings, path),
+          stem="doctor")
     failed = [f.title for f in findings if f.ok is False]
     print(f"\nfastcarry doctor: {'FAIL: ' + ', '.join(failed) if failed else 'checks PASS'}; "
           f"{sum(bool(f.needs_gpu) for f in findings)} of {len(findings)} sections need a GPU to mean what they "

@@ -86,3 +86,30 @@ def to_json(findings, machine, plan, seconds):
             "plan": {k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in plan._asdict().items()
                      if k != "grid"} | {"grid": [w._asdict() for w in plan.grid]},
             "findings": [f._asdict() for f in findings]}
+
+
+def plot(findings, path):
+    """``doctor.png``: fastcarry's speed over Keras 3's per grid case, and the step's time per ``unroll``."""
+    from fastcarry.tools.report import require_matplotlib, save_figure
+
+    plt = require_matplotlib()
+    by_key = {f.key: f for f in findings}
+    fig, (speed, unrolls) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    keras = by_key.get("keras")
+    if keras is not None and keras.rows:
+        labels = [f"{row[0]} {row[1]}" for row in keras.rows]
+        ratios = keras.data["ratios"]
+        speed.bar(range(len(ratios)), ratios, color=["tab:blue" if r >= 1 else "tab:red" for r in ratios])
+        speed.axhline(1.0, color="black", linewidth=0.8)
+        speed.set_xticks(range(len(labels)), labels, rotation=75, fontsize=7)
+    speed.set_ylabel("Keras 3 time / fastcarry time")
+    speed.set_title("fastcarry vs Keras 3 (cuDNN where it can run, outside XLA)")
+    unroll = by_key.get("unroll")
+    if unroll is not None and unroll.rows:
+        for row in unroll.rows:
+            unrolls.plot(range(len(row) - 2), [float(v) for v in row[1:-1]], marker="o", label=row[0])
+        unrolls.set_xticks(range(len(unroll.columns) - 2), [c.split()[0] for c in unroll.columns[1:-1]])
+        unrolls.legend()
+    unrolls.set_ylabel("ms per step")
+    unrolls.set_title("unroll")
+    save_figure(fig, path)
