@@ -139,17 +139,16 @@ def _follow(op, axes):
         return _reduction(op, first, rank) if 0 in axes else (None, "")
     if kind in _MATMULS:
         return _matmul(op, axes)
-    if kind in ("ConcatV2", "Pack"):
+    if kind == "Pack":  # tf.stack: a new axis at ``axis``
         if len(set(axes.values())) > 1 or rank is None:
             return None, ""
-        along = op.get_attr("axis") if kind == "Pack" else _const(op.inputs[-1])
-        along = along if kind == "Pack" else (None if along is None else along[0])
-        if along is None:
+        along = op.get_attr("axis") % (rank + 1)
+        return (first + 1 if along <= first else first), ""
+    if kind == "ConcatV2":
+        along = _const(op.inputs[-1])
+        if len(set(axes.values())) > 1 or rank is None or along is None:
             return None, ""
-        if kind == "Pack":
-            along %= rank + 1
-            return (first + 1 if along <= first else first), ""
-        return (None if along % rank == first else first), ""
+        return (None if along[0] % rank == first else first), ""  # joined along the rows: no longer followed
     if kind in ("Split", "SplitV"):
         along = _const(op.inputs[0 if kind == "Split" else 2])
         if along is None or rank is None or (kind == "Split" and 1 not in axes) or (kind == "SplitV" and 0 not in axes):
