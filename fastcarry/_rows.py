@@ -11,7 +11,7 @@ that call made.
 Each tensor known to carry the rows is followed with the axis they are on,
 through the ops whose effect on that axis is certain (elementwise math with
 broadcasting, reductions, matmuls, transposes, expand/squeeze, concat/split,
-stack, softmax, scans, a full slice of the rows). An op that provably combines
+stack, softmax, scans, a full slice of the rows, a reshape of each row). An op that provably combines
 rows is reported: a reduction, scan or softmax over the rows' axis, a matmul
 that contracts it, two operands whose rows meet on different axes (an outer
 product of the batch). Past any other op the rows are no longer followed: the
@@ -118,6 +118,11 @@ def _moved(op, axis, rank):
         if dim is None or rank is None:
             return None, ""
         return (None, "it accumulates along the rows' axis") if dim[0] % rank == axis else (axis, "")
+    if kind == "Reshape" and axis == 0:  # rows kept whole: only each row's own shape changes
+        src, dst = op.inputs[0].shape, op.outputs[0].shape
+        whole = (src.rank and dst.rank and src[1:].is_fully_defined() and dst[1:].is_fully_defined()
+                 and src[1:].num_elements() == dst[1:].num_elements())
+        return (0 if whole else None), ""
     if kind == "StridedSlice" and axis == 0:
         strides = _const(op.inputs[3])
         whole = (strides is not None and strides[0] == 1 and op.get_attr("begin_mask") & 1

@@ -35,6 +35,7 @@ w = np.ones((H, H), np.float32)
     (lambda h: tf.nn.softmax(tf.transpose(h)), "normalises over the rows' axis"),
     (lambda h: tf.reduce_max(tf.transpose(tf.expand_dims(h, -1), [2, 1, 0]), axis=2), "reduces over the rows' axis 2"),
     (lambda h: tf.reduce_sum(tf.concat([h, h * 2.0], axis=1), axis=0), "reduces over the rows' axis 0"),
+    (lambda h: tf.reduce_max(tf.reshape(h, [-1, 2, H // 2]), axis=0), "reduces over the rows' axis 0"),  # heads
 ])
 def test_steps_that_combine_rows_are_found(fn, why):
     assert why in _found(fn)
@@ -48,7 +49,8 @@ def test_steps_that_combine_rows_are_found(fn, why):
     lambda h: tf.reduce_sum(tf.stack(tf.split(h, 2, axis=-1), axis=0), axis=0),
     lambda h: tf.math.cumsum(h[:, 1:], axis=1),
     lambda h: tf.reduce_sum(tf.expand_dims(h, 0), axis=0),  # over the new leading axis
-    lambda h: tf.reduce_sum(tf.reshape(h, [-1]), axis=0),  # past a reshape the rows are not followed: not proven
+    lambda h: tf.reduce_sum(tf.reshape(h, [-1, 2, H // 2]), axis=[1, 2]),  # each row's heads
+    lambda h: tf.reduce_sum(tf.reshape(h, [-1]), axis=0),  # flattened, the rows are not followed: not proven
 ])
 def test_steps_that_keep_rows_apart_are_not_refused(fn):
     assert _found(fn) == ""
