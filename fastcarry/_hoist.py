@@ -35,19 +35,10 @@ from tensorflow.python.eager import execute as _execute
 from tensorflow.python.framework import op_def_library as _op_def_library
 
 from fastcarry._boundary import replica_copies
+from fastcarry._rows import ELEMENTWISE, MATMULS, REDUCTIONS
 
 _X, _STATE, _PINNED = 1, 2, 4
 
-# Ops that treat every row (axis 0) on its own whatever their other arguments; with broadcasting, an
-# operand free of x (a weight) has no batch axis of its own.
-_ELEMENTWISE = frozenset({
-    "Identity", "StopGradient", "Cast", "Neg", "Abs", "Sign", "Floor", "Ceil", "Round", "Square", "Sqrt", "Rsqrt",
-    "Reciprocal", "Exp", "Expm1", "Log", "Log1p", "Sigmoid", "Tanh", "Relu", "Relu6", "Elu", "Selu", "LeakyRelu",
-    "Softplus", "Softsign", "Erf", "Sin", "Cos", "AddV2", "Add", "Sub", "Mul", "RealDiv", "Div", "DivNoNan",
-    "Maximum", "Minimum", "Pow", "SquaredDifference", "BiasAdd", "SelectV2",
-})
-_REDUCTIONS = frozenset({"Sum", "Mean", "Max", "Min", "Prod"})
-_MATMULS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3"})
 # What reads a variable's value as a whole; anything else on a handle (a gather, an assign) keeps the step whole.
 _READ = "ReadVariableOp"
 
@@ -76,11 +67,11 @@ def _constant(tensor):
 def _batch_axis_untouched(op, x_inputs):
     """Whether ``op`` (not elementwise) keeps each row of its x-dependent inputs to itself."""
     kind = op.type
-    if kind in _MATMULS:
+    if kind in MATMULS:
         lhs, rhs = op.inputs[0], op.inputs[1]
         adj = op.get_attr("transpose_a" if kind == "MatMul" else "adj_x")
         return x_inputs == [0] and not adj and lhs.shape.rank == 2 and rhs.shape.rank == 2
-    if kind in ("Split", "ConcatV2", "SplitV") or kind in _REDUCTIONS:
+    if kind in ("Split", "ConcatV2", "SplitV") or kind in REDUCTIONS:
         axis_input = {"Split": 0, "SplitV": 2}.get(kind, len(op.inputs) - 1 if kind == "ConcatV2" else 1)
         axes = _constant(op.inputs[axis_input])
         if axes is None or axis_input in x_inputs:
@@ -104,7 +95,7 @@ def _row_wise(op, flags):
     """Whether ``op`` may run on the rows of every step at once: it treats rows independently and its outputs
     keep the unknown batch axis first."""
     x_inputs = [i for i, t in enumerate(op.inputs) if flags.get(t.ref(), 0) & _X]
-    if op.type not in _ELEMENTWISE and not _batch_axis_untouched(op, x_inputs):
+    if op.type not in ELEMENTWISE and not _batch_axis_untouched(op, x_inputs):
         return False
     return all(o.shape.rank and o.shape[0] is None for o in op.outputs)
 
@@ -275,7 +266,7 @@ def split(step, state_like, input_dim, dtype, variables) -> tuple[Optional[Split
     except Exception as err:  # noqa: BLE001 (the user's code, traced with B unknown: any error of theirs)
         return None, f"tracing it with the batch size unknown failed ({type(err).__name__}: {err})"
     hoisted = _hoisted_ops(wrapped.graph, state_phs, x_ph)
-    if not any(op.type in _MATMULS for op in hoisted):
+    if not any(op.type in MATMULS for op in hoisted):
         return None, "its part that reads x_t but not the state has no matmul, so nothing is gained"
     names = {op.name for op in hoisted}
     outputs = tf.nest.flatten(wrapped.outputs)

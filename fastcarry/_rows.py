@@ -20,19 +20,25 @@ check never refuses what it cannot prove.
 
 import tensorflow as tf
 
-# Elementwise with NumPy broadcasting, aligned from the right (not v1 ``Select``, whose rank-1 condition picks
-# whole rows).
-_ELEMENTWISE = frozenset({
+# Op kinds by what they do to rows; fastcarry._hoist's split reads the first three too (the ops it may run on
+# every row at once). Elementwise: NumPy broadcasting, aligned from the right (not v1 ``Select``, whose rank-1
+# condition picks whole rows).
+ELEMENTWISE = frozenset({
     "Identity", "StopGradient", "Cast", "Neg", "Abs", "Sign", "Floor", "Ceil", "Round", "Square", "Sqrt", "Rsqrt",
     "Reciprocal", "Exp", "Expm1", "Log", "Log1p", "Sigmoid", "Tanh", "Relu", "Relu6", "Elu", "Selu", "LeakyRelu",
     "Softplus", "Softsign", "Erf", "Sin", "Cos", "AddV2", "Add", "Sub", "Mul", "RealDiv", "Div", "DivNoNan",
-    "Maximum", "Minimum", "Pow", "SquaredDifference", "BiasAdd", "SelectV2", "AddN", "Equal", "NotEqual",
-    "Less", "LessEqual", "Greater", "GreaterEqual", "LogicalAnd", "LogicalOr", "LogicalNot", "ClipByValue",
-    "FloorDiv", "FloorMod", "IsFinite", "ZerosLike", "OnesLike", "Relu6Grad", "ReluGrad", "SigmoidGrad", "TanhGrad",
+    "Maximum", "Minimum", "Pow", "SquaredDifference", "BiasAdd", "SelectV2",
 })
-_REDUCTIONS = frozenset({"Sum", "Mean", "Max", "Min", "Prod", "All", "Any", "EuclideanNorm", "ArgMax", "ArgMin"})
+REDUCTIONS = frozenset({"Sum", "Mean", "Max", "Min", "Prod"})
+MATMULS = frozenset({"MatMul", "BatchMatMulV2", "BatchMatMulV3"})
+# What this check follows besides: comparisons, logic, gradients' elementwise ops; more reductions; scans.
+_ELEMENTWISE = ELEMENTWISE | {
+    "AddN", "Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual", "LogicalAnd", "LogicalOr",
+    "LogicalNot", "ClipByValue", "FloorDiv", "FloorMod", "IsFinite", "ZerosLike", "OnesLike", "Relu6Grad",
+    "ReluGrad", "SigmoidGrad", "TanhGrad"}
+_REDUCTIONS = REDUCTIONS | {"All", "Any", "EuclideanNorm", "ArgMax", "ArgMin"}
 _SCANS = frozenset({"Cumsum", "Cumprod", "CumulativeLogsumexp"})
-_MATMULS = frozenset({"MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"})
+_MATMULS = MATMULS | {"BatchMatMul"}
 
 
 def _const(tensor):

@@ -36,7 +36,7 @@ def _step_children_in_process(monkeypatch):
             doctor_timing.main(argv[3:])
         return subprocess.CompletedProcess(argv, 0, printed.getvalue(), "")
 
-    monkeypatch.setattr(doctor_timing.subprocess, "run", run)
+    monkeypatch.setattr(subprocess, "run", run)  # the children are started through fastcarry.tools.report
     return given
 
 

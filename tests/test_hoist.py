@@ -107,7 +107,7 @@ def test_ops_that_mix_rows_stay_in_the_step(name):
 
 def test_a_split_that_hoisted_a_row_mixing_op_would_be_wrong(monkeypatch):
     """The must-fail twin of the test above: with ``ReverseV2`` taken for a row-wise op, it is wrong."""
-    monkeypatch.setattr(_hoist, "_ELEMENTWISE", _hoist._ELEMENTWISE | {"ReverseV2"})
+    monkeypatch.setattr(_hoist, "ELEMENTWISE", _hoist.ELEMENTWISE | {"ReverseV2"})
     cell = _mixing_cell(ROW_MIXING["reverse_rows"])
     got, want = _outputs(cell, _hoisted), _outputs(cell, _reference)
     assert np.abs(got["outputs"] - want["outputs"]).max() > 1e-2

@@ -24,15 +24,16 @@ def device(plan):
     from fastcarry._measure import device_info
 
     info = device_info()
+    gpu = info["type"] == "GPU"
     build = tf.sysconfig.get_build_info()
     tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
-    rows = [("device", f"{info['type']}: {info['name']} ({info['cores']} {'GPUs' if gpu_present() else 'cores'})"),
+    rows = [("device", f"{info['type']}: {info['name']} ({info['cores']} {'GPUs' if gpu else 'cores'})"),
             ("TensorFlow", f"{tf.__version__}, built with CUDA {build.get('cuda_version', 'none')}, "
                            f"cuDNN {build.get('cudnn_version', 'none')}"),
             ("TF32 matmuls", ("enabled" if tf32 else "disabled")
-             + ("" if gpu_present() else " (no effect: TF32 is an NVIDIA GPU's, compute capability 8.0 or later)"))]
+             + ("" if gpu else " (no effect: TF32 is an NVIDIA GPU's, compute capability 8.0 or later)"))]
     capability = None
-    if gpu_present():
+    if gpu:
         details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
         capability = details.get("compute_capability")
         has_tf32 = capability is not None and tuple(capability) >= TF32_MIN_CAPABILITY

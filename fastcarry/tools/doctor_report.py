@@ -47,10 +47,10 @@ class Finding(NamedTuple):
 
 
 def gpu_present():
-    """Whether TensorFlow sees a GPU."""
-    import tensorflow as tf
+    """Whether fastcarry runs on a GPU (``fastcarry._measure.device_info``, what the tuner and benchmarks read)."""
+    from fastcarry._measure import device_info
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return device_info()["type"] == "GPU"
 
 
 def section_markdown(finding):
@@ -82,9 +82,8 @@ def markdown(findings, machine, plan, seconds):
 
 def to_json(findings, machine, plan, seconds):
     """The report as a JSON-ready dict: machine, plan, seconds, and every finding's fields."""
-    return {"machine": machine, "quick": plan.quick, "seconds": seconds,
-            "plan": {k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in plan._asdict().items()
-                     if k != "grid"} | {"grid": [w._asdict() for w in plan.grid]},
+    fields = plan._asdict() | {"workload": plan.workload._asdict(), "grid": [w._asdict() for w in plan.grid]}
+    return {"machine": machine, "quick": plan.quick, "seconds": seconds, "plan": fields,
             "findings": [f._asdict() for f in findings]}
 
 

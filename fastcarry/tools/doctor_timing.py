@@ -11,10 +11,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 from fastcarry.tools.doctor_report import Finding, gpu_present
+from fastcarry.tools.report import run_child
 from fastcarry.tools.workload import Workload, positive, random_data, workload_cell
 
 COMMAND_BUFFER_FLAG = "--xla_gpu_enable_command_buffer"
@@ -37,10 +37,7 @@ def _in_child(kind, w, rounds, env):
     returns the JSON it prints."""
     argv = [sys.executable, "-m", "fastcarry.tools.doctor_timing", "--child", kind, "--batch", str(w.batch),
             "--time", str(w.time), "--input", str(w.input), "--units", str(w.units), "--rounds", str(rounds)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=CHILD_TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"fastcarry doctor: the {kind} child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(argv, env, f"fastcarry doctor: the {kind} child", timeout=CHILD_TIMEOUT_S)
 
 
 def command_buffers(plan):

@@ -14,8 +14,9 @@ the GPU list is what is known to matter there (not measured here: no GPU).
 import json
 import os
 import statistics
-import subprocess
 import sys
+
+from fastcarry.tools.report import run_child
 
 CPU_SETTINGS = (
     ("TF_CPU_ALLOCATOR_USE_BFC=1", {"TF_CPU_ALLOCATOR_USE_BFC": "1"}),
@@ -44,11 +45,8 @@ def child_env(base, setting):
 
 def _run_child(job, env):
     """Runs this module as a child with ``job`` (a dict); returns its JSON result."""
-    run = subprocess.run([sys.executable, "-m", "fastcarry.tools.env_tune", json.dumps(job)], env=env,
-                         capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"fastcarry tune --env: the child for {job['label']} failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_child([sys.executable, "-m", "fastcarry.tools.env_tune", json.dumps(job)], env,
+                     f"fastcarry tune --env: the child for {job['label']}")
 
 
 def run(workload, mode, settings, rounds=2, repeats=7, progress=None, runner=_run_child):

@@ -33,7 +33,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -123,10 +122,7 @@ def run(config, out_dir, stream=sys.stderr):
             argv += ["--chunk", str(chunk)]
         if layout == "time-major":
             argv += ["--time-major"]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
-        if done.returncode != 0:
-            raise RuntimeError(f"memory bench child (chunk={chunk}) failed:\n{done.stderr[-3000:]}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        results.append(_report.run_child(argv, env, f"memory bench child (chunk={chunk})"))
     report = dict(workload={k: config[k] for k in ("cell", "batch", "time", "input", "units")},
                   repeats=config["repeats"], machine=_report.machine_info(), results=results)
     _report.write(out_dir, report, markdown(report), lambda path: _plot(report, path))

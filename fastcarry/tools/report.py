@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import subprocess
 import sys
 
 from fastcarry._measure import cpu_model
@@ -22,6 +23,15 @@ def describe(machine):
     """One line naming the machine for a results table: CPU model, core count, TensorFlow."""
     cpu = machine.get("cpu", machine["processor"])  # results written before "cpu" was recorded
     return f"{cpu}, {machine['cpu_count']} CPUs, {machine['platform']}, TensorFlow {machine['tensorflow']}"
+
+
+def run_child(argv, env, what, timeout=None):
+    """Runs ``argv`` (a child Python process) with environment ``env``; returns the JSON of its last stdout line.
+    A child that fails raises ``RuntimeError`` naming ``what`` with the end of its stderr."""
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def require_matplotlib():
